@@ -1,0 +1,102 @@
+"""Timed greedy / sampled decoding and teacher-forced scoring with a KV cache.
+
+A short explicit loop (nanoGPT style) instead of ``model.generate``: it times
+prefill (time to first token) and decode separately, has no logits-processor
+overhead, and runs unchanged under any pruning plan because it only calls the
+model's forward with transformers' own ``DynamicCache``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from dynprune.metrics import Timer, perplexity
+from dynprune.types import ScoreResult
+
+
+def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
+    if temperature <= 0.0:
+        return int(logits.argmax(-1))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.inference_mode()
+def decode(
+    model: nn.Module,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    eos_ids: Iterable[int],
+    *,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    ignore_eos: bool = False,
+) -> tuple[list[int], int, float, float]:
+    """Generate up to ``max_new_tokens`` tokens after ``prompt_ids``.
+
+    With ``ignore_eos`` decoding runs for exactly ``max_new_tokens`` tokens (an
+    end-of-sequence token is kept in the output): timings of different plans then
+    cover the same amount of work.
+
+    Returns ``(output_ids, produced, prefill_s, decode_s)``: ``output_ids`` has
+    no end-of-sequence token; ``produced`` counts every token the model emitted,
+    an end-of-sequence token included (it cost a forward pass like any other).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    eos = set() if ignore_eos else set(eos_ids)
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    cache = DynamicCache(config=model.config)
+    out: list[int] = []
+    with Timer(device) as prefill:
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        token = _pick(logits[0, -1], temperature, generator)
+    produced = 1
+    with Timer(device) as rest:
+        while token not in eos:
+            out.append(token)
+            if len(out) >= max_new_tokens:
+                break
+            step = torch.tensor([[token]], dtype=torch.long, device=device)
+            logits = model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            token = _pick(logits[0, -1], temperature, generator)
+            produced += 1
+    return out, produced, prefill.seconds, rest.seconds
+
+
+@torch.inference_mode()
+def teacher_forced(model: nn.Module, context_ids: Sequence[int], target_ids: Sequence[int]) -> ScoreResult:
+    """Score ``target_ids`` after ``context_ids`` in one forward pass.
+
+    Returns the mean NLL and perplexity of the target tokens, and the fraction of
+    target positions where the model's argmax is the target token (teacher-forced
+    agreement: the quality signal that needs no generation).
+    """
+    if not context_ids:
+        raise ValueError("context_ids is empty; prepend a BOS token to score from the start")
+    if not target_ids:
+        raise ValueError("target_ids is empty; nothing to score")
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(context_ids) + list(target_ids)], dtype=torch.long, device=device)
+    n = len(target_ids)
+    with Timer(device) as t:
+        # Only the positions that predict target tokens need vocabulary logits.
+        logits = model(input_ids=ids, use_cache=False, logits_to_keep=n + 1).logits[0, :-1].float()
+        target = ids[0, -n:]
+        logprobs = torch.log_softmax(logits, dim=-1)
+        nll = float(-logprobs.gather(1, target[:, None]).mean())
+        argmax = logits.argmax(-1)
+        agree = float((argmax == target).float().mean())
+    return ScoreResult(
+        nll=nll,
+        perplexity=perplexity(nll),
+        n_tokens=n,
+        agreement=agree,
+        argmax_ids=tuple(argmax.tolist()),
+        forward_s=t.seconds,
+    )

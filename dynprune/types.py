@@ -1,0 +1,219 @@
+"""Typed result containers that cross module boundaries.
+
+Every value that one part of dynprune hands to another (a prompt, a telemetry
+snapshot, a generation, a score) is one of these frozen dataclasses, never a bare
+dict or a long tuple. Fields that a machine may not have (a GPU, a battery) are
+``float | None``: ``None`` means "this machine has no such thing", never zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt from a prompt source.
+
+    Attributes:
+        id: Stable, unique identifier within its source (e.g. ``"qa-0007"``).
+        text: The user message given to the model.
+        category: Free-form kind of prompt (``"qa"``, ``"code"``, ``"tool_call"`` ...).
+        answer: Short gold answer; a response containing it earns task score 1.
+        tools: JSON-serialisable tool schemas offered to the model (tool-call prompts).
+        ground_truth: Expected function calls, BFCL style:
+            ``[{"name": {"arg": [allowed values...]}}]``.
+        split: ``"train"`` or ``"test"``.
+        source: Where the prompt came from (``"dynprune"``, ``"bfcl:simple_python"``, a file path).
+    """
+
+    id: str
+    text: str
+    category: str = "general"
+    answer: str | None = None
+    tools: tuple[dict[str, Any], ...] = ()
+    ground_truth: tuple[dict[str, Any], ...] = ()
+    split: str = "train"
+    source: str = "user"
+
+
+@dataclass(frozen=True)
+class TelemetrySnapshot:
+    """Hardware state at one instant.
+
+    A field is ``None`` when the machine does not have the thing it measures
+    (no GPU, no battery). Fractions are in [0, 1].
+
+    Attributes:
+        cpu_util: CPU utilisation over all cores, fraction.
+        mem_available_frac: Available RAM / total RAM.
+        mem_available_gb: Available RAM in GiB.
+        gpu_util: GPU utilisation fraction, ``None`` without a GPU.
+        vram_free_frac: Free VRAM / total VRAM, ``None`` without a GPU.
+        vram_free_gb: Free VRAM in GiB, ``None`` without a GPU.
+        battery_frac: Battery charge fraction, ``None`` without a battery.
+        on_battery: True when running from battery, ``None`` without a battery.
+        timestamp: ``time.time()`` when the snapshot was taken.
+        source: ``"live"``, ``"replay:<file>"`` or ``"scenario:<name>"``.
+    """
+
+    cpu_util: float | None
+    mem_available_frac: float | None
+    mem_available_gb: float | None
+    gpu_util: float | None = None
+    vram_free_frac: float | None = None
+    vram_free_gb: float | None = None
+    battery_frac: float | None = None
+    on_battery: bool | None = None
+    timestamp: float = 0.0
+    source: str = "live"
+
+
+@dataclass(frozen=True)
+class FunctionCallScore:
+    """Scores of a model's function-call output against the expected calls.
+
+    Attributes:
+        exact_match: The output string equals the reference string (whitespace-stripped).
+        json_match: Output and reference parse as JSON and are equal as values.
+        parsed: The output could be parsed into calls at all.
+        call_ratio: Fraction of expected calls matched by a predicted call (name and all arguments).
+        name_match: Fraction of expected function names present among the predicted calls.
+        arg_match: Fraction of expected (name, argument) pairs whose predicted value is allowed.
+    """
+
+    exact_match: float
+    json_match: float
+    parsed: float
+    call_ratio: float
+    name_match: float
+    arg_match: float
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One timed generation.
+
+    Attributes:
+        prompt_ids: Token ids of the (formatted) prompt.
+        output_ids: Generated token ids, without the prompt, without padding.
+        text: Decoded generated text.
+        prefill_s: Seconds for the forward pass over the prompt (time to first token).
+        decode_s: Seconds for the remaining tokens.
+        latency_s: ``prefill_s + decode_s``.
+        new_tokens: ``len(output_ids)``.
+        tokens_per_s: ``new_tokens / latency_s``.
+    """
+
+    prompt_ids: tuple[int, ...]
+    output_ids: tuple[int, ...]
+    text: str
+    prefill_s: float
+    decode_s: float
+    latency_s: float
+    new_tokens: int
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Teacher-forced score of a continuation given a context.
+
+    Attributes:
+        nll: Mean negative log-likelihood per scored token (nats).
+        perplexity: ``exp(nll)``.
+        n_tokens: Number of scored tokens.
+        agreement: Fraction of scored positions where the model's argmax equals the target token.
+        argmax_ids: The model's argmax token at each scored position.
+        forward_s: Seconds for the forward pass.
+    """
+
+    nll: float
+    perplexity: float
+    n_tokens: int
+    agreement: float
+    argmax_ids: tuple[int, ...] = ()
+    forward_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Agreement of a pruned model's output with the full model's output.
+
+    Attributes:
+        token_agreement: Position-wise agreement over the longer of the two outputs.
+        prefix_agreement: Length of the common prefix / length of the reference.
+        exact_match: 1.0 when the two token sequences are identical, else 0.0.
+    """
+
+    token_agreement: float
+    prefix_agreement: float
+    exact_match: float
+
+
+@dataclass(frozen=True)
+class PromptFeatures:
+    """Complexity features of one prompt under the full model.
+
+    Attributes:
+        n_tokens: Token count of the formatted prompt.
+        perplexity: Perplexity of the prompt under the full model.
+        complexity: CASRAP score ``0.6*min(1, n/200) + 0.4*min(1, ppl/50)``.
+    """
+
+    n_tokens: int
+    perplexity: float
+    complexity: float
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """Shape of a decoder-only model, per layer where it can vary.
+
+    Attributes:
+        num_layers: Number of decoder layers.
+        num_heads: Query heads per layer.
+        num_kv_heads: Key/value heads per layer (GQA groups).
+        head_dim: Size of one head.
+        hidden_size: Width of the residual stream.
+        intermediate_size: FFN channels per layer.
+        max_position: Longest context the model accepts, in tokens.
+        vocab_size: Vocabulary size.
+    """
+
+    num_layers: int
+    num_heads: tuple[int, ...]
+    num_kv_heads: tuple[int, ...]
+    head_dim: int
+    hidden_size: int
+    intermediate_size: tuple[int, ...]
+    max_position: int
+    vocab_size: int
+
+    @property
+    def group_size(self) -> tuple[int, ...]:
+        """Query heads per KV head, per layer."""
+        return tuple(h // g for h, g in zip(self.num_heads, self.num_kv_heads, strict=True))
+
+
+@dataclass(frozen=True)
+class Importance:
+    """Calibrated importance scores of a model (higher = more important).
+
+    Attributes:
+        model_id: Identity of the model they were measured on.
+        block_influence: Per layer, ShortGPT's 1 - mean cos(input, output).
+        heads: Per layer, one score per query head.
+        channels: Per layer, one score per FFN channel.
+        n_prompts: Calibration prompts used.
+        seq_len: Tokens per calibration prompt.
+    """
+
+    model_id: str
+    block_influence: tuple[float, ...]
+    heads: tuple[tuple[float, ...], ...]
+    channels: tuple[tuple[float, ...], ...]
+    n_prompts: int = 0
+    seq_len: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)

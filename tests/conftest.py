@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny random Llama (GQA) calibrated on a few windows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynprune.importance import calibrate
+from dynprune.models import PrunableLM, load_model
+
+CALIBRATION_TEXTS = [
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "def add(a, b):\n    return a + b\n",
+    "Seven times eight is fifty-six, and nine squared is eighty-one.",
+    "Summarise the following passage in one sentence: the river rose after days of rain.",
+]
+
+
+def tiny(dtype: torch.dtype = torch.float64) -> PrunableLM:
+    lm = load_model("tiny-llama", device="cpu", dtype=dtype)
+    lm.set_importance(calibrate(lm, texts=CALIBRATION_TEXTS, n_prompts=8, seq_len=48))
+    return lm
+
+
+@pytest.fixture(scope="session")
+def tiny_lm() -> PrunableLM:
+    """A float64 tiny Llama, calibrated; tests must leave it unpruned."""
+    return tiny(torch.float64)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm32() -> PrunableLM:
+    """A float32 tiny Llama, calibrated."""
+    return tiny(torch.float32)
