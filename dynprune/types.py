@@ -217,3 +217,65 @@ class Importance:
     n_prompts: int = 0
     seq_len: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One environment step, as written to ``metrics.jsonl`` (one JSON object per line).
+
+    Baseline = the full model on the same prompt; pruned = the model under the
+    chosen plan. Latencies are seconds; in ``profiled`` timing mode the pruned
+    latency comes from the latency profile, not from a generation.
+
+    Attributes:
+        episode: Episode index (0-based) within the run.
+        step: Step index within the episode.
+        split: Prompt split (``"train"``/``"test"``).
+        prompt_id: Id of the prompt.
+        prompt_tokens: Token count of the prompt.
+        prompt_perplexity: Perplexity of the prompt under the full model.
+        complexity: CASRAP complexity score of the prompt.
+        action: Discrete action id.
+        action_name: Name of the action-table entry.
+        plan: ``PruningPlan.to_dict()`` of the applied plan.
+        timing: ``"live"`` or ``"profiled"``.
+        baseline_latency_s, pruned_latency_s: Latency of the full and pruned model.
+        baseline_tokens_per_s, pruned_tokens_per_s: Generation throughput.
+        speedup: ``baseline_latency_s / pruned_latency_s - 1`` (0.2 = 20 % faster; negative = slower).
+        baseline_ppl, pruned_ppl: Perplexity of the full model's answer under each model.
+        ppl_change: ``pruned_ppl / baseline_ppl - 1``.
+        fidelity: Token agreement of the pruned output (or teacher-forced argmax) with the full model's answer.
+        task_score: Gold-answer / function-call score when the prompt has ground truth, else None.
+        kept_fraction: Fraction of per-token matmul FLOPs kept by the plan.
+        reward: Reward of the step.
+        terminated: The episode ended at this step (e.g. CASRAP early termination).
+        observation: The observation the agent acted on.
+        agent: Name of the agent that chose the action.
+    """
+
+    episode: int
+    step: int
+    split: str
+    prompt_id: str
+    prompt_tokens: int
+    prompt_perplexity: float
+    complexity: float
+    action: int
+    action_name: str
+    plan: dict[str, Any]
+    timing: str
+    baseline_latency_s: float
+    pruned_latency_s: float
+    baseline_tokens_per_s: float
+    pruned_tokens_per_s: float
+    speedup: float
+    baseline_ppl: float
+    pruned_ppl: float
+    ppl_change: float
+    fidelity: float
+    task_score: float | None
+    kept_fraction: float
+    reward: float
+    terminated: bool
+    observation: tuple[float, ...] = ()
+    agent: str = ""
