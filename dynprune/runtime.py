@@ -1,0 +1,306 @@
+"""Evaluate pruning plans on prompts, cheaply and honestly.
+
+:class:`PlanEvaluator` is the engine behind every environment step, the oracle
+and exploration. Its cost model (DESIGN.md, "Cost model of one environment step"):
+
+- The full model's answer to a prompt does not depend on the agent: it is
+  generated once per (prompt, generation settings) and cached (memory, and
+  optionally a JSON-lines file) with the prompt's features.
+- ``timing="live"``: one timed greedy generation under the plan, plus one
+  teacher-forced pass for the perplexity of the full answer under the plan.
+- ``timing="profiled"``: no generation. Quality comes from one teacher-forced
+  pass of the pruned model over prompt + full answer (argmax agreement and
+  perplexity); speed from a :class:`LatencyProfile` per (plan, prompt-length
+  bucket), measured live the first time (equal-work generations of the full and
+  pruned model, interleaved) and re-measured every ``refresh_steps`` uses or when
+  the CPU load moved by more than ``refresh_cpu_delta``.
+
+Speed-ups are per generated token: ``(t_full / n_full) / (t_pruned / n_pruned) - 1``
+in live mode, the equal-work latency ratio minus one in profiled mode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dynprune.fncall import score_calls
+from dynprune.metrics import fidelity, task_score
+from dynprune.models import PrunableLM
+from dynprune.plan import PruningPlan
+from dynprune.types import Baseline, Evaluation, Prompt, PromptFeatures
+
+log = logging.getLogger(__name__)
+
+TIMINGS = ("live", "profiled")
+DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def prompt_task_score(prompt: Prompt, text: str) -> float | None:
+    """Ground-truth score of an answer: gold answer contained, or function-call ratio; None without truth."""
+    if prompt.ground_truth:
+        return score_calls(text, list(prompt.ground_truth)).call_ratio
+    return task_score(text, prompt.answer)
+
+
+@dataclass
+class ProfileCell:
+    """Equal-work latencies of the full and pruned model for one (plan, length bucket)."""
+
+    full_s: float
+    pruned_s: float
+    uses: int = 0
+    cpu_util: float | None = None
+    measured_at: float = field(default_factory=time.time)
+
+    @property
+    def speedup(self) -> float:
+        """``full / pruned - 1``."""
+        return self.full_s / self.pruned_s - 1.0
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """Settings of the latency profile.
+
+    Args:
+        new_tokens: Tokens generated per timing run (equal work for every plan).
+        repeats: Interleaved full/pruned runs per measurement (median taken).
+        refresh_steps: Re-measure a cell after this many uses.
+        refresh_cpu_delta: Re-measure when CPU utilisation moved more than this since the measurement.
+        buckets: Prompt-length bucket upper edges, in tokens.
+    """
+
+    new_tokens: int = 16
+    repeats: int = 2
+    refresh_steps: int = 500
+    refresh_cpu_delta: float = 0.25
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+
+    def __post_init__(self) -> None:
+        if self.new_tokens < 1:
+            raise ValueError(f"new_tokens must be >= 1, got {self.new_tokens}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.refresh_steps < 1:
+            raise ValueError(f"refresh_steps must be >= 1, got {self.refresh_steps}")
+        if list(self.buckets) != sorted(set(self.buckets)) or not self.buckets:
+            raise ValueError(f"buckets must be increasing and non-empty, got {self.buckets}")
+
+
+class LatencyProfile:
+    """Latency ratios per (plan, prompt-length bucket), measured live and refreshed."""
+
+    def __init__(self, lm: PrunableLM, config: ProfileConfig | None = None) -> None:
+        self.lm = lm
+        self.config = config or ProfileConfig()
+        self.cells: dict[tuple[PruningPlan, int], ProfileCell] = {}
+        self.measurements = 0
+
+    def bucket(self, n_tokens: int) -> int:
+        """Upper edge of the bucket holding a prompt of ``n_tokens`` tokens."""
+        for edge in self.config.buckets:
+            if n_tokens <= edge:
+                return edge
+        return self.config.buckets[-1]
+
+    def _measure(self, plan: PruningPlan, prompt_ids: tuple[int, ...], cpu_util: float | None) -> ProfileCell:
+        cfg, lm = self.config, self.lm
+        full, pruned = [], []
+        for _ in range(cfg.repeats):  # interleave so drift hits both alike
+            full.append(lm.generate(prompt_ids, cfg.new_tokens, ignore_eos=True).latency_s)
+            with lm.apply(plan):
+                pruned.append(lm.generate(prompt_ids, cfg.new_tokens, ignore_eos=True).latency_s)
+        self.measurements += 1
+        return ProfileCell(statistics.median(full), statistics.median(pruned), cpu_util=cpu_util)
+
+    def cell(self, plan: PruningPlan, prompt_ids: tuple[int, ...], cpu_util: float | None = None) -> ProfileCell:
+        """The cell for ``plan`` at this prompt's length; measured now if missing or stale."""
+        key = (plan, self.bucket(len(prompt_ids)))
+        cell = self.cells.get(key)
+        stale = cell is not None and (
+            cell.uses >= self.config.refresh_steps
+            or (
+                cpu_util is not None
+                and cell.cpu_util is not None
+                and abs(cpu_util - cell.cpu_util) > self.config.refresh_cpu_delta
+            )
+        )
+        if cell is None or stale:
+            cell = self._measure(plan, prompt_ids, cpu_util)
+            self.cells[key] = cell
+        cell.uses += 1
+        return cell
+
+
+class PlanEvaluator:
+    """Measures plans on prompts for one model and generation setting.
+
+    Args:
+        lm: The model.
+        max_new_tokens: Answer length limit for the full model and live generations.
+        profile: Latency-profile settings for ``timing="profiled"``.
+        cache_file: Optional JSON-lines file caching baselines across runs (appended,
+            one line per prompt, so a crash keeps every finished line).
+    """
+
+    def __init__(
+        self,
+        lm: PrunableLM,
+        max_new_tokens: int = 32,
+        profile: ProfileConfig | None = None,
+        cache_file: str | Path | None = None,
+    ) -> None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.lm = lm
+        self.max_new_tokens = max_new_tokens
+        self.profile = LatencyProfile(lm, profile)
+        self._baselines: dict[str, Baseline] = {}
+        self.cache_file = Path(cache_file) if cache_file else None
+        self.baseline_seconds = 0.0  # time spent on full-model work (cache misses)
+        self.cache_hits = 0
+        self._warm = False
+        if self.cache_file and self.cache_file.is_file():
+            self._load_cache()
+
+    # ---------------------------------------------------------------- caching
+    def _key(self, prompt: Prompt) -> str:
+        return f"{self.lm.model_id}|{self.max_new_tokens}|{prompt.text}"
+
+    def _load_cache(self) -> None:
+        assert self.cache_file is not None
+        lines = self.cache_file.read_text().splitlines()
+        for n, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+                f = row["baseline"]
+                f["features"] = PromptFeatures(**f["features"])
+                f["prompt_ids"], f["answer_ids"] = tuple(f["prompt_ids"]), tuple(f["answer_ids"])
+                self._baselines[row["key"]] = Baseline(**f)
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                if n == len(lines):  # a crash mid-write leaves at most the last line truncated
+                    log.warning("%s:%d: ignoring truncated last line", self.cache_file, n)
+                    continue
+                raise ValueError(f"{self.cache_file}:{n}: malformed baseline cache line: {e}") from e
+
+    def _append_cache(self, key: str, baseline: Baseline) -> None:
+        assert self.cache_file is not None
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.cache_file, "a") as fh:
+            fh.write(json.dumps({"key": key, "baseline": asdict(baseline)}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def warmup(self) -> None:
+        """One short generation so the first timed one excludes first-call costs."""
+        if not self._warm:
+            self.lm.warmup()
+            self._warm = True
+
+    def baseline(self, prompt: Prompt) -> Baseline:
+        """The full model's answer and metrics for ``prompt`` (computed once, then cached)."""
+        key = self._key(prompt)
+        hit = self._baselines.get(key)
+        if hit is not None:
+            self.cache_hits += 1
+            return hit
+        t0 = time.perf_counter()
+        self.warmup()
+        lm = self.lm
+        features = lm.prompt_features(prompt.text)
+        ids = tuple(lm.encode_prompt(prompt.text, max_new_tokens=self.max_new_tokens))
+        gen = lm.generate(ids, self.max_new_tokens)
+        answer = self._answer_ids(gen.output_ids)
+        score = lm.score(ids, answer)
+        base = Baseline(
+            prompt_ids=ids,
+            answer_ids=answer,
+            text=gen.text,
+            latency_s=gen.latency_s,
+            tokens_per_s=gen.tokens_per_s,
+            ppl=score.perplexity,
+            task_score=prompt_task_score(prompt, gen.text),
+            features=features,
+        )
+        self._baselines[key] = base
+        if self.cache_file:
+            self._append_cache(key, base)
+        self.baseline_seconds += time.perf_counter() - t0
+        return base
+
+    def _answer_ids(self, output_ids: tuple[int, ...]) -> tuple[int, ...]:
+        """The answer to score: the output, plus EOS when it stopped early (or is empty)."""
+        if len(output_ids) < self.max_new_tokens or not output_ids:
+            eos = min(self.lm.eos_ids) if self.lm.eos_ids else self.lm.bos_id
+            return (*output_ids, eos)
+        return output_ids
+
+    # ------------------------------------------------------------- evaluation
+    def evaluate(
+        self, prompt: Prompt, plan: PruningPlan, timing: str = "profiled", cpu_util: float | None = None
+    ) -> Evaluation:
+        """Measure ``plan`` on ``prompt``; the empty plan is the full model by definition (speed-up 0)."""
+        if timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
+        base = self.baseline(prompt)
+        t0 = time.perf_counter()
+        kept = plan.kept_fraction(self.lm.geometry)
+        if plan.is_empty:
+            return Evaluation(timing, 0.0, base.latency_s, base.tokens_per_s, base.ppl, 1.0, 1.0,
+                              base.task_score, base.text if timing == "live" else None, kept,
+                              time.perf_counter() - t0)
+        if timing == "live":
+            with self.lm.apply(plan):
+                gen = self.lm.generate(base.prompt_ids, self.max_new_tokens)
+                score = self.lm.score(base.prompt_ids, base.answer_ids)
+            fid = fidelity(self._answer_ids(gen.output_ids), base.answer_ids)
+            speedup = gen.tokens_per_s / base.tokens_per_s - 1.0
+            return Evaluation(
+                timing="live",
+                speedup=speedup,
+                latency_s=gen.latency_s,
+                tokens_per_s=gen.tokens_per_s,
+                ppl=score.perplexity,
+                fidelity=fid.token_agreement,
+                exact_match=fid.exact_match,
+                task_score=prompt_task_score(prompt, gen.text) if base.task_score is not None else None,
+                text=gen.text,
+                kept_fraction=kept,
+                seconds=time.perf_counter() - t0,
+            )
+        cell = self.profile.cell(plan, base.prompt_ids, cpu_util)
+        with self.lm.apply(plan):
+            score = self.lm.score(base.prompt_ids, base.answer_ids)
+        speedup = cell.speedup
+        return Evaluation(
+            timing="profiled",
+            speedup=speedup,
+            latency_s=base.latency_s / (1.0 + speedup),
+            tokens_per_s=base.tokens_per_s * (1.0 + speedup),
+            ppl=score.perplexity,
+            fidelity=score.agreement,
+            exact_match=float(score.agreement == 1.0),
+            task_score=base.task_score if score.agreement == 1.0 else None,
+            text=None,
+            kept_fraction=kept,
+            seconds=time.perf_counter() - t0,
+        )
+
+    def evaluate_many(
+        self, prompt: Prompt, plans: list[PruningPlan], timing: str = "profiled",
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Evaluation]:
+        """Evaluate several plans on one prompt (the oracle's and the sweep's loop)."""
+        out = []
+        for i, plan in enumerate(plans):
+            out.append(self.evaluate(prompt, plan, timing))
+            if progress:
+                progress(i)
+        return out

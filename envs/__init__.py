@@ -1,0 +1,23 @@
+"""Gymnasium environments of dynprune; importing this module only registers them.
+
+The entry points are strings, so ``import envs`` is cheap: torch and
+transformers load at ``gym.make``. ``gym.make("DynPrune-v0")`` also works in a
+fresh interpreter with nothing imported: Gymnasium 1.x has no plugin entry
+point, so ``scripts/setup.sh`` installs a one-line ``.pth`` hook
+(:mod:`dynprune._gym_hook`) that registers these ids right after ``gymnasium``
+is first imported. Without that hook, ``import envs`` first, or use
+``gym.make("envs:DynPrune-v0")``.
+"""
+
+from gymnasium.envs.registration import register, registry
+
+ENV_IDS = ("DynPrune-v0",)
+
+
+def register_envs() -> None:
+    """Register every dynprune environment id (idempotent)."""
+    if "DynPrune-v0" not in registry:
+        register(id="DynPrune-v0", entry_point="envs.dynprune_env:DynPruneEnv")
+
+
+register_envs()

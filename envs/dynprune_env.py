@@ -1,0 +1,334 @@
+"""DynPrune-v0: pick a pruning action per prompt, get rewarded for speed at a known quality cost."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from dynprune.actions import ActionEntry, entry_plan, make_table
+from dynprune.complexity import PPL_SCALE, TOKENS_SCALE
+from dynprune.plan import PruningPlan
+from dynprune.rewards import Outcome, RewardFn, make_reward
+from dynprune.runtime import TIMINGS, PlanEvaluator, ProfileConfig
+from dynprune.telemetry import MISSING, TELEMETRY_FIELDS, make_monitor, snapshot_to_vector
+from dynprune.types import Evaluation, Prompt, StepRecord
+
+PROMPT_FIELDS = ("prompt_tokens", "prompt_perplexity", "complexity")
+BUDGET_FIELD = "latency_budget"
+
+
+class DynPruneEnv(gym.Env):
+    """
+    ## Description
+    Each step shows the agent one prompt and the machine's state; the agent picks
+    how to prune the language model for that prompt (an entry of an action
+    table); the environment runs the real model under that plan, measures speed
+    and quality against the full model on the same prompt, and returns a reward
+    that trades them off. The model is restored after every step.
+
+    ## Action Space
+    ``Discrete(n)`` over the action table (``env.unwrapped.action_names``). Default table:
+
+    | id | name       | plan                                                           |
+    |----|------------|----------------------------------------------------------------|
+    | 0  | none       | the full model                                                 |
+    | 1  | heads-5%   | remove 5 % of all query heads, least important first (GQA-safe) |
+    | 2  | heads-10%  | 10 % of heads                                                  |
+    | 3  | heads-15%  | 15 % of heads                                                  |
+    | 4  | layers-5%  | skip round(0.05 L) layers of lowest block influence (or adapters) |
+    | 5  | layers-10% | round(0.10 L) layers                                           |
+    | 6  | layers-15% | round(0.15 L) layers                                           |
+    | 7  | layers-25% | round(0.25 L) layers                                           |
+    | 8  | ffn-10%    | remove 10 % of all FFN channels, least important first         |
+    | 9  | ffn-25%    | 25 % of FFN channels                                           |
+
+    ## Observation Space
+    ``Box(float32)``; names in ``env.unwrapped.observation_names`` and ``info["observation_names"]``.
+
+    | index | name               | min | max | meaning                                            |
+    |-------|--------------------|-----|-----|----------------------------------------------------|
+    | 0     | cpu_util           | -1  | 1   | CPU utilisation fraction                           |
+    | 1     | mem_available_frac | -1  | 1   | available RAM / total                              |
+    | 2     | gpu_util           | -1  | 1   | GPU utilisation fraction                           |
+    | 3     | vram_free_frac     | -1  | 1   | free VRAM / total                                  |
+    | 4     | battery_frac       | -1  | 1   | battery charge                                     |
+    | 5     | prompt_tokens      | 0   | 1   | min(1, tokens / 200)                               |
+    | 6     | prompt_perplexity  | 0   | 1   | min(1, perplexity / 50) under the full model       |
+    | 7     | complexity         | 0   | 1   | 0.6 * [5] + 0.4 * [6] (CASRAP)                     |
+    | 8     | latency_budget     | 0   | 2   | only with the latency_budget reward: budget / full-model latency |
+
+    A telemetry field the machine does not have (no GPU, no battery) is -1.
+
+    ## Rewards
+    ``reward="casrap"`` (default), ``"accuracy_efficiency"``, ``"latency_budget"``,
+    ``"proxy"`` (deterministic), or any :class:`dynprune.rewards.RewardFn`.
+    Speed-up is per generated token against the full model on the same prompt.
+
+    ## Starting State
+    ``reset`` draws a load scenario (``telemetry="scenario"``), a latency budget
+    (with the budget reward) and a prompt from the split, all from ``self.np_random``.
+
+    ## Episode End
+    After ``prompts_per_episode`` steps (default 1), or early when the reward says
+    so (CASRAP: more than 10 % slower). No truncation: wrap with ``max_episode_steps``.
+
+    ## Arguments
+
+    | argument            | default          | meaning                                                     |
+    |---------------------|------------------|-------------------------------------------------------------|
+    | model               | "smollm2-135m"   | model spec, or a loaded ``PrunableLM``                      |
+    | prompts             | "dynprune"       | prompt source (see ``dynprune.tasks``) or a list of Prompt  |
+    | split               | "train"          | "train", "test" or None (all)                               |
+    | max_new_tokens      | 32               | answer length of the full and pruned model                  |
+    | action_table        | "default"        | "default" or a list of ActionEntry / dicts                  |
+    | reward              | "casrap"         | reward name or object                                       |
+    | timing              | "profiled"       | "profiled" (latency profile + one forward) or "live"        |
+    | telemetry           | "scenario"       | "scenario", "live" or "replay"                              |
+    | scenario            | "mixed"          | scenario name(s) for telemetry="scenario"                   |
+    | trace               | None             | trace file for telemetry="replay"                           |
+    | prompts_per_episode | 1                | prompts (steps) per episode                                 |
+    | sequential          | False            | visit prompts in order (evaluation) instead of at random    |
+    | budget_range        | (0.6, 1.05)      | latency budget / full-model latency, drawn per episode      |
+    | cache_file          | None             | JSON-lines file caching full-model answers across runs      |
+    | profile             | None             | ``ProfileConfig`` of the latency profile                    |
+    | device, dtype       | "auto"           | passed to ``load_model``                                    |
+
+    ```python
+    import gymnasium as gym
+    env = gym.make("DynPrune-v0", model="tiny-llama", reward="proxy")
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    ```
+
+    ## Version History
+    * v0: first version.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        model: Any = "smollm2-135m",
+        prompts: str | Sequence[Prompt] = "dynprune",
+        split: str | None = "train",
+        max_new_tokens: int = 32,
+        action_table: str | Sequence[ActionEntry | dict[str, Any]] = "default",
+        reward: str | RewardFn = "casrap",
+        timing: str = "profiled",
+        telemetry: str = "scenario",
+        scenario: str | Sequence[str] | None = "mixed",
+        trace: str | None = None,
+        prompts_per_episode: int = 1,
+        sequential: bool = False,
+        budget_range: tuple[float, float] = (0.6, 1.05),
+        cache_file: str | None = None,
+        profile: ProfileConfig | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        render_mode: str | None = None,
+    ) -> None:
+        from dynprune.models import PrunableLM, load_model
+        from dynprune.tasks import load_prompts
+
+        if timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
+        if prompts_per_episode < 1:
+            raise ValueError(f"prompts_per_episode must be >= 1, got {prompts_per_episode}")
+        lo, hi = budget_range
+        if not 0 < lo <= hi <= 2:
+            raise ValueError(f"budget_range must satisfy 0 < low <= high <= 2, got {budget_range}")
+        if render_mode is not None:
+            raise ValueError(f"DynPrune-v0 has no render modes, got {render_mode!r}")
+        self.reward_fn = make_reward(reward)
+        self.table = make_table(action_table)
+        self.timing = timing
+        self.prompts_per_episode = prompts_per_episode
+        self.sequential = sequential
+        self.budget_range = (float(lo), float(hi))
+        self.monitor = make_monitor(
+            telemetry,
+            scenario=scenario if telemetry == "scenario" else None,
+            trace=trace if telemetry == "replay" else None,
+            device="cpu",
+        )
+        self.telemetry_mode = telemetry
+        self.prompts = list(prompts) if not isinstance(prompts, str) else load_prompts(prompts, split=split)
+        if not self.prompts:
+            raise ValueError(f"prompt source {prompts!r} (split {split!r}) has no prompts")
+        self.lm = model if isinstance(model, PrunableLM) else load_model(model, device=device, dtype=dtype)
+        if self.lm.device.type == "cuda":
+            self.monitor = make_monitor(telemetry, scenario=scenario if telemetry == "scenario" else None,
+                                        trace=trace if telemetry == "replay" else None, device=str(self.lm.device))
+        self.evaluator = PlanEvaluator(self.lm, max_new_tokens, profile=profile, cache_file=cache_file)
+        self._plans: dict[int, PruningPlan] = {}
+
+        self.observation_names: tuple[str, ...] = TELEMETRY_FIELDS + PROMPT_FIELDS
+        low = [MISSING] * len(TELEMETRY_FIELDS) + [0.0] * len(PROMPT_FIELDS)
+        high = [1.0] * (len(TELEMETRY_FIELDS) + len(PROMPT_FIELDS))
+        if self.reward_fn.needs_budget:
+            self.observation_names += (BUDGET_FIELD,)
+            low.append(0.0)
+            high.append(2.0)
+        self.observation_space = spaces.Box(np.array(low, np.float32), np.array(high, np.float32), dtype=np.float32)
+        self.action_space = spaces.Discrete(len(self.table))
+        self.action_names: tuple[str, ...] = tuple(e.name for e in self.table)
+
+        self._episode = -1
+        self._step_in_episode = 0
+        self._cursor = 0
+        self._prompt: Prompt = self.prompts[0]
+        self._budget_rel: float | None = None
+        self._obs = np.zeros(self.observation_space.shape, np.float32)
+
+    # ------------------------------------------------------------------ helpers
+    def plan(self, action: int) -> PruningPlan:
+        """The plan of an action id (built on first use from calibrated importance)."""
+        action = int(action)
+        if action not in self._plans:
+            self._plans[action] = entry_plan(self.table[action], self.lm, use_adapters=bool(self.lm.adapters))
+        return self._plans[action]
+
+    def _next_prompt(self) -> Prompt:
+        if self.sequential:
+            prompt = self.prompts[self._cursor % len(self.prompts)]
+            self._cursor += 1
+            return prompt
+        return self.prompts[int(self.np_random.integers(len(self.prompts)))]
+
+    def _observe(self) -> np.ndarray:
+        snap = self.monitor.snapshot()
+        self._snapshot = snap
+        feats = self.evaluator.baseline(self._prompt).features
+        vec = snapshot_to_vector(snap) + [
+            min(1.0, feats.n_tokens / TOKENS_SCALE),
+            min(1.0, feats.perplexity / PPL_SCALE),
+            feats.complexity,
+        ]
+        if self.reward_fn.needs_budget:
+            vec.append(float(self._budget_rel))
+        obs = np.clip(np.asarray(vec, dtype=np.float32), self.observation_space.low, self.observation_space.high)
+        self._obs = obs
+        return obs
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "observation_names": self.observation_names,
+            "prompt_id": self._prompt.id,
+            "prompt": self._prompt.text,
+            "scenario": getattr(self._snapshot, "source", ""),
+        }
+
+    def _outcome(self, ev: Evaluation) -> tuple[Outcome, float]:
+        base = self.evaluator.baseline(self._prompt)
+        factor = float(self.monitor.latency_factor)
+        budget_s = base.latency_s * self._budget_rel if self._budget_rel is not None else None
+        outcome = Outcome(
+            speedup=ev.speedup,
+            baseline_ppl=base.ppl,
+            pruned_ppl=ev.ppl,
+            fidelity=ev.fidelity,
+            task_score=ev.task_score,
+            kept_fraction=ev.kept_fraction,
+            latency_s=ev.latency_s * factor,
+            budget_s=budget_s,
+        )
+        return outcome, factor
+
+    def _evaluate(self, action: int) -> tuple[Evaluation, Outcome, float, bool, float]:
+        cpu = self._snapshot.cpu_util if self.telemetry_mode == "live" else None
+        ev = self.evaluator.evaluate(self._prompt, self.plan(action), self.timing, cpu_util=cpu)
+        outcome, factor = self._outcome(ev)
+        reward, terminated = self.reward_fn(outcome)
+        return ev, outcome, float(reward), bool(terminated), factor
+
+    def action_rewards(self) -> np.ndarray:
+        """Reward of every action on the current prompt and state, without stepping (for the oracle)."""
+        return np.array([self._evaluate(a)[2] for a in range(self.action_space.n)], dtype=np.float64)
+
+    # ---------------------------------------------------------------- gym API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # noqa: ANN201
+        """Start an episode: new load scenario, latency budget and prompt."""
+        super().reset(seed=seed)
+        if seed is not None:  # a seeded reset starts a new run: same seed, same trajectory
+            self.monitor.reset(seed)
+            self._cursor = 0
+            self._episode = -1
+        self.monitor.next_episode()
+        self._episode += 1
+        self._step_in_episode = 0
+        if self.reward_fn.needs_budget:
+            lo, hi = self.budget_range
+            self._budget_rel = float(self.np_random.uniform(lo, hi)) * float(self.monitor.budget_scale)
+        self._prompt = self._next_prompt()
+        return self._observe(), self._info()
+
+    def step(self, action: Any):  # noqa: ANN201
+        """Apply the action's plan to the current prompt, measure, reward, restore."""
+        if not self.action_space.contains(action):
+            try:
+                ok = int(action) == action and self.action_space.contains(int(action))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"action {action!r} is not in {self.action_space} (ids 0..{self.action_space.n - 1})")
+        action = int(action)
+        ev, outcome, reward, terminated, factor = self._evaluate(action)
+        base = self.evaluator.baseline(self._prompt)
+        feats = base.features
+        plan = self.plan(action)
+        record = StepRecord(
+            episode=self._episode,
+            step=self._step_in_episode,
+            split=self._prompt.split,
+            prompt_id=self._prompt.id,
+            prompt_tokens=feats.n_tokens,
+            prompt_perplexity=feats.perplexity,
+            complexity=feats.complexity,
+            action=action,
+            action_name=self.action_names[action],
+            plan=plan.to_dict(),
+            timing=ev.timing,
+            baseline_latency_s=base.latency_s * factor,
+            pruned_latency_s=ev.latency_s * factor,
+            baseline_tokens_per_s=base.tokens_per_s / factor,
+            pruned_tokens_per_s=ev.tokens_per_s / factor,
+            speedup=ev.speedup,
+            baseline_ppl=base.ppl,
+            pruned_ppl=ev.ppl,
+            ppl_change=outcome.ppl_degradation,
+            fidelity=ev.fidelity,
+            task_score=ev.task_score,
+            kept_fraction=ev.kept_fraction,
+            reward=reward,
+            terminated=terminated,
+            observation=tuple(float(x) for x in self._obs),
+        )
+        info = self._info()
+        info.update(
+            action_name=record.action_name,
+            plan=record.plan,
+            timing=ev.timing,
+            baseline={"latency_s": record.baseline_latency_s, "tokens_per_s": record.baseline_tokens_per_s,
+                      "ppl": base.ppl, "task_score": base.task_score},
+            pruned={"latency_s": record.pruned_latency_s, "tokens_per_s": record.pruned_tokens_per_s,
+                    "ppl": ev.ppl, "fidelity": ev.fidelity, "exact_match": ev.exact_match,
+                    "task_score": ev.task_score, "speedup": ev.speedup},
+            budget_s=outcome.budget_s,
+            record=asdict(record),
+        )
+        if ev.timing == "live":
+            info["texts"] = {"baseline": base.text, "pruned": ev.text}
+        self._step_in_episode += 1
+        terminated = terminated or self._step_in_episode >= self.prompts_per_episode
+        if not terminated:
+            self._prompt = self._next_prompt()
+            obs = self._observe()
+            info["next_prompt_id"] = self._prompt.id
+        else:
+            obs = self._obs
+        return obs, reward, terminated, False, info
