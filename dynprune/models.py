@@ -127,7 +127,7 @@ def byte_tokenizer() -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", model_max_length=512
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", model_max_length=2048
     )
 
 
@@ -146,7 +146,7 @@ def tiny_llama(
         num_attention_heads=8,
         num_key_value_heads=2,
         head_dim=8,
-        max_position_embeddings=512,
+        max_position_embeddings=2048,
         # A wider init than the 0.02 default gives peaked logits, so greedy choices are not near-ties.
         initializer_range=0.25,
         tie_word_embeddings=True,

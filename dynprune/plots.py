@@ -80,7 +80,7 @@ def _records(records: Iterable[RecordLike]) -> list[StepRecord]:
     return [r if isinstance(r, StepRecord) else record_from_dict(r) for r in records]
 
 
-def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8.0, 4.5)) -> tuple[Figure, Any]:
+def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8.0, 5.0)) -> tuple[Figure, Any]:
     """A figure on its own Agg canvas (not known to pyplot) and its axes."""
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
@@ -134,6 +134,12 @@ def _maybe_log(ax: Any, *arrays: np.ndarray, axis: str = "y") -> bool:
     return False
 
 
+def _legend_below(fig: Figure, ax: Any) -> None:
+    """Legend under the axes, so it never hides data."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small", frameon=False)
+
+
 def _marker(n: int) -> str:
     return "o" if n <= 60 else ""
 
@@ -182,7 +188,7 @@ def plot_token_speed(records: Iterable[RecordLike], path: str | os.PathLike[str]
     _trend(ax, eps, pruned, _PRUNED_COLOR, "pruned", "tokens/s")
     ax.set(title="Token speed per episode", xlabel="episode (index)", ylabel="generation speed (tokens/s)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_below(fig, ax)
     return _save(fig, path)
 
 
@@ -200,7 +206,7 @@ def plot_inference_time(records: Iterable[RecordLike], path: str | os.PathLike[s
     _trend(ax, eps, pruned * scale, _PRUNED_COLOR, "pruned", unit)
     ax.set(title="Inference time per episode", xlabel="episode (index)", ylabel=f"latency ({unit})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_below(fig, ax)
     return _save(fig, path)
 
 
@@ -220,7 +226,7 @@ def plot_perplexity(records: Iterable[RecordLike], path: str | os.PathLike[str])
         ylabel="perplexity of full model's answer (unitless" + (", log scale)" if log else ")"),
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_below(fig, ax)
     return _save(fig, path)
 
 
@@ -251,7 +257,8 @@ def plot_tokens_vs_perplexity(records: Iterable[RecordLike], path: str | os.Path
         ylabel="prompt perplexity under full model (unitless" + (", log scale)" if log else ")"),
     )
     ax.grid(alpha=0.3)
-    ax.legend(title="action", fontsize="small", loc="best")
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, title="action", fontsize="small", loc="outside right upper")
     return _save(fig, path)
 
 
@@ -346,7 +353,7 @@ def plot_reward_curve(
     ax.axhline(0.0, color="black", lw=0.6)
     ax.set(title="Reward per episode", xlabel="episode (index)", ylabel="episode reward (unitless)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_below(fig, ax)
     return _save(fig, path)
 
 
@@ -405,7 +412,7 @@ def plot_test_comparison(summary: Mapping[str, GroupSummary], path: str | os.Pat
     """Three bar panels, one bar per agent: mean reward, mean speed-up (%), mean fidelity (error bars: std)."""
     names = list(summary)
     colors = _palette(names)
-    fig, axes = _figure(1, 3, figsize=(max(12.0, 1.2 * len(names) * 3 + 3), 4.8))
+    fig, axes = _figure(1, 3, figsize=(max(12.0, 1.8 * len(names) + 3), 4.8))
     panels = [
         ("mean_reward", "std_reward", 1.0, "Mean reward", "reward per step (unitless)"),
         ("mean_speedup", "std_speedup", 100.0, "Mean speed-up", "speed-up vs full model (%)"),
@@ -511,8 +518,8 @@ def _episode_returns(records: list[StepRecord]) -> list[dict[str, Any]]:
     return [{"episode": e, "reward": totals[e]} for e in sorted(totals)]
 
 
-def _read(path: Path, reader: Callable[[Path], list[Any]], notes: list[str]) -> list[Any]:
-    """Read one input; a missing file or an unreadable one becomes a note, not a crash."""
+def _read(path: Path, reader: Callable[[Path], list[Any]], notes: list[str]) -> list[Any] | None:
+    """Read one input; a missing (``[]``) or unreadable (``None``) file becomes a note, not a crash."""
     if not path.exists():
         notes.append(f"{path.name}: not found")
         return []
@@ -522,7 +529,7 @@ def _read(path: Path, reader: Callable[[Path], list[Any]], notes: list[str]) -> 
             data = reader(path)
         except (OSError, ValueError) as err:
             notes.append(f"could not read {path}: {err}")
-            data = []
+            data = None
     for w in caught:
         notes.append(str(w.message))
         warnings.warn(str(w.message), w.category, stacklevel=3)
@@ -587,8 +594,8 @@ def write_report(run_dir: str | os.PathLike[str]) -> list[Path]:
     notes: list[str] = []
     written: list[Path] = []
 
-    records: list[StepRecord] = _read(run_dir / "metrics.jsonl", read_records, notes)
-    train_log: list[dict[str, Any]] = _read(run_dir / "train_log.jsonl", read_jsonl, notes)
+    records: list[StepRecord] = _read(run_dir / "metrics.jsonl", read_records, notes) or []
+    train_log: list[dict[str, Any]] = _read(run_dir / "train_log.jsonl", read_jsonl, notes) or []
     test: dict[str, list[StepRecord]] = {}
     test_dir = run_dir / "test"
     test_files = sorted(test_dir.glob("*.jsonl")) if test_dir.is_dir() else []
@@ -598,7 +605,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> list[Path]:
         recs = _read(f, read_records, notes)
         if recs:
             test[f.stem] = recs
-        else:
+        elif recs is not None:
             notes.append(f"test/{f.name}: no records")
 
     def fig(key: str, fn: Callable[..., Path], *args: Any) -> None:
@@ -612,7 +619,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> list[Path]:
         fig("tokens_vs_perplexity", plot_tokens_vs_perplexity, records)
         fig("action_usage", plot_action_usage, records)
         fig("action_means", plot_action_means, records)
-    elif (run_dir / "metrics.jsonl").exists():
+    elif (run_dir / "metrics.jsonl").exists() and not any("metrics.jsonl:" in n for n in notes):
         notes.append("metrics.jsonl: no records; per-episode and per-action figures skipped")
     # reward curve: train_log when it carries rewards, else episode returns from metrics.jsonl
     reward_rows = [e for e in train_log if e.get("reward") is not None] or _episode_returns(records)

@@ -295,7 +295,8 @@ def summarise(records: Iterable[StepRecord | Mapping[str, Any]], by: str | None 
             grouped under ``"(unnamed)"``.
 
     Returns:
-        ``{group name: GroupSummary}`` in order of first appearance; empty for no records.
+        ``{group name: GroupSummary}`` in order of first appearance (by action id when
+        grouping by action); empty for no records.
     """
     if by is not None and by not in _FIELDS:
         raise ValueError(f"by must be None or a StepRecord field ({', '.join(_FIELDS)}), got {by!r}")
@@ -306,4 +307,7 @@ def summarise(records: Iterable[StepRecord | Mapping[str, Any]], by: str | None 
         if by == "agent" and not key:
             key = "(unnamed)"
         groups.setdefault(key, []).append(rec)
+    if by in ("action", "action_name"):
+        # per-action tables read best in action-table order
+        groups = dict(sorted(groups.items(), key=lambda kv: (kv[1][0].action, kv[0])))
     return {k: _summarise_group(v) for k, v in groups.items()}

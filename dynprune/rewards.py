@@ -174,5 +174,5 @@ def make_reward(reward: str | RewardFn) -> RewardFn:
             raise ValueError(f"unknown reward {reward!r}; expected one of {sorted(REWARDS)} or a RewardFn object")
         return REWARDS[reward]()
     if not isinstance(reward, RewardFn):
-        raise ValueError(f"reward must be a name or a RewardFn (callable with name/deterministic flags), got {reward!r}")
+        raise ValueError(f"reward must be a name or a RewardFn object, got {reward!r}")
     return reward

@@ -267,20 +267,11 @@ class DynPruneEnv(gym.Env):
         self._prompt = self._next_prompt()
         return self._observe(), self._info()
 
-    def step(self, action: Any):  # noqa: ANN201
-        """Apply the action's plan to the current prompt, measure, reward, restore."""
-        if not self.action_space.contains(action):
-            try:
-                ok = int(action) == action and self.action_space.contains(int(action))
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ValueError(f"action {action!r} is not in {self.action_space} (ids 0..{self.action_space.n - 1})")
-        action = int(action)
+    def _record(self, action: int) -> tuple[StepRecord, Evaluation, Outcome]:
+        """Measure ``action`` on the current prompt and build its record (does not advance)."""
         ev, outcome, reward, terminated, factor = self._evaluate(action)
         base = self.evaluator.baseline(self._prompt)
         feats = base.features
-        plan = self.plan(action)
         record = StepRecord(
             episode=self._episode,
             step=self._step_in_episode,
@@ -291,7 +282,7 @@ class DynPruneEnv(gym.Env):
             complexity=feats.complexity,
             action=action,
             action_name=self.action_names[action],
-            plan=plan.to_dict(),
+            plan=self.plan(action).to_dict(),
             timing=ev.timing,
             baseline_latency_s=base.latency_s * factor,
             pruned_latency_s=ev.latency_s * factor,
@@ -308,6 +299,25 @@ class DynPruneEnv(gym.Env):
             terminated=terminated,
             observation=tuple(float(x) for x in self._obs),
         )
+        return record, ev, outcome
+
+    def action_records(self) -> list[StepRecord]:
+        """The record of every action on the current prompt and state, without stepping (sweeps, oracle)."""
+        return [self._record(a)[0] for a in range(self.action_space.n)]
+
+    def step(self, action: Any):  # noqa: ANN201
+        """Apply the action's plan to the current prompt, measure, reward, restore."""
+        if not self.action_space.contains(action):
+            try:
+                ok = int(action) == action and self.action_space.contains(int(action))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"action {action!r} is not in {self.action_space} (ids 0..{self.action_space.n - 1})")
+        action = int(action)
+        record, ev, outcome = self._record(action)
+        reward, terminated = record.reward, record.terminated
+        base = self.evaluator.baseline(self._prompt)
         info = self._info()
         info.update(
             action_name=record.action_name,

@@ -216,10 +216,10 @@ def test_bad_prompts(tiny_lm):
         tiny_lm.encode_prompt("")
     with pytest.raises(ValueError, match="non-empty"):
         tiny_lm.generate("   ")
-    with pytest.raises(ValueError, match="context is 512 tokens"):
-        tiny_lm.encode_prompt("x" * 600)
+    with pytest.raises(ValueError, match="context is 2048 tokens"):
+        tiny_lm.encode_prompt("x" * 2100)
     with pytest.raises(ValueError, match="context"):
-        tiny_lm.generate("x" * 500, max_new_tokens=32)
+        tiny_lm.generate("x" * 2030, max_new_tokens=32)
 
 
 def test_plan_round_trips_through_dict(tiny_lm):

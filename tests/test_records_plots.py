@@ -93,7 +93,7 @@ def test_truncated_last_line_is_skipped(tmp_path: Path) -> None:
     line = json.dumps(dataclasses.asdict(make_records(6)[5]))
     with open(path, "a") as fh:
         fh.write(line[: len(line) // 2])  # crash mid-write: half a line, no newline
-    with pytest.warns(RuntimeWarning, match=rf"metrics\.jsonl:6: skipping a truncated last line"):
+    with pytest.warns(RuntimeWarning, match=r"metrics\.jsonl:6: skipping a truncated last line"):
         assert read_records(path) == recs
     with pytest.warns(RuntimeWarning, match=r"metrics\.jsonl:6"):
         assert len(read_jsonl(path)) == 5
@@ -185,10 +185,8 @@ def test_write_report_full_run(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     for ep in range(20):
         loss = None if ep < 3 else float(rng.uniform(0.1, 1.0))
-        append_record(
-            tmp_path / "train_log.jsonl",
-            {"timesteps": 2 * (ep + 1), "episode": ep, "reward": float(rng.normal()), "loss": loss, "epsilon": 1 / (ep + 1)},
-        )
+        entry = {"timesteps": 2 * (ep + 1), "episode": ep, "reward": float(rng.normal()), "loss": loss}
+        append_record(tmp_path / "train_log.jsonl", {**entry, "epsilon": 1 / (ep + 1)})
     agents = ["ddqn", "none", "static-layers-10%", "random", "oracle"]
     for k, name in enumerate(agents):
         write_lines(tmp_path / "test" / f"{name}.jsonl", make_records(12, agent=name, seed=10 + k))
@@ -222,11 +220,13 @@ def test_write_report_partial_and_unreadable_inputs(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text("")  # exists, empty
     (tmp_path / "test").mkdir()
     write_lines(tmp_path / "test" / "none.jsonl", make_records(6, agent="none"))
-    (tmp_path / "test" / "broken.jsonl").write_text('{"a": 1}\nnot json\n{"b": 2}\n')
+    good = json.dumps(dataclasses.asdict(make_records(1)[0]))
+    (tmp_path / "test" / "broken.jsonl").write_text(f"{good}\nnot json\n{good}\n")
     written = write_report(tmp_path)
     names = {p.name for p in written}
     assert names == {"test_comparison.png", "test_speedup_fidelity.png", "report.txt"}
     text = (tmp_path / "report" / "report.txt").read_text()
     assert "none" in text
-    assert "broken.jsonl:2" in text
+    assert "broken.jsonl:2: malformed JSON line" in text
+    assert "broken.jsonl: no records" not in text
     assert "metrics.jsonl: no records" in text

@@ -1,0 +1,142 @@
+"""DynPrune-v0 on the tiny model: Gymnasium/SB3 checks, determinism, rewards, bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import envs
+from dynprune.rewards import CasrapReward, LatencyBudgetReward, Outcome, make_reward
+from dynprune.runtime import ProfileConfig
+
+FAST = {"model": "tiny-llama", "max_new_tokens": 4, "profile": ProfileConfig(new_tokens=2, repeats=1)}
+
+
+def make(lm=None, **kw):
+    args = {**FAST, **({"model": lm} if lm is not None else {}), **kw}
+    return gym.make("DynPrune-v0", **args)
+
+
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_env_checkers_pass_without_warnings(env_id, tiny_lm32):
+    env = gym.make(env_id, **{**FAST, "model": tiny_lm32, "reward": "proxy"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env.unwrapped, skip_render_check=True)
+        sb3_check_env(env.unwrapped, warn=True)
+
+
+def test_observation_names_and_bounds(tiny_lm32):
+    env = make(tiny_lm32, reward="latency_budget")
+    obs, info = env.reset(seed=3)
+    names = env.unwrapped.observation_names
+    assert names[:5] == ("cpu_util", "mem_available_frac", "gpu_util", "vram_free_frac", "battery_frac")
+    assert names[5:] == ("prompt_tokens", "prompt_perplexity", "complexity", "latency_budget")
+    assert info["observation_names"] == names
+    assert obs.shape == (len(names),) and obs.dtype == np.float32
+    assert env.observation_space.contains(obs)
+
+
+def test_same_seed_same_proxy_trajectory(tiny_lm32):
+    def run(seed):
+        env = make(tiny_lm32, reward="proxy", prompts_per_episode=3)
+        obs, _ = env.reset(seed=seed)
+        out = [obs.tolist()]
+        rng = np.random.default_rng(0)
+        for _ in range(6):
+            obs, r, term, trunc, info = env.step(int(rng.integers(env.action_space.n)))
+            out.append((obs.tolist(), r, term, info["prompt_id"]))
+            if term:
+                obs, _ = env.reset()
+                out.append(obs.tolist())
+        return out
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_live_timing_carries_texts(tiny_lm32):
+    env = make(tiny_lm32, reward="casrap", timing="live")
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(4)
+    assert set(info["texts"]) == {"baseline", "pruned"}
+    assert info["timing"] == "live" and info["action_name"] == "layers-5%"
+    assert info["baseline"]["latency_s"] > 0 and info["pruned"]["latency_s"] > 0
+
+
+def test_none_action_is_the_full_model(tiny_lm32):
+    env = make(tiny_lm32, reward="casrap")
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(0)
+    assert info["pruned"]["speedup"] == 0.0 and info["pruned"]["fidelity"] == 1.0
+    assert reward == 0.0
+
+
+def test_bad_inputs(tiny_lm32):
+    env = make(tiny_lm32, reward="proxy")
+    env.reset(seed=0)
+    for bad in (env.action_space.n, -1, 1.5, "2", None):
+        with pytest.raises(ValueError, match="is not in Discrete"):
+            env.step(bad)
+    with pytest.raises(ValueError, match="unknown reward 'nope'"):
+        make(tiny_lm32, reward="nope")
+    with pytest.raises(ValueError, match="scenario"):
+        make(tiny_lm32, scenario="nope")
+    with pytest.raises(ValueError, match="timing"):
+        make(tiny_lm32, timing="fast")
+
+
+def test_malformed_prompt_file_names_file_and_line(tmp_path, tiny_lm32):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": \n')
+    with pytest.raises(ValueError, match=r"p.jsonl.*2"):
+        make(tiny_lm32, prompts=str(path), split=None)
+
+
+def test_casrap_reward_rules():
+    r = CasrapReward()
+    base = {"baseline_ppl": 10.0, "fidelity": 1.0, "task_score": None, "kept_fraction": 0.8}
+    assert r(Outcome(speedup=0.10, pruned_ppl=11.0, **base)) == pytest.approx((0.7 * 0.10 - 0.3 * 0.1, False))
+    assert r(Outcome(speedup=0.15, pruned_ppl=10.0, **base)) == pytest.approx((0.7 * 0.15 + 1, False))
+    assert r(Outcome(speedup=0.25, pruned_ppl=9.0, **base)) == pytest.approx((0.7 * 0.25 + 2, False))
+    assert r(Outcome(speedup=-0.05, pruned_ppl=10.0, **base)) == pytest.approx((-10 - 20 * 0.05, False))
+    assert r(Outcome(speedup=-0.2, pruned_ppl=10.0, **base)) == (-20.0, True)
+
+
+def test_latency_budget_reward_orders_met_above_missed():
+    r = LatencyBudgetReward()
+    kw = {"speedup": 0.0, "baseline_ppl": 1.0, "pruned_ppl": 1.0, "task_score": None, "kept_fraction": 1.0}
+    met = r(Outcome(fidelity=0.0, latency_s=1.0, budget_s=1.0, **kw))[0]
+    missed = r(Outcome(fidelity=1.0, latency_s=1.1, budget_s=1.0, **kw))[0]
+    worse = r(Outcome(fidelity=1.0, latency_s=1.5, budget_s=1.0, **kw))[0]
+    assert met > missed > worse
+    assert make_reward("proxy").deterministic and not make_reward("casrap").deterministic
+
+
+def test_oracle_rewards_match_steps(tiny_lm32):
+    env = make(tiny_lm32, reward="proxy")
+    env.reset(seed=1)
+    table = env.unwrapped.action_rewards()
+    _, reward, _, _, _ = env.step(int(np.argmax(table)))
+    assert reward == pytest.approx(table.max())
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_sb3_learns_on_dynprune(tiny_lm32, double):
+    from stable_baselines3 import DQN
+
+    cls = DQN
+    if double:
+        from agents.dqn import DoubleDQN
+
+        cls = DoubleDQN
+    env = make(tiny_lm32, reward="proxy")
+    model = cls("MlpPolicy", env, policy_kwargs={"net_arch": [16]}, learning_starts=8, buffer_size=100,
+                batch_size=8, seed=0, verbose=0)
+    model.learn(32)
+    assert model.num_timesteps == 32
