@@ -1,6 +1,10 @@
 """``dynprune`` command line.
 
 Sub-commands:
+    main        train a Double DQN on the embedded model, test it on held-out prompts, write the report
+    train       train an agent on DynPrune-v0 (checkpoints, --resume, metrics.jsonl)
+    test        evaluate a trained agent against none / static / random / oracle on held-out prompts
+    report      write report.txt and plots of a run directory
     demo        load a model, run one prompt under a few plans, print latency / tokens/s / fidelity
     info        print a model's geometry and identity
     calibrate   measure importance (block influence, heads, channels) and cache it
@@ -139,6 +143,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the report of a run directory."""
+    from pathlib import Path
+
+    from dynprune.plots import write_report
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} does not exist")
+    paths = write_report(run_dir)
+    print((run_dir / "report" / "report.txt").read_text())
+    print(f"wrote {len(paths)} files to {run_dir / 'report'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``dynprune`` argument parser."""
     parser = argparse.ArgumentParser(prog="dynprune", description=__doc__.split("\n")[0])
@@ -163,6 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--out", default=None, help="output file (default: the cache)")
     p.set_defaults(fn=cmd_calibrate)
+
+    p = sub.add_parser("report", help="write report.txt and the plots of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_report)
+
+    # train / test / main live above the engine (agents, envs); they register through an entry point
+    # so this module never imports them.
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="dynprune.commands"):
+        ep.load()(sub)
     return parser
 
 

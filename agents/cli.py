@@ -1,0 +1,294 @@
+"""``dynprune train | test | main``: train an agent on DynPrune-v0, evaluate it, report.
+
+Registered with the ``dynprune`` command through the ``dynprune.commands`` entry
+point group, so the engine's CLI never imports agents or envs (the arrows go one way).
+
+Run directory layout (``--run-dir runs/NAME``)::
+
+    config.json          the arguments of the run (written first; a run is never overwritten without --force)
+    metrics.jsonl        one StepRecord per training step, appended and fsynced as it happens
+    train_log.jsonl      one line per episode: timesteps, reward, loss, epsilon
+    checkpoint.zip       latest model (+ checkpoint_replay.pkl) for --resume
+    agent.zip            the trained agent (+ agent.zip.agent.json sidecar)
+    test/<agent>.jsonl   held-out evaluation records per agent; test/summary.json
+    report/              plots and report.txt (``dynprune report``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+RUN_FILES = ("config.json", "metrics.jsonl", "train_log.jsonl", "checkpoint.zip", "agent.zip")
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _env_kwargs(cfg: dict[str, Any], split: str) -> dict[str, Any]:
+    from dynprune.runtime import ProfileConfig
+
+    return {
+        "model": cfg["model"],
+        "split": split,
+        "reward": cfg["reward"],
+        "timing": cfg["timing"] if split == "train" else cfg["test_timing"],
+        "max_new_tokens": cfg["max_new_tokens"],
+        "telemetry": cfg["telemetry"],
+        "scenario": cfg["scenario"],
+        "device": cfg["device"],
+        "profile": ProfileConfig(new_tokens=cfg["profile_tokens"], repeats=cfg["profile_repeats"]),
+    }
+
+
+def _limit_prompts(env: Any, limit: int | None, seed: int) -> None:
+    """Keep a fixed random subset of the env's prompts (same seed, same subset)."""
+    import numpy as np
+
+    prompts = env.unwrapped.prompts
+    if limit is not None and limit < len(prompts):
+        idx = sorted(np.random.default_rng(seed).choice(len(prompts), size=limit, replace=False).tolist())
+        env.unwrapped.prompts = [prompts[i] for i in idx]
+
+
+def _make_env(cfg: dict[str, Any], split: str, lm: Any = None) -> Any:
+    import gymnasium as gym
+
+    import envs  # noqa: F401 - registers DynPrune-v0
+
+    kwargs = _env_kwargs(cfg, split)
+    if lm is not None:
+        kwargs["model"] = lm
+    if split == "test":
+        kwargs["sequential"] = True
+    env = gym.make("DynPrune-v0", **kwargs)
+    _limit_prompts(env, cfg["train_prompts"] if split == "train" else cfg["test_prompts"], cfg["seed"])
+    return env
+
+
+class _RecordingCallback:
+    """Builds an SB3 callback that logs step records, episode summaries and checkpoints."""
+
+    @staticmethod
+    def make(run_dir: Path, checkpoint_every: int, progress: Any, agent_name: str) -> Any:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        from dynprune.records import append_record
+
+        class Callback(BaseCallback):
+            def _on_step(self) -> bool:
+                for info, done, reward in zip(self.locals["infos"], self.locals["dones"], self.locals["rewards"],
+                                              strict=True):
+                    rec = dict(info.get("record", {}))
+                    if rec:
+                        rec["agent"] = agent_name
+                        append_record(run_dir / "metrics.jsonl", rec)
+                    if done:
+                        logger = self.model.logger.name_to_value
+                        append_record(run_dir / "train_log.jsonl", {
+                            "timesteps": self.num_timesteps,
+                            "episode": rec.get("episode"),
+                            "reward": float(reward),
+                            "loss": logger.get("train/loss"),
+                            "epsilon": float(self.model.exploration_rate),
+                        })
+                progress.update(1)
+                if self.num_timesteps % checkpoint_every == 0:
+                    save_checkpoint(self.model, run_dir)
+                return True
+
+        return Callback()
+
+
+def save_checkpoint(model: Any, run_dir: Path) -> None:
+    """Save model and replay buffer atomically (temporary file + rename)."""
+    tmp = run_dir / ".checkpoint.tmp.zip"
+    model.save(tmp)
+    os.replace(tmp, run_dir / "checkpoint.zip")
+    tmp_rb = run_dir / ".checkpoint_replay.tmp.pkl"
+    model.save_replay_buffer(tmp_rb)
+    os.replace(tmp_rb, run_dir / "checkpoint_replay.pkl")
+
+
+def _prepare_run_dir(run_dir: Path, force: bool, resume: bool) -> None:
+    taken = run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_FILES)
+    if taken and not (force or resume):
+        raise ValueError(f"run directory {run_dir} already holds a run; pass --force to overwrite or --resume")
+    if taken and force and not resume:
+        shutil.rmtree(run_dir)
+    if resume and not (run_dir / "config.json").is_file():
+        raise ValueError(f"nothing to resume in {run_dir}: no config.json")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train an agent; Ctrl-C saves a checkpoint and keeps every finished record."""
+    from tqdm import tqdm
+
+    from agents.dqn import DoubleDQN, SB3Agent, make_dqn
+
+    run_dir = Path(args.run_dir)
+    _prepare_run_dir(run_dir, args.force, args.resume)
+    if args.resume:
+        cfg = json.loads((run_dir / "config.json").read_text())
+    else:
+        cfg = {k: v for k, v in vars(args).items() if k not in ("fn", "force", "resume", "run_dir", "verbose")}
+        cfg["created"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        _atomic_json(run_dir / "config.json", cfg)
+    env = _make_env(cfg, "train")
+    print(f"[train] {cfg['agent']} on {env.unwrapped.lm.model_id}: {len(env.unwrapped.prompts)} train prompts, "
+          f"{cfg['episodes']} episodes, reward={cfg['reward']}, timing={cfg['timing']}", flush=True)
+    done_steps = 0
+    if args.resume and (run_dir / "checkpoint.zip").is_file():
+        model = DoubleDQN.load(run_dir / "checkpoint.zip", env=env, device="cpu")
+        if (run_dir / "checkpoint_replay.pkl").is_file():
+            model.load_replay_buffer(run_dir / "checkpoint_replay.pkl")
+        done_steps = model.num_timesteps
+        print(f"[train] resuming at step {done_steps}")
+    else:
+        model = make_dqn(env, double=cfg["agent"] == "ddqn", seed=cfg["seed"],
+                         learning_starts=min(64, max(8, cfg["episodes"] // 10)),
+                         target_update_interval=max(10, cfg["episodes"] // 20))
+    remaining = cfg["episodes"] - done_steps
+    agent_name = cfg["agent"]
+    interrupted = False
+    with tqdm(total=cfg["episodes"], initial=done_steps, desc="train", unit="ep", disable=None) as bar:
+        callback = _RecordingCallback.make(run_dir, cfg["checkpoint_every"], bar, agent_name)
+        try:
+            if remaining > 0:
+                model.learn(remaining, callback=callback, reset_num_timesteps=done_steps == 0)
+        except KeyboardInterrupt:
+            interrupted = True
+    save_checkpoint(model, run_dir)
+    if interrupted:
+        print(f"\n[train] interrupted at step {model.num_timesteps}; checkpoint saved. "
+              f"Continue with: dynprune train --run-dir {run_dir} --resume", file=sys.stderr)
+        return 130
+    SB3Agent(model, name=agent_name).save(run_dir / "agent.zip")
+    print(f"[train] done: {run_dir / 'agent.zip'}")
+    return 0
+
+
+def evaluate(run_dir: Path, cfg: dict[str, Any], lm: Any = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate the trained agent and the baselines on held-out prompts; write test/*.jsonl."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from agents.base import load_agent
+    from agents.baselines import RandomAgent, StaticAgent
+    from dynprune.plots import format_table
+    from dynprune.records import append_record, summarise
+
+    env = _make_env(cfg, "test", lm=lm)
+    core = env.unwrapped
+    trained = load_agent(run_dir / "agent.zip", env=env)
+    agents: dict[str, Any] = {cfg["agent"]: trained, "random": RandomAgent(core.action_space.n, seed=cfg["seed"])}
+    for a, name in enumerate(core.action_names):
+        agents["none" if a == 0 else f"static-{name}"] = StaticAgent(a, core.action_space.n)
+    out_dir = run_dir / "test"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    records: list[Any] = []
+    n = len(core.prompts)
+    obs, info = env.reset(seed=cfg["seed"] + 1)
+    # Every action is measured once per prompt (live), so all agents are compared on the same measurements.
+    for i in tqdm(range(n), desc="test", unit="prompt", disable=None if progress else True):
+        table = core.action_records()
+        rewards = np.array([r.reward for r in table])
+        picks = {name: int(agent.act(obs, info)) for name, agent in agents.items()}
+        picks["oracle"] = int(np.argmax(rewards))
+        for name, action in picks.items():
+            rec = asdict(table[action])
+            rec.update(agent=name, episode=i, step=0)
+            append_record(out_dir / f"{name}.jsonl", rec)
+            from dynprune.records import record_from_dict
+
+            records.append(record_from_dict(rec))
+        if i + 1 < n:
+            obs, info = env.reset()
+    summary = summarise(records, by="agent")
+    _atomic_json(out_dir / "summary.json", summary)
+    print(format_table(summary))
+    return summary
+
+
+def test(args: argparse.Namespace) -> int:
+    """``dynprune test --run-dir runs/NAME``."""
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "agent.zip").is_file():
+        raise ValueError(f"{run_dir} has no trained agent (agent.zip); run dynprune train first")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    for key in ("test_prompts", "test_timing"):
+        if getattr(args, key, None) is not None:
+            cfg[key] = getattr(args, key)
+    evaluate(run_dir, cfg)
+    return 0
+
+
+def main_job(args: argparse.Namespace) -> int:
+    """Train a Double DQN on the embedded model, test it on held-out prompts, write the report."""
+    from dynprune.plots import write_report
+
+    if args.run_dir is None:
+        args.run_dir = f"runs/main-{time.strftime('%Y%m%d-%H%M%S')}"
+    t0 = time.perf_counter()
+    rc = train(args)
+    if rc:
+        return rc
+    cfg = json.loads((Path(args.run_dir) / "config.json").read_text())
+    evaluate(Path(args.run_dir), cfg)
+    paths = write_report(Path(args.run_dir))
+    print(f"[main] report: {Path(args.run_dir) / 'report'} ({len(paths)} files) in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _add_run_args(p: argparse.ArgumentParser, episodes: int, train_prompts: int | None,
+                  test_prompts: int | None) -> None:
+    p.add_argument("--agent", choices=("ddqn", "dqn"), default="ddqn", help="Double DQN or SB3's DQN")
+    p.add_argument("--episodes", type=int, default=episodes, help="training episodes (one prompt each)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--reward", default="casrap")
+    p.add_argument("--timing", choices=("profiled", "live"), default="profiled", help="training timing mode")
+    p.add_argument("--test-timing", choices=("profiled", "live"), default="live")
+    p.add_argument("--telemetry", choices=("scenario", "live", "replay"), default="scenario")
+    p.add_argument("--scenario", default="mixed")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--train-prompts", type=int, default=train_prompts, help="random subset of the train split")
+    p.add_argument("--test-prompts", type=int, default=test_prompts, help="random subset of the test split")
+    p.add_argument("--profile-tokens", type=int, default=12, help="tokens per latency-profile timing run")
+    p.add_argument("--profile-repeats", type=int, default=2)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.add_argument("--resume", action="store_true", help="continue a run from its checkpoint")
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``train``, ``test`` and ``main`` to the ``dynprune`` sub-command parser."""
+    p = sub.add_parser("train", help="train an agent on DynPrune-v0")
+    p.add_argument("--run-dir", required=True)
+    _add_run_args(p, episodes=600, train_prompts=None, test_prompts=None)
+    p.set_defaults(fn=train)
+
+    p = sub.add_parser("test", help="evaluate a trained agent against none / static / random / oracle")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--test-prompts", type=int, default=None)
+    p.add_argument("--test-timing", choices=("profiled", "live"), default=None)
+    p.set_defaults(fn=test)
+
+    p = sub.add_parser("main", help="the README's main job: train, test and report on the embedded model")
+    p.add_argument("--run-dir", default=None, help="default: runs/main-<timestamp>")
+    _add_run_args(p, episodes=600, train_prompts=40, test_prompts=12)
+    p.set_defaults(fn=main_job)
