@@ -59,7 +59,7 @@ class Args:
     """auto, cpu, cuda or cuda:N"""
     threads: int | None = None
     """torch CPU threads (none: torch's default, all cores it sees)"""
-    repeats: int = 8
+    repeats: int = 10
     """timed generations per plan (plans interleaved; a warm-up generation per plan comes first)"""
     apply_repeats: int = 200
     """timed apply + restore cycles per kind of op"""

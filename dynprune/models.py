@@ -190,6 +190,11 @@ def _converted_embedded(name: str) -> Path:
     log.info("converting %s to %s (once)", gguf, target)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=info.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=info.gguf_file, dtype=torch.float32)
+    # The GGUF weights are de-quantised to float on load; drop the quantiser marker so the
+    # plain float model can be saved (transformers refuses to serialise "gguf-quantised" models).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
