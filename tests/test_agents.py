@@ -85,6 +85,16 @@ def one_hot(context: int) -> np.ndarray:
     return obs
 
 
+@pytest.fixture
+def one_torch_thread() -> Any:
+    """Run torch on one thread: tiny MLPs gain nothing from more, and on a busy machine
+    (other processes on the cores) two spinning intra-op threads made training ~6x slower."""
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(threads)
+
+
 # --- the targets on a crafted batch -------------------------------------------------------
 
 # three transitions, three actions; online argmax = [1, 0, 2], target argmax = [0, 1, 2]
@@ -233,6 +243,7 @@ def test_double_q_false_reproduces_sb3_dqn() -> None:
     assert ours.logger.name_to_value["train/loss"] == theirs.logger.name_to_value["train/loss"]
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_train_calls_double_dqn_targets(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"double": 0, "dqn": 0}
     real_double, real_dqn = dqn_module.double_dqn_targets, dqn_module.dqn_targets
@@ -264,9 +275,11 @@ def greedy_actions(model: DQN) -> list[int]:
     return [int(model.predict(one_hot(c), deterministic=True)[0]) for c in range(REWARDS.shape[0])]
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("seed", [0, 1])
 def test_double_dqn_learns_best_action_per_context(seed: int) -> None:
-    th.manual_seed(seed)
+    # seed= seeds python, numpy, torch and the action space; the env is seeded by its first reset
+    # reliability: 100 of 100 seeds learn all three contexts at 3000 steps (and 50 of 50 at 800)
     env = ContextBandit()
     model = DoubleDQN(
         "MlpPolicy",
@@ -411,9 +424,11 @@ def test_random_round_trip_continues_the_sequence(tmp_path: Path) -> None:
     loaded = load_agent(tmp_path / "rand")
     assert isinstance(loaded, RandomAgent) and loaded.n_actions == 3
     assert [loaded.act(obs) for _ in range(50)] == [agent.act(obs) for _ in range(50)]
-    assert head == [RandomAgent(3, seed=11).act(obs) for _ in range(5)]
+    fresh = RandomAgent(3, seed=11)
+    assert head == [fresh.act(obs) for _ in range(5)]
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("kind", ["dqn", "double_dqn"])
 def test_sb3_agent_round_trip(tmp_path: Path, kind: str) -> None:
     env = ContextBandit()
@@ -445,3 +460,35 @@ def test_lazy_exports() -> None:
     assert agents.DoubleDQN is DoubleDQN
     with pytest.raises(AttributeError):
         agents.not_there  # noqa: B018
+
+
+# --- on the real environment ----------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_every_kind_acts_on_dynprune_env(tiny_lm32: Any, tmp_path: Path) -> None:
+    import envs  # noqa: F401 - registers DynPrune-v0
+    from dynprune.runtime import ProfileConfig
+
+    env = gym.make(
+        "DynPrune-v0",
+        model=tiny_lm32,
+        reward="proxy",
+        max_new_tokens=4,
+        profile=ProfileConfig(new_tokens=2, repeats=1),
+    )
+    obs, info = env.reset(seed=0)
+    n_actions = int(env.action_space.n)
+    for kind in registered_kinds():
+        agent = make_agent(kind, env, seed=0) if kind in ("random", "dqn", "double_dqn") else make_agent(kind, env)
+        action = agent.act(obs, info)
+        assert 0 <= action < n_actions, kind
+        agent.save(tmp_path / kind)
+        # a restored agent plays what the original plays next (random: the same next draw)
+        assert load_agent(tmp_path / kind, env=env).act(obs, info) == agent.act(obs, info), kind
+    # the oracle plays the best action of the table, and stepping it earns that reward
+    table = env.unwrapped.action_rewards()
+    action = make_agent("oracle", env).act(obs, info)
+    assert action == int(np.argmax(table))
+    _, reward, _, _, _ = env.step(action)
+    assert reward == pytest.approx(table.max())
