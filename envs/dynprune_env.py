@@ -239,9 +239,10 @@ class DynPruneEnv(gym.Env):
         )
         return outcome, factor
 
-    def _evaluate(self, action: int) -> tuple[Evaluation, Outcome, float, bool, float]:
+    def _evaluate(self, action: int, plan: PruningPlan | None = None) -> tuple[Evaluation, Outcome, float, bool, float]:
         cpu = self._snapshot.cpu_util if self.telemetry_mode == "live" else None
-        ev = self.evaluator.evaluate(self._prompt, self.plan(action), self.timing, cpu_util=cpu)
+        plan = self.plan(action) if plan is None else plan
+        ev = self.evaluator.evaluate(self._prompt, plan, self.timing, cpu_util=cpu)
         outcome, factor = self._outcome(ev)
         reward, terminated = self.reward_fn(outcome)
         return ev, outcome, float(reward), bool(terminated), factor
@@ -267,9 +268,20 @@ class DynPruneEnv(gym.Env):
         self._prompt = self._next_prompt()
         return self._observe(), self._info()
 
-    def _record(self, action: int) -> tuple[StepRecord, Evaluation, Outcome]:
-        """Measure ``action`` on the current prompt and build its record (does not advance)."""
-        ev, outcome, reward, terminated, factor = self._evaluate(action)
+    def record_plan(self, plan: PruningPlan, action: int = -1, action_name: str | None = None) -> StepRecord:
+        """Measure any plan on the current prompt and state, without stepping (exploration over layer sets).
+
+        ``action`` is the table id when the plan is a table entry, else -1.
+        """
+        self.lm.validate(plan)
+        return self._record(action, plan, action_name)[0]
+
+    def _record(
+        self, action: int, plan: PruningPlan | None = None, action_name: str | None = None
+    ) -> tuple[StepRecord, Evaluation, Outcome]:
+        """Measure ``action`` (or ``plan``) on the current prompt and build its record (does not advance)."""
+        ev, outcome, reward, terminated, factor = self._evaluate(action, plan)
+        plan = self.plan(action) if plan is None else plan
         base = self.evaluator.baseline(self._prompt)
         feats = base.features
         record = StepRecord(
@@ -281,8 +293,8 @@ class DynPruneEnv(gym.Env):
             prompt_perplexity=feats.perplexity,
             complexity=feats.complexity,
             action=action,
-            action_name=self.action_names[action],
-            plan=self.plan(action).to_dict(),
+            action_name=action_name or (self.action_names[action] if action >= 0 else plan.describe()),
+            plan=plan.to_dict(),
             timing=ev.timing,
             baseline_latency_s=base.latency_s * factor,
             pruned_latency_s=ev.latency_s * factor,
