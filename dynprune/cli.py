@@ -192,7 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="dynprune.commands"):
-        ep.load()(sub)
+        try:
+            add = ep.load()
+        except ImportError as e:  # a plugin that is not installed must not break the other commands
+            logging.getLogger(__name__).debug("dynprune command plugin %s unavailable: %s", ep.name, e)
+            continue
+        add(sub)
     return parser
 
 

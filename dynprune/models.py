@@ -40,11 +40,13 @@ from dynprune.plan import PruningPlan
 from dynprune.pruning import (
     FFNSlice,
     HeadSlice,
+    LayerStack,
     apply_ffn_slice,
     apply_head_slice,
+    apply_layer_stack,
     build_ffn_slice,
     build_head_slice,
-    swap_layer_stack,
+    build_layer_stack,
 )
 from dynprune.types import GenerationResult, Importance, ModelGeometry, PromptFeatures, ScoreResult
 
@@ -333,6 +335,7 @@ class PrunableLM:
         self.adapters: dict[int, nn.Module] = {}
         self._importance: Importance | None = None
         self._profiles: dict[tuple[str, int, int], HeadSlice | FFNSlice] = {}
+        self._stacks: dict[tuple[Any, ...], LayerStack] = {}
         self._active: PruningPlan | None = None
         self._features: dict[str, PromptFeatures] = {}
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
@@ -546,6 +549,21 @@ class PrunableLM:
         assert isinstance(slc, FFNSlice)
         return slc
 
+    def layer_stack(self, skip: tuple[int, ...], adapters: dict[int, nn.Module]) -> LayerStack:
+        """The cached layer list for this layout (built on first use; keyed by the adapter modules' identity)."""
+        key = (skip, tuple(sorted((i, id(m)) for i, m in adapters.items())))
+        stack = self._stacks.get(key)
+        if stack is None or any(s.adapter is not adapters[i] for i, s in self._adapter_layers(stack, adapters)):
+            stack = build_layer_stack(self._layers, skip, adapters)
+            self._stacks[key] = stack
+        return stack
+
+    @staticmethod
+    def _adapter_layers(stack: LayerStack, adapters: dict[int, nn.Module]) -> list[tuple[int, Any]]:
+        # pair each adapter layer of a cached stack with its layer index (guards against id() reuse)
+        wrapped = [m for m in stack.modules if hasattr(m, "adapter")]
+        return list(zip(sorted(adapters), wrapped, strict=True))
+
     def validate(self, plan: PruningPlan) -> None:
         """Raise ``ValueError`` if ``plan`` cannot be applied to this model."""
         if not isinstance(plan, PruningPlan):
@@ -589,6 +607,7 @@ class PrunableLM:
         adapters = {
             i: m if (m := plan.module_for(i)) is not None else self.adapters[i] for i in plan.adapters
         }
+        stack = self.layer_stack(plan.skip, adapters) if plan.skip or plan.adapters else None
         undo: list[Any] = []
         try:
             for layer, hs in heads:
@@ -596,7 +615,7 @@ class PrunableLM:
             for layer, fs in ffn:
                 undo.append(apply_ffn_slice(self._layers[layer].mlp, fs))
             if plan.skip or plan.adapters:
-                undo.append(swap_layer_stack(self.decoder, self._layers, plan.skip, adapters))
+                undo.append(apply_layer_stack(self.decoder, stack))
             self._active = plan
             yield self
         finally:

@@ -5,12 +5,16 @@ of the list (the residual stream passes straight through), adapter layers are
 replaced by an :class:`AdapterLayer`. The attention modules that remain are
 renumbered 0..k-1 so that the KV cache stays dense: transformers' caches find
 the sequence length from slot 0 and index slots by ``self_attn.layer_idx``.
-The returned callable undoes the swap and the renumbering exactly.
+
+:func:`build_layer_stack` does the work once per layout (the caller caches it);
+:func:`apply_layer_stack` is then one attribute swap plus the renumbering, and
+returns the callable that undoes both exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -34,43 +38,59 @@ class AdapterLayer(nn.Module):
         return self.adapter(hidden_states)
 
 
-def swap_layer_stack(
-    owner: nn.Module,
-    originals: Sequence[nn.Module],
-    skip: Sequence[int],
-    adapters: Mapping[int, nn.Module],
-) -> Callable[[], None]:
-    """Replace ``owner.layers`` by the kept layers and adapters; return the undo.
+@dataclass(frozen=True)
+class LayerStack:
+    """A pruned layer list and the attention renumbering it needs.
 
-    Args:
-        owner: The decoder (e.g. ``LlamaModel``) whose ``layers`` is a ModuleList.
-        originals: The unpruned layers, in order.
-        skip: Layer indices to drop.
-        adapters: ``{layer index: module}`` layers to replace by adapters.
+    Attributes:
+        modules: The kept decoder layers and adapter layers, in order.
+        renumber: ``(attention module, index while applied, original index)`` per kept layer.
     """
+
+    modules: nn.ModuleList
+    renumber: tuple[tuple[nn.Module, int, int], ...]
+
+
+def build_layer_stack(
+    originals: Sequence[nn.Module], skip: Sequence[int], adapters: Mapping[int, nn.Module]
+) -> LayerStack:
+    """The layer list without ``skip`` and with ``adapters`` in place; touches no model."""
     skipped = set(skip)
     assert not skipped & set(adapters), "a layer cannot be both skipped and adapted"
-    assert isinstance(owner.layers, nn.ModuleList), "owner.layers must be a ModuleList"
-    old_list = owner.layers
     stack: list[nn.Module] = []
-    renumbered: list[tuple[nn.Module, int]] = []
+    renumber: list[tuple[nn.Module, int, int]] = []
     for i, layer in enumerate(originals):
         if i in skipped:
             continue
         if i in adapters:
             stack.append(AdapterLayer(adapters[i], getattr(layer, "attention_type", "full_attention")))
             continue
-        attn = layer.self_attn
-        renumbered.append((attn, attn.layer_idx))
+        renumber.append((layer.self_attn, len(renumber), i))
         stack.append(layer)
-    # Renumber only after the new stack is fully built, so an error above leaves the model as it was.
-    for new_idx, (attn, _) in enumerate(renumbered):
+    return LayerStack(nn.ModuleList(stack), tuple(renumber))
+
+
+def apply_layer_stack(owner: nn.Module, stack: LayerStack) -> Callable[[], None]:
+    """Put ``stack`` in ``owner.layers`` and renumber attention; return the undo."""
+    assert isinstance(owner.layers, nn.ModuleList), "owner.layers must be a ModuleList"
+    old_list = owner.layers
+    for attn, new_idx, _ in stack.renumber:
         attn.layer_idx = new_idx
-    owner.layers = nn.ModuleList(stack)
+    owner.layers = stack.modules
 
     def undo() -> None:
-        for attn, old_idx in renumbered:
+        for attn, _, old_idx in stack.renumber:
             attn.layer_idx = old_idx
         owner.layers = old_list
 
     return undo
+
+
+def swap_layer_stack(
+    owner: nn.Module,
+    originals: Sequence[nn.Module],
+    skip: Sequence[int],
+    adapters: Mapping[int, nn.Module],
+) -> Callable[[], None]:
+    """Build and apply a layer stack in one call (no caching); return the undo."""
+    return apply_layer_stack(owner, build_layer_stack(originals, skip, adapters))
