@@ -40,6 +40,7 @@ register_agent("random", "agents.baselines:RandomAgent")
 register_agent("oracle", "agents.baselines:OracleAgent")
 register_agent("dqn", "agents.dqn:SB3Agent", double=False)
 register_agent("double_dqn", "agents.dqn:SB3Agent", double=True)
+register_agent("d3rlpy", "agents.offline:D3rlpyAgent")
 
 _LAZY = {"DoubleDQN", "DQNConfig", "SB3Agent", "double_dqn_targets", "dqn_targets", "make_dqn"}
 

@@ -5,6 +5,8 @@ Sub-commands:
     train       train an agent on DynPrune-v0 (checkpoints, --resume, metrics.jsonl)
     test        evaluate a trained agent against none / static / random / oracle on held-out prompts
     report      write report.txt and plots of a run directory
+    adapters    train layer adapters by distillation (``dynprune adapters train``)
+    explore     log exploration data (DFS / random / sweep); prefs, offline: offline RL on it
     demo        load a model, run one prompt under a few plans, print latency / tokens/s / fidelity
     info        print a model's geometry and identity
     calibrate   measure importance (block influence, heads, channels) and cache it
@@ -182,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--out", default=None, help="output file (default: the cache)")
     p.set_defaults(fn=cmd_calibrate)
+
+    from dynprune.adapters_cli import add_adapter_commands
+
+    add_adapter_commands(sub)
 
     p = sub.add_parser("report", help="write report.txt and the plots of a run directory")
     p.add_argument("run_dir")

@@ -1,5 +1,4 @@
 """Shared fixtures: a tiny random Llama (GQA) calibrated on a few windows."""
-
 from __future__ import annotations
 
 import pytest
@@ -7,6 +6,10 @@ import torch
 
 from dynprune.importance import calibrate
 from dynprune.models import PrunableLM, load_model
+
+# Tiny models run faster on one thread (less scheduling overhead), and the suite must not fight
+# other processes for the machine's 2 cores. Embedded-model tests set their own thread count.
+torch.set_num_threads(1)
 
 CALIBRATION_TEXTS = [
     "The capital of France is Paris. The capital of Italy is Rome.",

@@ -1,0 +1,43 @@
+"""Exploration that logs data, logged datasets, preference pairs and the d3rlpy export.
+
+- :mod:`offline_data.explore`: DFS and random search over layer sets and a sweep of the
+  action table, measured on real prompts and written as one Parquet shard per prompt;
+  resumable, and split over worker processes (or Ray tasks) by prompt id.
+- :mod:`offline_data.dataset`: the shard schema, :func:`load_logs` / :func:`check_logs`
+  (a damaged shard is reported by name, the others stay usable) and
+  :func:`to_mdp_dataset` (d3rlpy ``MDPDataset`` of one-step episodes).
+- :mod:`offline_data.prefs`: winner/loser pairs of layer sets for preference training.
+- :mod:`offline_data.cli`: ``dynprune explore | prefs | offline``.
+
+The names below are imported on first access, so ``import offline_data`` loads neither
+``datasets`` nor torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "ExploreConfig": "offline_data.explore",
+    "dfs_configs": "offline_data.explore",
+    "explore": "offline_data.explore",
+    "random_configs": "offline_data.explore",
+    "run_worker": "offline_data.explore",
+    "split_round_robin": "offline_data.explore",
+    "LOG_FEATURES": "offline_data.dataset",
+    "check_logs": "offline_data.dataset",
+    "load_logs": "offline_data.dataset",
+    "to_mdp_dataset": "offline_data.dataset",
+    "preference_pairs": "offline_data.prefs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first access."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'offline_data' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -1,0 +1,240 @@
+"""``dynprune explore | prefs | offline``: log exploration data, derive preference pairs, train offline agents.
+
+Registered with the ``dynprune`` command through the ``dynprune.commands`` entry point group
+(``offline_data.cli:add_commands``). Importing this module is cheap: torch, datasets and
+d3rlpy load inside the commands.
+
+::
+
+    dynprune explore --strategy sweep --out logs/sweep --model smollm2-135m --prompts 40 --workers 2
+    dynprune explore --strategy dfs --out logs/dfs --threshold 0.8 --max-scenarios 20
+    dynprune prefs --logs logs/dfs --mode all --out logs/dfs-pairs.parquet
+    dynprune offline --logs logs/sweep --algo cql --run-dir runs/cql --steps 5000
+    dynprune test --run-dir runs/cql          # same held-out table as the online agents
+
+``offline`` writes a run directory that ``dynprune test`` and ``dynprune report`` read:
+``config.json`` (the env settings of the logs, so the held-out env matches the one the data
+came from), ``agent.zip`` (+ ``agent.zip.agent.json``) and ``train_log.jsonl`` (d3rlpy's
+per-epoch losses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from dynprune.runtime import ProfileConfig
+
+    kwargs: dict[str, Any] = {
+        "model": args.model,
+        "split": args.split,
+        "reward": args.reward,
+        "timing": args.timing,
+        "max_new_tokens": args.max_new_tokens,
+        "telemetry": args.telemetry,
+        "scenario": args.scenario,
+        "device": args.device,
+        "profile": ProfileConfig(new_tokens=args.profile_tokens, repeats=args.profile_repeats),
+    }
+    if args.prompt_source != "dynprune":
+        kwargs["prompts"] = args.prompt_source
+    return kwargs
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    """``dynprune explore``: measure configurations per prompt and write Parquet shards."""
+    from offline_data.dataset import check_logs
+    from offline_data.explore import explore, prompt_ids_of
+
+    env_kwargs = _env_kwargs(args)
+    ids = prompt_ids_of(env_kwargs)
+    if args.prompts is not None:
+        if args.prompts < 1:
+            raise ValueError(f"--prompts must be >= 1, got {args.prompts}")
+        ids = ids[: args.prompts]
+    if args.threads is not None and args.workers == 1:
+        from dynprune.metrics import fix_threads
+
+        fix_threads(args.threads)
+    t0 = time.perf_counter()
+    print(f"[explore] {args.strategy} on {args.model}: {len(ids)} {args.split} prompts -> {args.out} "
+          f"({args.workers} worker{'s' if args.workers > 1 else ''})", flush=True)
+    summary = explore(
+        env_kwargs,
+        args.strategy,
+        args.out,
+        prompt_ids=ids,
+        threshold=args.threshold,
+        max_scenarios=args.max_scenarios,
+        n_random=args.n_random,
+        max_frac=args.max_frac,
+        seed=args.seed,
+        workers=args.workers,
+        progress=True,
+    )
+    print(f"[explore] done: {len(summary.done)} prompts measured ({summary.rows} rows), "
+          f"{len(summary.skipped)} already logged, {time.perf_counter() - t0:.0f} s")
+    for path, error in check_logs(args.out):
+        print(f"[explore] damaged shard {path}: {error}")
+    return 0
+
+
+def cmd_prefs(args: argparse.Namespace) -> int:
+    """``dynprune prefs``: preference pairs of layer sets from logged exploration."""
+    from offline_data.dataset import load_logs
+    from offline_data.prefs import preference_pairs, write_pairs
+
+    ds = load_logs(args.logs)
+    pairs = preference_pairs(ds, mode=args.mode, seed=args.seed, max_pairs_per_prompt=args.max_pairs)
+    path = write_pairs(pairs, args.out)
+    prompts = len({p["prompt_id"] for p in pairs})
+    print(f"[prefs] {len(pairs)} pairs from {len(ds)} rows over {prompts} prompts -> {path}")
+    return 0
+
+
+def _env_defaults() -> dict[str, Any]:
+    """DynPrune-v0's constructor defaults (for settings a log directory does not name)."""
+    import inspect
+
+    from envs.dynprune_env import DynPruneEnv
+
+    params = inspect.signature(DynPruneEnv.__init__).parameters
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def run_config(meta: dict[str, Any], args: argparse.Namespace, agent_name: str) -> dict[str, Any]:
+    """The ``config.json`` of an offline run: the logs' env settings, in the keys ``dynprune test`` reads."""
+    from dynprune.runtime import ProfileConfig
+
+    env = {**_env_defaults(), **meta["settings"]["env"]}
+    for key in ("model", "reward"):
+        if not isinstance(env[key], str):
+            raise ValueError(f"the logs' env {key} {env[key]!r} is not a name; dynprune test needs a named {key}")
+    profile = env.get("profile") or {}
+    default_profile = ProfileConfig()
+    return {
+        "agent": agent_name,
+        "algo": args.algo,
+        "logs": str(Path(args.logs).resolve()),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "seed": args.seed,
+        "model": env["model"],
+        "reward": env["reward"],
+        "timing": env["timing"],
+        "test_timing": args.test_timing,
+        "max_new_tokens": env["max_new_tokens"],
+        "telemetry": env["telemetry"],
+        "scenario": env["scenario"],
+        "device": env["device"],
+        "profile_tokens": profile.get("new_tokens", default_profile.new_tokens),
+        "profile_repeats": profile.get("repeats", default_profile.repeats),
+        "train_prompts": None,
+        "test_prompts": args.test_prompts,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _quiet_d3rlpy() -> None:
+    """Keep d3rlpy's structlog messages (dataset info, parameters, every epoch) to warnings and above."""
+    import logging
+
+    import d3rlpy  # noqa: F401 - configures structlog on import; filter after that
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def cmd_offline(args: argparse.Namespace) -> int:
+    """``dynprune offline``: train a d3rlpy agent on logged data into a run directory."""
+    from agents.cli import _atomic_json, _prepare_run_dir, evaluate
+    from agents.offline import train_offline
+    from dynprune.records import append_record
+    from offline_data.dataset import load_logs, read_meta, to_mdp_dataset
+
+    meta = read_meta(args.logs)
+    run_dir = Path(args.run_dir)
+    _prepare_run_dir(run_dir, args.force, resume=False)
+    agent_name = f"offline-{args.algo}"
+    cfg = run_config(meta, args, agent_name)
+    ds = load_logs(args.logs)
+    mdp = to_mdp_dataset(ds, n_actions=int(meta["n_actions"]))
+    cfg["transitions"] = int(mdp.transition_count)
+    _atomic_json(run_dir / "config.json", cfg)
+    if not getattr(args, "verbose", False):
+        _quiet_d3rlpy()
+    print(f"[offline] {args.algo} on {cfg['transitions']} logged transitions ({len(ds)} rows) from {args.logs}, "
+          f"{args.steps} steps", flush=True)
+    config: dict[str, Any] = {"batch_size": args.batch_size}
+    if args.lr is not None:
+        config["learning_rate"] = args.lr
+    agent = train_offline(mdp, args.algo, n_steps=args.steps, seed=args.seed, device=args.device,
+                          name=agent_name, **config)
+    for epoch, metrics in agent.train_metrics:
+        append_record(run_dir / "train_log.jsonl", {
+            "epoch": int(epoch),
+            "timesteps": int(epoch) * min(args.steps, 1_000),
+            **{k: float(v) for k, v in metrics.items() if not k.startswith("time_")},
+        })
+    agent.save(run_dir / "agent.zip")
+    print(f"[offline] done: {run_dir / 'agent.zip'}; evaluate with: dynprune test --run-dir {run_dir}")
+    if args.test:
+        evaluate(run_dir, json.loads((run_dir / "config.json").read_text()))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``explore``, ``prefs`` and ``offline`` to the ``dynprune`` sub-command parser."""
+    p = sub.add_parser("explore", help="log exploration data (DFS / random layer sets, or a sweep of the action table)")
+    p.add_argument("--strategy", choices=("dfs", "random", "sweep"), required=True)
+    p.add_argument("--out", required=True, help="log directory (one Parquet shard per prompt; re-run to resume)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument("--prompt-source", default="dynprune", help="prompt source (see dynprune.tasks)")
+    p.add_argument("--prompts", type=int, default=None, help="explore only the first N prompts of the split")
+    p.add_argument("--threshold", type=float, default=0.8,
+                   help="DFS: go deeper while the score (task score, else fidelity) stays at or above this")
+    p.add_argument("--max-scenarios", type=int, default=20, help="DFS: configurations per prompt")
+    p.add_argument("--n-random", type=int, default=5, help="random: layer sets per prompt")
+    p.add_argument("--max-frac", type=float, default=0.5, help="random: largest fraction of layers pruned")
+    p.add_argument("--workers", type=int, default=1, help="processes on this machine (prompts dealt round-robin)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (one worker); N workers share the cores")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reward", default="casrap")
+    p.add_argument("--timing", choices=("profiled", "live"), default="profiled")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--telemetry", choices=("scenario", "live", "replay"), default="scenario")
+    p.add_argument("--scenario", default="mixed")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--profile-tokens", type=int, default=12, help="tokens per latency-profile timing run")
+    p.add_argument("--profile-repeats", type=int, default=2)
+    p.set_defaults(fn=cmd_explore)
+
+    p = sub.add_parser("prefs", help="preference pairs of layer sets from logged exploration")
+    p.add_argument("--logs", required=True, help="log directory of dynprune explore")
+    p.add_argument("--mode", choices=("all", "random"), default="all")
+    p.add_argument("--out", required=True, help="Parquet file to write")
+    p.add_argument("--max-pairs", type=int, default=None, help="pairs per prompt (random: default = layer sets)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_prefs)
+
+    p = sub.add_parser("offline", help="train a d3rlpy agent (CQL, BCQ, Double DQN, BC) on logged data")
+    p.add_argument("--logs", required=True, help="log directory of dynprune explore (sweep gives every action)")
+    p.add_argument("--algo", choices=("cql", "bcq", "ddqn", "bc"), required=True)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--steps", type=int, default=5_000, help="gradient steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4)")
+    p.add_argument("--device", default="cpu:0", help="torch device of the learner (d3rlpy style)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-timing", choices=("profiled", "live"), default="live", help="timing of dynprune test")
+    p.add_argument("--test-prompts", type=int, default=None, help="random subset of the test split for dynprune test")
+    p.add_argument("--test", action="store_true", help="evaluate on the held-out prompts right after training")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.set_defaults(fn=cmd_offline)
