@@ -290,5 +290,5 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("main", help="the README's main job: train, test and report on the embedded model")
     p.add_argument("--run-dir", default=None, help="default: runs/main-<timestamp>")
-    _add_run_args(p, episodes=600, train_prompts=40, test_prompts=12)
+    _add_run_args(p, episodes=500, train_prompts=40, test_prompts=10)
     p.set_defaults(fn=main_job)

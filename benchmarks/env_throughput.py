@@ -160,12 +160,15 @@ def main(args: Args) -> dict:
     print(f"{'mode':<9} {'steps/s':>8} {'steady/s':>9} {'x naive':>8} {'steady x':>9} {'baseline share':>15}")
     for mode in ("naive", "live", "profiled"):
         r = results[mode]
-        print(f"{mode:<9} {r['steps_per_s']:>8.2f} {r.get('steady_steps_per_s') or r['steps_per_s']:>9.2f} "
-              f"{r.get('speedup_over_naive', 1.0):>8.2f} {r.get('steady_speedup_over_naive', 1.0):>9.2f} "
-              f"{r.get('baseline_share', 1.0):>15.2f}")
+        print(
+            f"{mode:<9} {r['steps_per_s']:>8.2f} {r.get('steady_steps_per_s') or r['steps_per_s']:>9.2f} "
+            f"{r.get('speedup_over_naive', 1.0):>8.2f} {r.get('steady_speedup_over_naive', 1.0):>9.2f} "
+            f"{r.get('baseline_share', 1.0):>15.2f}"
+        )
     e = out["profiled_vs_live_tokens_per_s"]
-    print(f"profiled vs live tokens/s: median relative error {e['median_rel_error']:.3f} "
-          f"(max {e['max_rel_error']:.3f})")
+    print(
+        f"profiled vs live tokens/s: median relative error {e['median_rel_error']:.3f} (max {e['max_rel_error']:.3f})"
+    )
     print(f"wrote {args.out}")
     return out
 

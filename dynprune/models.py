@@ -461,6 +461,7 @@ class PrunableLM:
             latency_s=latency,
             new_tokens=len(out),
             tokens_per_s=produced / latency if latency > 0 else float("inf"),
+            produced=produced,
         )
 
     def score(self, context: Sequence[int], target: Sequence[int]) -> ScoreResult:

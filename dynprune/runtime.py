@@ -15,8 +15,12 @@ and exploration. Its cost model (DESIGN.md, "Cost model of one environment step"
   pruned model, interleaved) and re-measured every ``refresh_steps`` uses or when
   the CPU load moved by more than ``refresh_cpu_delta``.
 
-Speed-ups are per generated token: ``(t_full / n_full) / (t_pruned / n_pruned) - 1``
-in live mode, the equal-work latency ratio minus one in profiled mode.
+Speed-ups compare equal work: ``T_full(n) / T_pruned(n) - 1`` with
+``T(n) = prefill + (n - 1) * per-token decode time`` and ``n`` the full model's answer
+length. A pruned model that rambles on to the token limit (or stops at once) is
+then neither rewarded nor punished for its answer's length; its quality is.
+Live mode takes prefill and per-token decode from the timed generations
+themselves; profiled mode from the latency profile.
 """
 
 from __future__ import annotations
@@ -51,18 +55,21 @@ def prompt_task_score(prompt: Prompt, text: str) -> float | None:
 
 @dataclass
 class ProfileCell:
-    """Equal-work latencies of the full and pruned model for one (plan, length bucket)."""
+    """Prefill and per-token decode times of the full and pruned model for one (plan, length bucket)."""
 
-    full_s: float
-    pruned_s: float
+    full_prefill_s: float
+    full_per_token_s: float
+    pruned_prefill_s: float
+    pruned_per_token_s: float
     uses: int = 0
     cpu_util: float | None = None
     measured_at: float = field(default_factory=time.time)
 
-    @property
-    def speedup(self) -> float:
-        """``full / pruned - 1``."""
-        return self.full_s / self.pruned_s - 1.0
+    def speedup(self, n: int) -> float:
+        """``T_full(n) / T_pruned(n) - 1`` for an answer of ``n`` tokens."""
+        full = self.full_prefill_s + max(0, n - 1) * self.full_per_token_s
+        pruned = self.pruned_prefill_s + max(0, n - 1) * self.pruned_per_token_s
+        return full / pruned - 1.0
 
 
 @dataclass(frozen=True)
@@ -112,13 +119,21 @@ class LatencyProfile:
 
     def _measure(self, plan: PruningPlan, prompt_ids: tuple[int, ...], cpu_util: float | None) -> ProfileCell:
         cfg, lm = self.config, self.lm
+        n = max(2, cfg.new_tokens)
         full, pruned = [], []
         for _ in range(cfg.repeats):  # interleave so drift hits both alike
-            full.append(lm.generate(prompt_ids, cfg.new_tokens, ignore_eos=True).latency_s)
+            full.append(lm.generate(prompt_ids, n, ignore_eos=True))
             with lm.apply(plan):
-                pruned.append(lm.generate(prompt_ids, cfg.new_tokens, ignore_eos=True).latency_s)
+                pruned.append(lm.generate(prompt_ids, n, ignore_eos=True))
         self.measurements += 1
-        return ProfileCell(statistics.median(full), statistics.median(pruned), cpu_util=cpu_util)
+        med = statistics.median
+        return ProfileCell(
+            full_prefill_s=med(g.prefill_s for g in full),
+            full_per_token_s=med(g.per_token_s for g in full),
+            pruned_prefill_s=med(g.prefill_s for g in pruned),
+            pruned_per_token_s=med(g.per_token_s for g in pruned),
+            cpu_util=cpu_util,
+        )
 
     def cell(self, plan: PruningPlan, prompt_ids: tuple[int, ...], cpu_util: float | None = None) -> ProfileCell:
         """The cell for ``plan`` at this prompt's length; measured now if missing or stale."""
@@ -172,7 +187,7 @@ class PlanEvaluator:
 
     # ---------------------------------------------------------------- caching
     def _key(self, prompt: Prompt) -> str:
-        return f"{self.lm.model_id}|{self.max_new_tokens}|{prompt.text}"
+        return f"v2|{self.lm.model_id}|{self.max_new_tokens}|{prompt.text}"
 
     def _load_cache(self) -> None:
         assert self.cache_file is not None
@@ -219,12 +234,15 @@ class PlanEvaluator:
         gen = lm.generate(ids, self.max_new_tokens)
         answer = self._answer_ids(gen.output_ids)
         score = lm.score(ids, answer)
+        timing = gen if gen.per_token_s is not None else lm.generate(ids, 4, ignore_eos=True)
         base = Baseline(
             prompt_ids=ids,
             answer_ids=answer,
             text=gen.text,
             latency_s=gen.latency_s,
             tokens_per_s=gen.tokens_per_s,
+            prefill_s=timing.prefill_s,
+            per_token_s=timing.per_token_s,
             ppl=score.perplexity,
             task_score=prompt_task_score(prompt, gen.text),
             features=features,
@@ -252,21 +270,27 @@ class PlanEvaluator:
         base = self.baseline(prompt)
         t0 = time.perf_counter()
         kept = plan.kept_fraction(self.lm.geometry)
+        n = len(base.answer_ids)
+        full_latency = base.latency_for(n)
         if plan.is_empty:
-            return Evaluation(timing, 0.0, base.latency_s, base.tokens_per_s, base.ppl, 1.0, 1.0,
+            return Evaluation(timing, 0.0, full_latency, n / full_latency, base.ppl, 1.0, 1.0,
                               base.task_score, base.text if timing == "live" else None, kept,
                               time.perf_counter() - t0)
         if timing == "live":
             with self.lm.apply(plan):
                 gen = self.lm.generate(base.prompt_ids, self.max_new_tokens)
                 score = self.lm.score(base.prompt_ids, base.answer_ids)
+                # an answer of one token has no decode rate: time the same work explicitly
+                timed = gen if gen.per_token_s is not None else self.lm.generate(
+                    base.prompt_ids, max(2, n), ignore_eos=True)
             fid = fidelity(self._answer_ids(gen.output_ids), base.answer_ids)
-            speedup = gen.tokens_per_s / base.tokens_per_s - 1.0
+            pruned_latency = timed.prefill_s + max(0, n - 1) * timed.per_token_s
+            speedup = full_latency / pruned_latency - 1.0
             return Evaluation(
                 timing="live",
                 speedup=speedup,
-                latency_s=gen.latency_s,
-                tokens_per_s=gen.tokens_per_s,
+                latency_s=pruned_latency,
+                tokens_per_s=n / pruned_latency,
                 ppl=score.perplexity,
                 fidelity=fid.token_agreement,
                 exact_match=fid.exact_match,
@@ -278,12 +302,13 @@ class PlanEvaluator:
         cell = self.profile.cell(plan, base.prompt_ids, cpu_util)
         with self.lm.apply(plan):
             score = self.lm.score(base.prompt_ids, base.answer_ids)
-        speedup = cell.speedup
+        speedup = cell.speedup(n)
+        pruned_latency = full_latency / (1.0 + speedup)
         return Evaluation(
             timing="profiled",
             speedup=speedup,
-            latency_s=base.latency_s / (1.0 + speedup),
-            tokens_per_s=base.tokens_per_s * (1.0 + speedup),
+            latency_s=pruned_latency,
+            tokens_per_s=n / pruned_latency,
             ppl=score.perplexity,
             fidelity=score.agreement,
             exact_match=float(score.agreement == 1.0),

@@ -103,7 +103,8 @@ class GenerationResult:
         decode_s: Seconds for the remaining tokens.
         latency_s: ``prefill_s + decode_s``.
         new_tokens: ``len(output_ids)``.
-        tokens_per_s: ``new_tokens / latency_s``.
+        tokens_per_s: ``produced / latency_s``.
+        produced: Tokens the model emitted, an end-of-sequence token included (each cost a forward pass).
     """
 
     prompt_ids: tuple[int, ...]
@@ -114,6 +115,12 @@ class GenerationResult:
     latency_s: float
     new_tokens: int
     tokens_per_s: float
+    produced: int = 0
+
+    @property
+    def per_token_s(self) -> float | None:
+        """Seconds per decoded token after the first (None when only one token was produced)."""
+        return self.decode_s / (self.produced - 1) if self.produced > 1 else None
 
 
 @dataclass(frozen=True)
@@ -291,6 +298,8 @@ class Baseline:
         text: Decoded answer.
         latency_s: Latency of the greedy generation.
         tokens_per_s: Throughput of that generation.
+        prefill_s: Its prefill time (time to first token).
+        per_token_s: Its decode time per token after the first.
         ppl: Perplexity of the answer under the full model (teacher-forced).
         task_score: Score of the answer against the prompt's ground truth, or None.
         features: Prompt features (token count, perplexity, complexity).
@@ -301,9 +310,15 @@ class Baseline:
     text: str
     latency_s: float
     tokens_per_s: float
+    prefill_s: float
+    per_token_s: float
     ppl: float
     task_score: float | None
     features: PromptFeatures
+
+    def latency_for(self, n: int) -> float:
+        """Full-model latency of an answer of ``n`` tokens: prefill + (n - 1) decode steps."""
+        return self.prefill_s + max(0, n - 1) * self.per_token_s
 
 
 @dataclass(frozen=True)
@@ -312,9 +327,11 @@ class Evaluation:
 
     Attributes:
         timing: ``"live"`` (a timed generation) or ``"profiled"`` (latency profile + one forward pass).
-        speedup: Per-token throughput gain against the full model, ``t_full / t_pruned - 1``.
-        latency_s: Pruned latency for the baseline's answer length (live: measured).
-        tokens_per_s: Pruned throughput.
+        speedup: ``T_full(n) / T_pruned(n) - 1`` where ``T(n) = prefill + (n - 1) * per-token decode``
+            and ``n`` is the full model's answer length: the same work for both models, whatever
+            length the pruned model's own answer has.
+        latency_s: Pruned latency ``T_pruned(n)``.
+        tokens_per_s: ``n / T_pruned(n)``.
         ppl: Perplexity of the full model's answer under the pruned model.
         fidelity: Live: token agreement of the pruned greedy output with the full answer;
             profiled: teacher-forced argmax agreement with the full answer.

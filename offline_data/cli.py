@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -64,19 +65,25 @@ def cmd_explore(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"[explore] {args.strategy} on {args.model}: {len(ids)} {args.split} prompts -> {args.out} "
           f"({args.workers} worker{'s' if args.workers > 1 else ''})", flush=True)
-    summary = explore(
-        env_kwargs,
-        args.strategy,
-        args.out,
-        prompt_ids=ids,
-        threshold=args.threshold,
-        max_scenarios=args.max_scenarios,
-        n_random=args.n_random,
-        max_frac=args.max_frac,
-        seed=args.seed,
-        workers=args.workers,
-        progress=True,
-    )
+    try:
+        summary = explore(
+            env_kwargs,
+            args.strategy,
+            args.out,
+            prompt_ids=ids,
+            threshold=args.threshold,
+            max_scenarios=args.max_scenarios,
+            n_random=args.n_random,
+            max_frac=args.max_frac,
+            seed=args.seed,
+            adapters=args.adapters,
+            workers=args.workers,
+            progress=True,
+        )
+    except KeyboardInterrupt:
+        print(f"\n[explore] interrupted; finished prompts are kept in {args.out}. Re-run the same command to resume.",
+              file=sys.stderr)
+        return 130
     print(f"[explore] done: {len(summary.done)} prompts measured ({summary.rows} rows), "
           f"{len(summary.skipped)} already logged, {time.perf_counter() - t0:.0f} s")
     for path, error in check_logs(args.out):
@@ -137,6 +144,8 @@ def run_config(meta: dict[str, Any], args: argparse.Namespace, agent_name: str) 
         "profile_repeats": profile.get("repeats", default_profile.repeats),
         "train_prompts": None,
         "test_prompts": args.test_prompts,
+        # adapters the logs were explored with (the held-out env must attach the same ones)
+        "adapters": meta["settings"]["explore"].get("adapters"),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -158,14 +167,15 @@ def cmd_offline(args: argparse.Namespace) -> int:
     from dynprune.records import append_record
     from offline_data.dataset import load_logs, read_meta, to_mdp_dataset
 
+    # read and check everything before touching the run directory
     meta = read_meta(args.logs)
-    run_dir = Path(args.run_dir)
-    _prepare_run_dir(run_dir, args.force, resume=False)
     agent_name = f"offline-{args.algo}"
     cfg = run_config(meta, args, agent_name)
     ds = load_logs(args.logs)
     mdp = to_mdp_dataset(ds, n_actions=int(meta["n_actions"]))
     cfg["transitions"] = int(mdp.transition_count)
+    run_dir = Path(args.run_dir)
+    _prepare_run_dir(run_dir, args.force, resume=False)
     _atomic_json(run_dir / "config.json", cfg)
     if not getattr(args, "verbose", False):
         _quiet_d3rlpy()
@@ -203,6 +213,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--max-scenarios", type=int, default=20, help="DFS: configurations per prompt")
     p.add_argument("--n-random", type=int, default=5, help="random: layer sets per prompt")
     p.add_argument("--max-frac", type=float, default=0.5, help="random: largest fraction of layers pruned")
+    p.add_argument("--adapters", default=None,
+                   help="adapters file (dynprune adapters train): pruned layers are replaced by their adapter")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine (prompts dealt round-robin)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (one worker); N workers share the cores")
     p.add_argument("--seed", type=int, default=0)

@@ -255,6 +255,8 @@ class ExploreConfig:
         n_random: Random: layer sets per prompt.
         max_frac: Random: largest fraction of the layers pruned in one set.
         seed: Seeds each prompt's observation and random sets together with its id.
+        adapters: Adapters file (``dynprune adapters train``) attached to the model before
+            exploring: a pruned layer with an adapter is replaced by it, the others are skipped.
     """
 
     strategy: str = "dfs"
@@ -263,6 +265,7 @@ class ExploreConfig:
     n_random: int = 5
     max_frac: float = 0.5
     seed: int = 0
+    adapters: str | None = None
 
     def __post_init__(self) -> None:
         """Check every value; raise ``ValueError`` naming the bad one."""
@@ -457,7 +460,8 @@ class _PromptExplorer:
                 order=self.candidates,
             )
         elif cfg.strategy == "random":
-            rng = np.random.default_rng(_prompt_seed(cfg.seed, prompt_id))
+            # its own stream, apart from the env's (seeded by _prompt_seed)
+            rng = np.random.default_rng([int(cfg.seed), zlib.crc32(prompt_id.encode("utf-8")), 1])
             for layers in random_configs(self.num_layers, cfg.n_random, rng, cfg.max_frac, self.candidates):
                 self._measure(layers, rows)
         else:  # sweep
@@ -547,6 +551,11 @@ def run_worker(
 
     env = _make_env(env_kwargs)
     core = env.unwrapped
+    if config.adapters is not None:
+        from dynprune.adapters import attach_adapters, load_adapters
+
+        # before the first table plan is built, so layer actions use the adapters too
+        attach_adapters(core.lm, load_adapters(config.adapters, core.lm))
     all_prompts = list(core.prompts)
     by_id = {p.id: p for p in all_prompts}
     unknown = [pid for pid in pending if pid not in by_id]
@@ -603,6 +612,7 @@ def explore(
     seed: int = 0,
     workers: int = 1,
     max_frac: float = 0.5,
+    adapters: str | os.PathLike[str] | None = None,
     progress: bool = False,
 ) -> ExploreSummary:
     """Explore prompts and log every measured configuration as Parquet shards in ``out_dir``.
@@ -619,6 +629,7 @@ def explore(
         seed: Seed of observations and random sets (combined with each prompt id).
         workers: Processes (spawned); prompt ids are dealt round-robin.
         max_frac: Random: largest fraction of layers pruned in one set.
+        adapters: Adapters file to attach to the model (pruned layers use their adapter).
         progress: Print one line per prompt.
 
     Returns:
@@ -630,7 +641,7 @@ def explore(
     """
     config = ExploreConfig(
         strategy=strategy, threshold=threshold, max_scenarios=max_scenarios, n_random=n_random,
-        max_frac=max_frac, seed=seed,
+        max_frac=max_frac, seed=seed, adapters=None if adapters is None else str(Path(adapters).resolve()),
     )
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")

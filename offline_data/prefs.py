@@ -6,9 +6,10 @@ higher score; at equal score, the one with **more layers pruned** wins (same qua
 cheaper). Pairs equal in both are ties and give no pair.
 
 The score of a row is its task score when the prompt has one (live timing), else its fidelity
-to the full model: the same score the DFS explores on (:func:`row_score`). Only layer-set plans take part (a table action
-that slices heads or FFN channels is not a layer set); a layer set logged twice on one
-prompt (a DFS row and a sweep row) counts once, with its first row.
+to the full model: the same score the DFS explores on (:func:`row_score`). Only layer-set
+plans take part (a table action that slices heads or FFN channels is not a layer set); a
+layer set logged twice on one prompt (a DFS row and a sweep row) counts once, with its
+first row.
 """
 
 from __future__ import annotations
