@@ -15,12 +15,13 @@ and exploration. Its cost model (DESIGN.md, "Cost model of one environment step"
   pruned model, interleaved) and re-measured every ``refresh_steps`` uses or when
   the CPU load moved by more than ``refresh_cpu_delta``.
 
-Speed-ups compare equal work: ``T_full(n) / T_pruned(n) - 1`` with
-``T(n) = prefill + (n - 1) * per-token decode time`` and ``n`` the full model's answer
-length. A pruned model that rambles on to the token limit (or stops at once) is
-then neither rewarded nor punished for its answer's length; its quality is.
-Live mode takes prefill and per-token decode from the timed generations
-themselves; profiled mode from the latency profile.
+Speed-ups compare equal work: every timed generation produces exactly
+``max_new_tokens`` tokens (decoding runs on past an end-of-sequence token; the
+tokens up to the first one are the greedy answer, so one generation gives both the
+timing and the answer), and ``speedup = T_full / T_pruned - 1``. A pruned model
+that stops early or rambles on is neither rewarded nor punished for its answer's
+length; its quality is. Profiled mode predicts ``T`` for ``max_new_tokens`` tokens
+from the profile's prefill and per-token decode times.
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from dynprune.fncall import score_calls
 from dynprune.metrics import fidelity, task_score
 from dynprune.models import PrunableLM
 from dynprune.plan import PruningPlan
-from dynprune.types import Baseline, Evaluation, Prompt, PromptFeatures
+from dynprune.types import Baseline, Evaluation, GenerationResult, Prompt, PromptFeatures
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class PlanEvaluator:
 
     # ---------------------------------------------------------------- caching
     def _key(self, prompt: Prompt) -> str:
-        return f"v2|{self.lm.model_id}|{self.max_new_tokens}|{prompt.text}"
+        return f"v3|{self.lm.model_id}|{self.max_new_tokens}|{prompt.text}"
 
     def _load_cache(self) -> None:
         assert self.cache_file is not None
@@ -219,6 +220,21 @@ class PlanEvaluator:
             self.lm.warmup()
             self._warm = True
 
+    def _answer(self, ids: tuple[int, ...]) -> tuple[GenerationResult, tuple[int, ...], str]:
+        """One timed generation of exactly ``max_new_tokens`` tokens and the greedy answer inside it.
+
+        Decoding runs past an end-of-sequence token so that every plan does the same
+        work (the timing); the tokens up to that first EOS are exactly the greedy
+        answer (the quality). Returns the generation, the answer ids to score (with
+        the EOS when the model stopped) and the answer text.
+        """
+        gen = self.lm.generate(ids, self.max_new_tokens, ignore_eos=True)
+        out = gen.output_ids
+        cut = next((i for i, t in enumerate(out) if t in self.lm.eos_ids), None)
+        tokens = out if cut is None else out[:cut]
+        answer = tokens if cut is None else (*tokens, out[cut])
+        return gen, answer, self.lm.decode_ids(tokens)
+
     def baseline(self, prompt: Prompt) -> Baseline:
         """The full model's answer and metrics for ``prompt`` (computed once, then cached)."""
         key = self._key(prompt)
@@ -231,20 +247,18 @@ class PlanEvaluator:
         lm = self.lm
         features = lm.prompt_features(prompt.text)
         ids = tuple(lm.encode_prompt(prompt.text, max_new_tokens=self.max_new_tokens))
-        gen = lm.generate(ids, self.max_new_tokens)
-        answer = self._answer_ids(gen.output_ids)
+        gen, answer, text = self._answer(ids)
         score = lm.score(ids, answer)
-        timing = gen if gen.per_token_s is not None else lm.generate(ids, 4, ignore_eos=True)
         base = Baseline(
             prompt_ids=ids,
             answer_ids=answer,
-            text=gen.text,
+            text=text,
             latency_s=gen.latency_s,
             tokens_per_s=gen.tokens_per_s,
-            prefill_s=timing.prefill_s,
-            per_token_s=timing.per_token_s,
+            prefill_s=gen.prefill_s,
+            per_token_s=gen.per_token_s or 0.0,
             ppl=score.perplexity,
-            task_score=prompt_task_score(prompt, gen.text),
+            task_score=prompt_task_score(prompt, text),
             features=features,
         )
         self._baselines[key] = base
@@ -253,12 +267,16 @@ class PlanEvaluator:
         self.baseline_seconds += time.perf_counter() - t0
         return base
 
-    def _answer_ids(self, output_ids: tuple[int, ...]) -> tuple[int, ...]:
-        """The answer to score: the output, plus EOS when it stopped early (or is empty)."""
-        if len(output_ids) < self.max_new_tokens or not output_ids:
-            eos = min(self.lm.eos_ids) if self.lm.eos_ids else self.lm.bos_id
-            return (*output_ids, eos)
-        return output_ids
+    def retime_baseline(self, prompt: Prompt) -> Baseline:
+        """Time the full model on ``prompt`` again (same work), so live ratios use a fresh baseline."""
+        base = self.baseline(prompt)
+        t0 = time.perf_counter()
+        gen = self.lm.generate(base.prompt_ids, self.max_new_tokens, ignore_eos=True)
+        base = replace(base, latency_s=gen.latency_s, tokens_per_s=gen.tokens_per_s,
+                       prefill_s=gen.prefill_s, per_token_s=gen.per_token_s or 0.0)
+        self._baselines[self._key(prompt)] = base
+        self.baseline_seconds += time.perf_counter() - t0
+        return base
 
     # ------------------------------------------------------------- evaluation
     def evaluate(
@@ -270,45 +288,38 @@ class PlanEvaluator:
         base = self.baseline(prompt)
         t0 = time.perf_counter()
         kept = plan.kept_fraction(self.lm.geometry)
-        n = len(base.answer_ids)
-        full_latency = base.latency_for(n)
         if plan.is_empty:
-            return Evaluation(timing, 0.0, full_latency, n / full_latency, base.ppl, 1.0, 1.0,
+            return Evaluation(timing, 0.0, base.latency_s, base.tokens_per_s, base.ppl, 1.0, 1.0,
                               base.task_score, base.text if timing == "live" else None, kept,
                               time.perf_counter() - t0)
         if timing == "live":
             with self.lm.apply(plan):
-                gen = self.lm.generate(base.prompt_ids, self.max_new_tokens)
+                gen, answer, text = self._answer(base.prompt_ids)
                 score = self.lm.score(base.prompt_ids, base.answer_ids)
-                # an answer of one token has no decode rate: time the same work explicitly
-                timed = gen if gen.per_token_s is not None else self.lm.generate(
-                    base.prompt_ids, max(2, n), ignore_eos=True)
-            fid = fidelity(self._answer_ids(gen.output_ids), base.answer_ids)
-            pruned_latency = timed.prefill_s + max(0, n - 1) * timed.per_token_s
-            speedup = full_latency / pruned_latency - 1.0
+            fid = fidelity(answer, base.answer_ids)
             return Evaluation(
                 timing="live",
-                speedup=speedup,
-                latency_s=pruned_latency,
-                tokens_per_s=n / pruned_latency,
+                speedup=base.latency_s / gen.latency_s - 1.0,
+                latency_s=gen.latency_s,
+                tokens_per_s=gen.tokens_per_s,
                 ppl=score.perplexity,
                 fidelity=fid.token_agreement,
                 exact_match=fid.exact_match,
-                task_score=prompt_task_score(prompt, gen.text) if base.task_score is not None else None,
-                text=gen.text,
+                task_score=prompt_task_score(prompt, text) if base.task_score is not None else None,
+                text=text,
                 kept_fraction=kept,
                 seconds=time.perf_counter() - t0,
             )
         cell = self.profile.cell(plan, base.prompt_ids, cpu_util)
         with self.lm.apply(plan):
             score = self.lm.score(base.prompt_ids, base.answer_ids)
-        speedup = cell.speedup(n)
-        pruned_latency = full_latency / (1.0 + speedup)
+        speedup = cell.speedup(self.max_new_tokens)
+        pruned_latency = base.latency_s / (1.0 + speedup)
         return Evaluation(
             timing="profiled",
             speedup=speedup,
             latency_s=pruned_latency,
-            tokens_per_s=n / pruned_latency,
+            tokens_per_s=self.max_new_tokens / pruned_latency,
             ppl=score.perplexity,
             fidelity=score.agreement,
             exact_match=float(score.agreement == 1.0),

@@ -314,7 +314,13 @@ class DynPruneEnv(gym.Env):
         return record, ev, outcome
 
     def action_records(self) -> list[StepRecord]:
-        """The record of every action on the current prompt and state, without stepping (sweeps, oracle)."""
+        """The record of every action on the current prompt and state, without stepping (sweeps, oracle).
+
+        In live timing the full model is timed again first, so every ratio of the sweep is
+        against a baseline measured moments before it.
+        """
+        if self.timing == "live":
+            self.evaluator.retime_baseline(self._prompt)
         return [self._record(a)[0] for a in range(self.action_space.n)]
 
     def step(self, action: Any):  # noqa: ANN201
