@@ -15,13 +15,14 @@ and exploration. Its cost model (DESIGN.md, "Cost model of one environment step"
   pruned model, interleaved) and re-measured every ``refresh_steps`` uses or when
   the CPU load moved by more than ``refresh_cpu_delta``.
 
-Speed-ups compare equal work: every timed generation produces exactly
-``max_new_tokens`` tokens (decoding runs on past an end-of-sequence token; the
-tokens up to the first one are the greedy answer, so one generation gives both the
-timing and the answer), and ``speedup = T_full / T_pruned - 1``. A pruned model
-that stops early or rambles on is neither rewarded nor punished for its answer's
-length; its quality is. Profiled mode predicts ``T`` for ``max_new_tokens`` tokens
-from the profile's prefill and per-token decode times.
+Speed-ups compare equal work: the full model's greedy answer has ``n`` tokens (its
+EOS included); a pruned model is timed generating exactly ``n`` tokens after the
+same prompt (decoding runs on past an EOS, and its answer is the part up to its
+first EOS), and ``speedup = T_full(n) / T_pruned(n) - 1``. A pruned model that stops
+early or rambles on is neither rewarded nor punished for its answer's length; its
+quality is (fidelity is position-wise agreement with the full answer, a missing or
+extra token counting as a mismatch). Profiled mode predicts ``T(n)`` from the
+profile's prefill and per-token decode times.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ class PlanEvaluator:
 
     # ---------------------------------------------------------------- caching
     def _key(self, prompt: Prompt) -> str:
-        return f"v3|{self.lm.model_id}|{self.max_new_tokens}|{prompt.text}"
+        return f"v4|{self.lm.model_id}|{self.max_new_tokens}|{prompt.text}"
 
     def _load_cache(self) -> None:
         assert self.cache_file is not None
@@ -220,15 +221,24 @@ class PlanEvaluator:
             self.lm.warmup()
             self._warm = True
 
-    def _answer(self, ids: tuple[int, ...]) -> tuple[GenerationResult, tuple[int, ...], str]:
-        """One timed generation of exactly ``max_new_tokens`` tokens and the greedy answer inside it.
+    def _answer(
+        self, ids: tuple[int, ...], n: int | None = None
+    ) -> tuple[GenerationResult, tuple[int, ...], str]:
+        """One timed generation and the greedy answer in it.
 
-        Decoding runs past an end-of-sequence token so that every plan does the same
-        work (the timing); the tokens up to that first EOS are exactly the greedy
-        answer (the quality). Returns the generation, the answer ids to score (with
-        the EOS when the model stopped) and the answer text.
+        Without ``n`` (the full model): greedy decoding up to EOS or ``max_new_tokens``.
+        With ``n`` (a pruned model): exactly ``n`` tokens, EOS or not, so its timing covers
+        the same work as the full model's answer of ``n`` tokens; its answer is the part up
+        to and including its first EOS. Returns the generation, the answer ids (with the
+        EOS when the model stopped) and the answer text.
         """
-        gen = self.lm.generate(ids, self.max_new_tokens, ignore_eos=True)
+        if n is None:
+            gen = self.lm.generate(ids, self.max_new_tokens)
+            out = gen.output_ids
+            stopped = gen.produced > len(out)
+            eos = min(self.lm.eos_ids) if self.lm.eos_ids else self.lm.bos_id
+            return gen, (*out, eos) if stopped else out, gen.text
+        gen = self.lm.generate(ids, n, ignore_eos=True)
         out = gen.output_ids
         cut = next((i for i, t in enumerate(out) if t in self.lm.eos_ids), None)
         tokens = out if cut is None else out[:cut]
@@ -271,7 +281,7 @@ class PlanEvaluator:
         """Time the full model on ``prompt`` again (same work), so live ratios use a fresh baseline."""
         base = self.baseline(prompt)
         t0 = time.perf_counter()
-        gen = self.lm.generate(base.prompt_ids, self.max_new_tokens, ignore_eos=True)
+        gen = self.lm.generate(base.prompt_ids, len(base.answer_ids), ignore_eos=True)
         base = replace(base, latency_s=gen.latency_s, tokens_per_s=gen.tokens_per_s,
                        prefill_s=gen.prefill_s, per_token_s=gen.per_token_s or 0.0)
         self._baselines[self._key(prompt)] = base
@@ -294,7 +304,7 @@ class PlanEvaluator:
                               time.perf_counter() - t0)
         if timing == "live":
             with self.lm.apply(plan):
-                gen, answer, text = self._answer(base.prompt_ids)
+                gen, answer, text = self._answer(base.prompt_ids, n=len(base.answer_ids))
                 score = self.lm.score(base.prompt_ids, base.answer_ids)
             fid = fidelity(answer, base.answer_ids)
             return Evaluation(
@@ -313,13 +323,14 @@ class PlanEvaluator:
         cell = self.profile.cell(plan, base.prompt_ids, cpu_util)
         with self.lm.apply(plan):
             score = self.lm.score(base.prompt_ids, base.answer_ids)
-        speedup = cell.speedup(self.max_new_tokens)
+        n = len(base.answer_ids)
+        speedup = cell.speedup(n)
         pruned_latency = base.latency_s / (1.0 + speedup)
         return Evaluation(
             timing="profiled",
             speedup=speedup,
             latency_s=pruned_latency,
-            tokens_per_s=self.max_new_tokens / pruned_latency,
+            tokens_per_s=n / pruned_latency,
             ppl=score.perplexity,
             fidelity=score.agreement,
             exact_match=float(score.agreement == 1.0),

@@ -296,7 +296,7 @@ class Baseline:
         prompt_ids: Token ids of the formatted prompt.
         answer_ids: Greedy answer tokens (with the end-of-sequence token when the model stopped).
         text: Decoded answer.
-        latency_s: Latency of generating ``max_new_tokens`` tokens (the answer is the part up to EOS).
+        latency_s: Latency of the greedy generation (``len(answer_ids)`` tokens produced).
         tokens_per_s: Throughput of that generation.
         prefill_s: Its prefill time (time to first token).
         per_token_s: Its decode time per token after the first.
@@ -327,8 +327,8 @@ class Evaluation:
 
     Attributes:
         timing: ``"live"`` (a timed generation) or ``"profiled"`` (latency profile + one forward pass).
-        speedup: ``T_full / T_pruned - 1`` for generating the same number of tokens
-            (``max_new_tokens``) after the same prompt, whatever length each model's answer has.
+        speedup: ``T_full(n) / T_pruned(n) - 1``: both models timed generating the same ``n``
+            tokens (the full model's answer length) after the same prompt.
         latency_s: Pruned latency for those tokens.
         tokens_per_s: Pruned throughput.
         ppl: Perplexity of the full model's answer under the pruned model.
