@@ -100,3 +100,56 @@ def teacher_forced(model: nn.Module, context_ids: Sequence[int], target_ids: Seq
         argmax_ids=tuple(argmax.tolist()),
         forward_s=t.seconds,
     )
+
+
+@torch.inference_mode()
+def decode_and_score(
+    model: nn.Module, prompt_ids: Sequence[int], n_tokens: int, target_ids: Sequence[int]
+) -> tuple[list[int], float, float, ScoreResult]:
+    """Generate exactly ``n_tokens`` greedy tokens (timed), then score ``target_ids`` after the prompt.
+
+    The scoring reuses the generation's KV cache, cropped back to the prompt, so the
+    prompt is run once for both: the scoring pass costs ``len(target_ids)`` tokens, not
+    ``len(prompt) + len(target_ids)``. Only the generation is timed. Returns
+    ``(output_ids, prefill_s, decode_s, score)``.
+    """
+    if n_tokens < 1 or not target_ids:
+        raise ValueError(f"need n_tokens >= 1 and a non-empty target, got {n_tokens} and {len(target_ids)}")
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    cache = DynamicCache(config=model.config)
+    out: list[int] = []
+    with Timer(device) as prefill:
+        first_logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+        token = int(first_logits.argmax(-1))
+    with Timer(device) as rest:
+        out.append(token)
+        while len(out) < n_tokens:
+            step = torch.tensor([[token]], dtype=torch.long, device=device)
+            logits = model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            token = int(logits[0, -1].argmax(-1))
+            out.append(token)
+    t0 = Timer(device)
+    with t0:
+        fed = len(out) - 1  # the last generated token was never fed to the model
+        if fed:
+            cache.crop(-fed)
+        target = torch.tensor(list(target_ids), dtype=torch.long, device=device)
+        rows = [first_logits[None].float()]
+        if len(target_ids) > 1:
+            rest_logits = model(input_ids=target[None, :-1], past_key_values=cache, use_cache=True).logits[0]
+            rows.append(rest_logits.float())
+        logits = torch.cat(rows, dim=0)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        nll = float(-logprobs.gather(1, target[:, None]).mean())
+        argmax = logits.argmax(-1)
+        agree = float((argmax == target).float().mean())
+    score = ScoreResult(
+        nll=nll,
+        perplexity=perplexity(nll),
+        n_tokens=len(target_ids),
+        agreement=agree,
+        argmax_ids=tuple(argmax.tolist()),
+        forward_s=t0.seconds,
+    )
+    return out, prefill.seconds, rest.seconds, score

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynprune.generation import decode, teacher_forced
+from dynprune.generation import decode, decode_and_score, teacher_forced
 from dynprune.metrics import Timer
 from dynprune.plan import PruningPlan
 from dynprune.pruning import (
@@ -463,6 +463,33 @@ class PrunableLM:
             tokens_per_s=produced / latency if latency > 0 else float("inf"),
             produced=produced,
         )
+
+    def generate_and_score(
+        self, prompt_ids: Sequence[int], n_tokens: int, target: Sequence[int]
+    ) -> tuple[GenerationResult, ScoreResult]:
+        """Greedy-generate exactly ``n_tokens`` (timed, EOS ignored) and score ``target`` after the prompt.
+
+        One prompt pass serves both: the scoring reuses the generation's KV cache. Used by
+        live evaluation, where the pruned model is timed on the full answer's length and
+        the full answer's perplexity under the pruned model is measured.
+        """
+        ids = list(prompt_ids)
+        if len(ids) + n_tokens > self.geometry.max_position:
+            raise ValueError(f"{len(ids)} prompt tokens + {n_tokens} new exceed context {self.geometry.max_position}")
+        out, prefill_s, decode_s, score = decode_and_score(self.model, ids, n_tokens, target)
+        latency = prefill_s + decode_s
+        gen = GenerationResult(
+            prompt_ids=tuple(ids),
+            output_ids=tuple(out),
+            text=self.decode_ids(out),
+            prefill_s=prefill_s,
+            decode_s=decode_s,
+            latency_s=latency,
+            new_tokens=len(out),
+            tokens_per_s=len(out) / latency if latency > 0 else float("inf"),
+            produced=len(out),
+        )
+        return gen, score
 
     def score(self, context: Sequence[int], target: Sequence[int]) -> ScoreResult:
         """Teacher-forced NLL, perplexity and argmax agreement of ``target`` after ``context``."""

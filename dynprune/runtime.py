@@ -239,11 +239,15 @@ class PlanEvaluator:
             eos = min(self.lm.eos_ids) if self.lm.eos_ids else self.lm.bos_id
             return gen, (*out, eos) if stopped else out, gen.text
         gen = self.lm.generate(ids, n, ignore_eos=True)
-        out = gen.output_ids
+        answer, text = self._until_eos(gen.output_ids)
+        return gen, answer, text
+
+    def _until_eos(self, out: tuple[int, ...]) -> tuple[tuple[int, ...], str]:
+        """The answer inside a generation that ran past EOS: tokens up to and including the first EOS."""
         cut = next((i for i, t in enumerate(out) if t in self.lm.eos_ids), None)
         tokens = out if cut is None else out[:cut]
         answer = tokens if cut is None else (*tokens, out[cut])
-        return gen, answer, self.lm.decode_ids(tokens)
+        return answer, self.lm.decode_ids(tokens)
 
     def baseline(self, prompt: Prompt) -> Baseline:
         """The full model's answer and metrics for ``prompt`` (computed once, then cached)."""
@@ -304,8 +308,8 @@ class PlanEvaluator:
                               time.perf_counter() - t0)
         if timing == "live":
             with self.lm.apply(plan):
-                gen, answer, text = self._answer(base.prompt_ids, n=len(base.answer_ids))
-                score = self.lm.score(base.prompt_ids, base.answer_ids)
+                gen, score = self.lm.generate_and_score(base.prompt_ids, len(base.answer_ids), base.answer_ids)
+            answer, text = self._until_eos(gen.output_ids)
             fid = fidelity(answer, base.answer_ids)
             return Evaluation(
                 timing="live",

@@ -272,3 +272,19 @@ def test_saved_folder_round_trip(tiny_lm32, tmp_path):
         ids = tiny_lm32.encode_prompt(prompt)
         assert again.encode_prompt(prompt) == ids
         assert torch.equal(again.logits(ids), tiny_lm32.logits(ids))
+
+
+def test_generate_and_score_matches_separate_calls(tiny_lm):
+    """One prompt pass for generation and scoring gives the same tokens and scores as two calls."""
+    from dynprune.plan import PruningPlan
+
+    ids = tiny_lm.encode_prompt("The river rose after days of rain.")
+    target = tiny_lm.generate(ids, 6).output_ids or (tiny_lm.bos_id,)
+    for plan in (PruningPlan(), PruningPlan(skip=[1], heads={0: 5}, ffn={2: 40})):
+        with tiny_lm.apply(plan):
+            gen, score = tiny_lm.generate_and_score(ids, 7, target)
+            want_gen = tiny_lm.generate(ids, 7, ignore_eos=True)
+            want = tiny_lm.score(ids, target)
+        assert gen.output_ids == want_gen.output_ids and len(gen.output_ids) == 7
+        assert score.nll == pytest.approx(want.nll, rel=1e-9, abs=1e-9)
+        assert score.argmax_ids == want.argmax_ids
