@@ -451,6 +451,11 @@ class PrunableLM:
             generator=gen,
             ignore_eos=ignore_eos,
         )
+        return self._result(ids, out, produced, prefill_s, decode_s)
+
+    def _result(
+        self, ids: Sequence[int], out: Sequence[int], produced: int, prefill_s: float, decode_s: float
+    ) -> GenerationResult:
         latency = prefill_s + decode_s
         return GenerationResult(
             prompt_ids=tuple(ids),
@@ -477,19 +482,7 @@ class PrunableLM:
         if len(ids) + n_tokens > self.geometry.max_position:
             raise ValueError(f"{len(ids)} prompt tokens + {n_tokens} new exceed context {self.geometry.max_position}")
         out, prefill_s, decode_s, score = decode_and_score(self.model, ids, n_tokens, target)
-        latency = prefill_s + decode_s
-        gen = GenerationResult(
-            prompt_ids=tuple(ids),
-            output_ids=tuple(out),
-            text=self.decode_ids(out),
-            prefill_s=prefill_s,
-            decode_s=decode_s,
-            latency_s=latency,
-            new_tokens=len(out),
-            tokens_per_s=len(out) / latency if latency > 0 else float("inf"),
-            produced=len(out),
-        )
-        return gen, score
+        return self._result(ids, out, len(out), prefill_s, decode_s), score
 
     def score(self, context: Sequence[int], target: Sequence[int]) -> ScoreResult:
         """Teacher-forced NLL, perplexity and argmax agreement of ``target`` after ``context``."""
