@@ -140,3 +140,30 @@ def test_sb3_learns_on_dynprune(tiny_lm32, double):
                 batch_size=8, seed=0, verbose=0)
     model.learn(32)
     assert model.num_timesteps == 32
+
+
+def test_gym_make_works_in_a_fresh_interpreter():
+    """`gym.make("DynPrune-v0")` with nothing imported first (the .pth hook installed by scripts/setup.sh)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gymnasium as gym\n"
+        "env = gym.make('DynPrune-v0', model='tiny-llama', reward='proxy', max_new_tokens=2)\n"
+        "obs, info = env.reset(seed=0)\n"
+        "print(len(obs), env.action_space.n)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["8", "10"]
+
+
+def test_importing_envs_is_cheap():
+    """Registration only: torch and transformers load at gym.make, not at import."""
+    import subprocess
+    import sys
+
+    code = "import sys, envs; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False"]
