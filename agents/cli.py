@@ -26,13 +26,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from dynprune.fileio import atomic_write_json
+
 RUN_FILES = ("config.json", "metrics.jsonl", "train_log.jsonl", "checkpoint.zip", "agent.zip")
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def _env_kwargs(cfg: dict[str, Any], split: str) -> dict[str, Any]:

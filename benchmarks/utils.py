@@ -16,17 +16,17 @@ import ast
 import dataclasses
 import datetime
 import inspect
-import json
 import os
 import platform
 import statistics
-import tempfile
 import textwrap
 import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from dynprune.fileio import atomic_write_json
 
 T = TypeVar("T")
 
@@ -89,21 +89,7 @@ def parse_args(cls: type[T], argv: Sequence[str] | None = None) -> T:
 
 def write_json(data: Any, path: str | Path) -> Path:
     """Write ``data`` as indented JSON atomically: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; results are meant to be read
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_json(path, data)
 
 
 def summary(values: Sequence[float], scale: float = 1.0) -> dict[str, float | int]:

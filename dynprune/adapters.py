@@ -27,8 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -41,6 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from dynprune.fileio import atomic_path
 from dynprune.types import Prompt
 
 if TYPE_CHECKING:
@@ -598,15 +597,8 @@ def save_adapters(adapters: Mapping[int, BottleneckAdapter], path: str | Path, m
         "hidden": str(hidden.pop()),
         "layers": json.dumps(sorted(int(i) for i in adapters)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written adapters file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:  # a crash never leaves a half-written adapters file
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

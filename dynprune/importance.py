@@ -20,8 +20,6 @@ file made for another model is a ``ValueError``.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dynprune.fileio import atomic_path
 from dynprune.types import Importance
 
 if TYPE_CHECKING:
@@ -170,14 +169,8 @@ def save_importance(imp: Importance, path: str | Path) -> Path:
         "seq_len": str(imp.seq_len),
         "format": "1",
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

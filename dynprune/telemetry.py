@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import psutil
 
+from dynprune.fileio import atomic_write_text
 from dynprune.types import TelemetrySnapshot
 
 __all__ = [
@@ -575,18 +575,8 @@ def write_trace(snapshots: Sequence[TelemetrySnapshot], path: str | os.PathLike[
     Returns:
         The destination path.
     """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for snap in snapshots:
-                fh.write(json.dumps(dataclasses.asdict(snap)) + "\n")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    text = "".join(json.dumps(dataclasses.asdict(snap)) + "\n" for snap in snapshots)
+    return atomic_write_text(path, text)
 
 
 def _snapshot_from_record(record: Any, where: str) -> TelemetrySnapshot:
