@@ -78,6 +78,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
             seed=args.seed,
             adapters=args.adapters,
             workers=args.workers,
+            backend=args.backend,
             progress=True,
         )
     except KeyboardInterrupt:
@@ -216,6 +217,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--adapters", default=None,
                    help="adapters file (dynprune adapters train): pruned layers are replaced by their adapter")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine (prompts dealt round-robin)")
+    p.add_argument("--backend", choices=("processes", "ray"), default="processes",
+                   help="--workers shards as local processes, or as Ray tasks (joins RAY_ADDRESS or starts locally)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (one worker); N workers share the cores")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reward", default="casrap")

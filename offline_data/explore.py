@@ -601,6 +601,27 @@ def run_worker(
     return WorkerResult(worker, tuple(done), skipped, n_rows, time.perf_counter() - t0)
 
 
+def _run_ray(
+    ids: Sequence[str], env_kwargs: dict[str, Any], config: ExploreConfig, out_dir: Path, tasks: int, progress: bool
+) -> list[WorkerResult]:
+    """One Ray task per round-robin shard of prompt ids; each runs :func:`run_worker` unchanged."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ModuleNotFoundError("backend='ray' needs Ray: pip install ray") from e
+    from dynprune.models import PrunableLM
+
+    if isinstance(env_kwargs.get("model"), PrunableLM):
+        raise ValueError("backend='ray' needs the model named by spec (each task loads its own), got a loaded model")
+    task = ray.remote(run_worker)
+    refs = [
+        task.remote(shard, env_kwargs, config, str(out_dir), worker=i, progress=progress)
+        for i, shard in enumerate(split_round_robin(ids, tasks))
+        if shard
+    ]
+    return list(ray.get(refs))
+
+
 def explore(
     env_kwargs: dict[str, Any],
     strategy: str,
@@ -614,6 +635,7 @@ def explore(
     max_frac: float = 0.5,
     adapters: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    backend: str = "processes",
 ) -> ExploreSummary:
     """Explore prompts and log every measured configuration as Parquet shards in ``out_dir``.
 
@@ -631,6 +653,9 @@ def explore(
         max_frac: Random: largest fraction of layers pruned in one set.
         adapters: Adapters file to attach to the model (pruned layers use their adapter).
         progress: Print one line per prompt.
+        backend: ``"processes"`` (spawned processes on this machine) or ``"ray"``: one Ray task
+            per shard of prompt ids (Ray joins the cluster of ``ray.init`` / ``RAY_ADDRESS``, or
+            starts locally; ``out_dir`` must be on storage every node can write).
 
     Returns:
         Per-worker results.
@@ -645,12 +670,16 @@ def explore(
     )
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if backend not in ("processes", "ray"):
+        raise ValueError(f"backend must be 'processes' or 'ray', got {backend!r}")
     out_dir = Path(out_dir)
     _check_meta(out_dir, _settings(env_kwargs, config))
     ids = list(prompt_ids) if prompt_ids is not None else prompt_ids_of(env_kwargs)
     if len(set(ids)) != len(ids):
         raise ValueError("prompt ids must be unique")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if backend == "ray":
+        return ExploreSummary(out_dir, tuple(_run_ray(ids, env_kwargs, config, out_dir, workers, progress)))
     if workers == 1:
         return ExploreSummary(out_dir, (run_worker(ids, env_kwargs, config, out_dir, progress=progress),))
 
