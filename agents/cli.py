@@ -31,10 +31,6 @@ from dynprune.fileio import atomic_write_json
 RUN_FILES = ("config.json", "metrics.jsonl", "train_log.jsonl", "checkpoint.zip", "agent.zip")
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    atomic_write_json(path, data)
-
-
 def _env_kwargs(cfg: dict[str, Any], split: str) -> dict[str, Any]:
     from dynprune.runtime import ProfileConfig
 
@@ -144,7 +140,7 @@ def train(args: argparse.Namespace) -> int:
     else:
         cfg = {k: v for k, v in vars(args).items() if k not in ("fn", "force", "resume", "run_dir", "verbose")}
         cfg["created"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        _atomic_json(run_dir / "config.json", cfg)
+        atomic_write_json(run_dir / "config.json", cfg)
     env = _make_env(cfg, "train")
     print(f"[train] {cfg['agent']} on {env.unwrapped.lm.model_id}: {len(env.unwrapped.prompts)} train prompts, "
           f"{cfg['episodes']} episodes, reward={cfg['reward']}, timing={cfg['timing']}", flush=True)
@@ -187,7 +183,7 @@ def evaluate(run_dir: Path, cfg: dict[str, Any], lm: Any = None, progress: bool 
     from agents.base import load_agent
     from agents.baselines import RandomAgent, StaticAgent
     from dynprune.plots import format_table
-    from dynprune.records import append_record, summarise
+    from dynprune.records import append_record, record_from_dict, summarise
 
     env = _make_env(cfg, "test", lm=lm)
     core = env.unwrapped
@@ -212,13 +208,11 @@ def evaluate(run_dir: Path, cfg: dict[str, Any], lm: Any = None, progress: bool 
             rec = asdict(table[action])
             rec.update(agent=name, episode=i, step=0)
             append_record(out_dir / f"{name}.jsonl", rec)
-            from dynprune.records import record_from_dict
-
             records.append(record_from_dict(rec))
         if i + 1 < n:
             obs, info = env.reset()
     summary = summarise(records, by="agent")
-    _atomic_json(out_dir / "summary.json", summary)
+    atomic_write_json(out_dir / "summary.json", summary)
     print(format_table(summary))
     return summary
 

@@ -35,7 +35,6 @@ import torch
 from torch import nn
 
 from dynprune.generation import decode, decode_and_score, teacher_forced
-from dynprune.metrics import Timer
 from dynprune.plan import PruningPlan
 from dynprune.pruning import (
     FFNSlice,
@@ -571,19 +570,17 @@ class PrunableLM:
         return slc
 
     def layer_stack(self, skip: tuple[int, ...], adapters: dict[int, nn.Module]) -> LayerStack:
-        """The cached layer list for this layout (built on first use; keyed by the adapter modules' identity)."""
-        key = (skip, tuple(sorted((i, id(m)) for i, m in adapters.items())))
+        """The cached layer list for this layout (built on first use).
+
+        Keyed by the adapter modules themselves (modules hash by identity, and the key keeps
+        them alive, so a key never matches a different module).
+        """
+        key = (skip, tuple(sorted(adapters.items(), key=lambda item: item[0])))
         stack = self._stacks.get(key)
-        if stack is None or any(s.adapter is not adapters[i] for i, s in self._adapter_layers(stack, adapters)):
+        if stack is None:
             stack = build_layer_stack(self._layers, skip, adapters)
             self._stacks[key] = stack
         return stack
-
-    @staticmethod
-    def _adapter_layers(stack: LayerStack, adapters: dict[int, nn.Module]) -> list[tuple[int, Any]]:
-        # pair each adapter layer of a cached stack with its layer index (guards against id() reuse)
-        wrapped = [m for m in stack.modules if hasattr(m, "adapter")]
-        return list(zip(sorted(adapters), wrapped, strict=True))
 
     def validate(self, plan: PruningPlan) -> None:
         """Raise ``ValueError`` if ``plan`` cannot be applied to this model."""
@@ -643,7 +640,3 @@ class PrunableLM:
             for fn in reversed(undo):
                 fn()
             self._active = None
-
-    def timed(self) -> Timer:
-        """A :class:`~dynprune.metrics.Timer` on this model's device."""
-        return Timer(self.device)

@@ -26,10 +26,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dynprune.fileio import atomic_write_bytes, atomic_write_text
 from dynprune.records import (
     GroupSummary,
-    atomic_write_bytes,
-    atomic_write_text,
     read_jsonl,
     read_records,
     record_from_dict,

@@ -13,9 +13,8 @@ Crash safety works in two halves:
   warning (a crash mid-write) but raise ``ValueError`` naming ``file:line`` for a
   malformed line anywhere else (that is corruption, not a crash).
 
-:func:`summarise` turns records into per-agent (or per-action) means, and
-:func:`atomic_write_text` / :func:`atomic_write_bytes` write whole files so a
-reader never sees half of one.
+:func:`summarise` turns records into per-agent (or per-action) means. Whole files
+are written with :mod:`dynprune.fileio`.
 """
 
 from __future__ import annotations
@@ -30,14 +29,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
-from dynprune.fileio import atomic_write_bytes, atomic_write_text
 from dynprune.types import StepRecord
 
 __all__ = [
     "GroupSummary",
     "append_record",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "read_jsonl",
     "read_records",
     "record_from_dict",

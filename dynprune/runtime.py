@@ -32,7 +32,6 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -343,15 +342,3 @@ class PlanEvaluator:
             kept_fraction=kept,
             seconds=time.perf_counter() - t0,
         )
-
-    def evaluate_many(
-        self, prompt: Prompt, plans: list[PruningPlan], timing: str = "profiled",
-        progress: Callable[[int], None] | None = None,
-    ) -> list[Evaluation]:
-        """Evaluate several plans on one prompt (the oracle's and the sweep's loop)."""
-        out = []
-        for i, plan in enumerate(plans):
-            out.append(self.evaluate(prompt, plan, timing))
-            if progress:
-                progress(i)
-        return out

@@ -316,9 +316,6 @@ class Baseline:
     task_score: float | None
     features: PromptFeatures
 
-    def latency_for(self, n: int) -> float:
-        """Full-model latency of an answer of ``n`` tokens: prefill + (n - 1) decode steps."""
-        return self.prefill_s + max(0, n - 1) * self.per_token_s
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dynprune.plan import PruningPlan
 from dynprune.rewards import Outcome, RewardFn, make_reward
 from dynprune.runtime import TIMINGS, PlanEvaluator, ProfileConfig
 from dynprune.telemetry import MISSING, TELEMETRY_FIELDS, make_monitor, snapshot_to_vector
-from dynprune.types import Evaluation, Prompt, StepRecord
+from dynprune.types import Baseline, Evaluation, Prompt, StepRecord
 
 PROMPT_FIELDS = ("prompt_tokens", "prompt_perplexity", "complexity")
 BUDGET_FIELD = "latency_budget"
@@ -223,8 +223,7 @@ class DynPruneEnv(gym.Env):
             "scenario": getattr(self._snapshot, "source", ""),
         }
 
-    def _outcome(self, ev: Evaluation) -> tuple[Outcome, float]:
-        base = self.evaluator.baseline(self._prompt)
+    def _outcome(self, ev: Evaluation, base: Baseline) -> tuple[Outcome, float]:
         factor = float(self.monitor.latency_factor)
         budget_s = base.latency_s * self._budget_rel if self._budget_rel is not None else None
         outcome = Outcome(
@@ -239,17 +238,20 @@ class DynPruneEnv(gym.Env):
         )
         return outcome, factor
 
-    def _evaluate(self, action: int, plan: PruningPlan | None = None) -> tuple[Evaluation, Outcome, float, bool, float]:
+    def _evaluate(
+        self, action: int, plan: PruningPlan | None = None
+    ) -> tuple[Evaluation, Baseline, Outcome, float, bool, float]:
         cpu = self._snapshot.cpu_util if self.telemetry_mode == "live" else None
         plan = self.plan(action) if plan is None else plan
         ev = self.evaluator.evaluate(self._prompt, plan, self.timing, cpu_util=cpu)
-        outcome, factor = self._outcome(ev)
+        base = self.evaluator.baseline(self._prompt)
+        outcome, factor = self._outcome(ev, base)
         reward, terminated = self.reward_fn(outcome)
-        return ev, outcome, float(reward), bool(terminated), factor
+        return ev, base, outcome, float(reward), bool(terminated), factor
 
     def action_rewards(self) -> np.ndarray:
         """Reward of every action on the current prompt and state, without stepping (for the oracle)."""
-        return np.array([self._evaluate(a)[2] for a in range(self.action_space.n)], dtype=np.float64)
+        return np.array([self._evaluate(a)[3] for a in range(self.action_space.n)], dtype=np.float64)
 
     # ---------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # noqa: ANN201
@@ -278,11 +280,10 @@ class DynPruneEnv(gym.Env):
 
     def _record(
         self, action: int, plan: PruningPlan | None = None, action_name: str | None = None
-    ) -> tuple[StepRecord, Evaluation, Outcome]:
+    ) -> tuple[StepRecord, Evaluation, Baseline, Outcome]:
         """Measure ``action`` (or ``plan``) on the current prompt and build its record (does not advance)."""
-        ev, outcome, reward, terminated, factor = self._evaluate(action, plan)
+        ev, base, outcome, reward, terminated, factor = self._evaluate(action, plan)
         plan = self.plan(action) if plan is None else plan
-        base = self.evaluator.baseline(self._prompt)
         feats = base.features
         record = StepRecord(
             episode=self._episode,
@@ -311,7 +312,7 @@ class DynPruneEnv(gym.Env):
             terminated=terminated,
             observation=tuple(float(x) for x in self._obs),
         )
-        return record, ev, outcome
+        return record, ev, base, outcome
 
     def action_records(self) -> list[StepRecord]:
         """The record of every action on the current prompt and state, without stepping (sweeps, oracle).
@@ -333,9 +334,8 @@ class DynPruneEnv(gym.Env):
             if not ok:
                 raise ValueError(f"action {action!r} is not in {self.action_space} (ids 0..{self.action_space.n - 1})")
         action = int(action)
-        record, ev, outcome = self._record(action)
+        record, ev, base, outcome = self._record(action)
         reward, terminated = record.reward, record.terminated
-        base = self.evaluator.baseline(self._prompt)
         info = self._info()
         info.update(
             action_name=record.action_name,

@@ -163,8 +163,9 @@ def _quiet_d3rlpy() -> None:
 
 def cmd_offline(args: argparse.Namespace) -> int:
     """``dynprune offline``: train a d3rlpy agent on logged data into a run directory."""
-    from agents.cli import _atomic_json, _prepare_run_dir, evaluate
+    from agents.cli import _prepare_run_dir, evaluate
     from agents.offline import train_offline
+    from dynprune.fileio import atomic_write_json
     from dynprune.records import append_record
     from offline_data.dataset import load_logs, read_meta, to_mdp_dataset
 
@@ -177,7 +178,7 @@ def cmd_offline(args: argparse.Namespace) -> int:
     cfg["transitions"] = int(mdp.transition_count)
     run_dir = Path(args.run_dir)
     _prepare_run_dir(run_dir, args.force, resume=False)
-    _atomic_json(run_dir / "config.json", cfg)
+    atomic_write_json(run_dir / "config.json", cfg)
     if not getattr(args, "verbose", False):
         _quiet_d3rlpy()
     print(f"[offline] {args.algo} on {cfg['transitions']} logged transitions ({len(ds)} rows) from {args.logs}, "

@@ -48,6 +48,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dynprune.fileio import atomic_path, atomic_write_text
+
 __all__ = [
     "LOG_FEATURES",
     "META_FILE",
@@ -150,19 +152,14 @@ def write_shard(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Pat
     missing = sorted(set(LOG_FEATURES) - set(rows[0]))
     if missing:
         raise ValueError(f"{path.name}: rows lack columns {missing}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     ds = datasets.Dataset.from_list(rows, features=LOG_FEATURES)
     # datasets draws a progress bar per write; one bar per shard is noise
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        ds.to_parquet(str(tmp))
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            ds.to_parquet(str(tmp))
+            _fsync(tmp)
     finally:
         if not was_disabled:
             datasets.enable_progress_bars()
@@ -172,11 +169,7 @@ def write_shard(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Pat
 def write_meta(log_dir: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
     """Write ``meta.json`` of a log directory atomically (JSON, sorted keys)."""
     path = Path(log_dir) / META_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_meta(log_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from typing import Any
 import datasets
 import numpy as np
 
+from dynprune.fileio import atomic_path
+
 __all__ = ["MODES", "PAIR_FEATURES", "compare", "preference_pairs", "row_score", "write_pairs"]
 
 #: Pair-selection modes of :func:`preference_pairs`.
@@ -159,16 +161,13 @@ def preference_pairs(
 def write_pairs(pairs: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Write pairs to one Parquet file with ``datasets`` (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     ds = datasets.Dataset.from_list(pairs, features=PAIR_FEATURES)
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        ds.to_parquet(str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            ds.to_parquet(str(tmp))
     finally:
-        tmp.unlink(missing_ok=True)
         if not was_disabled:
             datasets.enable_progress_bars()
     return path

@@ -84,13 +84,3 @@ def apply_layer_stack(owner: nn.Module, stack: LayerStack) -> Callable[[], None]
         owner.layers = old_list
 
     return undo
-
-
-def swap_layer_stack(
-    owner: nn.Module,
-    originals: Sequence[nn.Module],
-    skip: Sequence[int],
-    adapters: Mapping[int, nn.Module],
-) -> Callable[[], None]:
-    """Build and apply a layer stack in one call (no caching); return the undo."""
-    return apply_layer_stack(owner, build_layer_stack(originals, skip, adapters))
