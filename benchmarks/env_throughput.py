@@ -85,6 +85,7 @@ def main(args: Args) -> dict:
     from dynprune.actions import DEFAULT_TABLE, entry_plan
     from dynprune.tasks import load_prompts
 
+    t_start = time.perf_counter()
     if args.smoke:
         args.model, args.prompts, args.steps, args.max_new_tokens = "tiny-llama", 2, 4, 4
     fix_threads(args.threads)
@@ -155,6 +156,7 @@ def main(args: Args) -> dict:
             "profiled_median_rel_error": statistics.median(errors) <= TARGETS["profiled_median_rel_error"],
         },
     }
+    out["wall_s"] = time.perf_counter() - t_start
     write_json(out, args.out)
     print(f"model {lm.model_id}, {args.steps} steps over {args.prompts} prompts, {args.max_new_tokens} new tokens")
     print(f"{'mode':<9} {'steps/s':>8} {'steady/s':>9} {'x naive':>8} {'steady x':>9} {'baseline share':>15}")

@@ -84,3 +84,15 @@ def test_pruning_overhead_smoke(tmp_path: Path) -> None:
     assert data["layer_skip"][0]["k"] == 0  # the full model first
     assert all(row["speedup"] > 0 for row in data["layer_skip"])
     assert set(data["met"]) == set(data["targets"])
+
+
+def test_main_job_smoke(tmp_path):
+    from benchmarks import main_job
+
+    out = tmp_path / "mj.json"
+    result = main_job.main(["--smoke", "--out", str(out)])
+    assert out.is_file() and result["wall_s"] > 0
+    assert {"ddqn", "none", "random", "oracle"} <= set(result["summary"])
+    assert result["load_s"]["from_empty_cache"] > 0
+    with pytest.raises(ValueError, match="--smoke needs --out"):
+        main_job.Args(smoke=True)
