@@ -44,6 +44,8 @@ def _env_kwargs(cfg: dict[str, Any], split: str) -> dict[str, Any]:
         "scenario": cfg["scenario"],
         "device": cfg["device"],
         "profile": ProfileConfig(new_tokens=cfg["profile_tokens"], repeats=cfg["profile_repeats"]),
+        # runs written before the option existed had no embedding in the observation
+        "prompt_embedding": cfg.get("prompt_embedding", 0),
     }
 
 
@@ -263,6 +265,8 @@ def _add_run_args(p: argparse.ArgumentParser, episodes: int, train_prompts: int 
     p.add_argument("--test-prompts", type=int, default=test_prompts, help="random subset of the test split")
     p.add_argument("--profile-tokens", type=int, default=12, help="tokens per latency-profile timing run")
     p.add_argument("--profile-repeats", type=int, default=2)
+    p.add_argument("--prompt-embedding", type=int, default=0, metavar="N",
+                   help="append N projected prompt-embedding coordinates to the observation")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")

@@ -96,6 +96,8 @@ class Args:
     """tokens per latency-profile timing run (profiled timing)"""
     profile_repeats: int = 2
     """interleaved full/pruned runs per latency-profile measurement"""
+    prompt_embedding: int = 0
+    """N > 0: the observation also carries N projected prompt-embedding coordinates (DynPrune-v0's option)"""
     steps: int = 3000
     """offline gradient steps per algorithm"""
     algos: str = "cql,bcq,ddqn,bc"
@@ -144,6 +146,7 @@ class Args:
             "model": self.model, "reward": self.reward, "timing": self.timing, "test_timing": self.test_timing,
             "max_new_tokens": self.max_new_tokens, "telemetry": self.telemetry, "scenario": self.scenario,
             "device": self.device, "profile_tokens": self.profile_tokens, "profile_repeats": self.profile_repeats,
+            "prompt_embedding": self.prompt_embedding,
         }
 
 
@@ -171,6 +174,7 @@ def prepare_logs_dir(args: Args) -> Path:
         path = cache_dir() / "logs" / (
             f"offline_rl-{slug}-{args.reward}-{args.timing}-n{args.train_prompts}"
             f"-tok{args.max_new_tokens}-seed{args.seed}"
+            + (f"-emb{args.prompt_embedding}" if args.prompt_embedding else "")
         )
     shards = shard_paths(path) if path.is_dir() else []
     if shards and not args.reuse_logs:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -252,6 +253,12 @@ def load_model(
         model, tokenizer = tiny_llama(dt)
     elif spec in EMBEDDED_MODELS:
         model, tokenizer = _load_pretrained(_converted_embedded(spec), dt, spec)
+    elif (Path(spec) / "dynprune_compress.json").is_file():
+        # A folder written by `dynprune compress`: its metadata says how to load it
+        # (dtype as saved unless one is asked for; dynamic INT8 re-applied; NF4 on CUDA).
+        from dynprune.compress.folder import load_compressed
+
+        model, tokenizer, _ = load_compressed(spec, dev, None if dtype == "auto" else dt)
     elif Path(spec).exists():
         if not (Path(spec) / "config.json").is_file():
             raise ValueError(
@@ -266,7 +273,9 @@ def load_model(
             "or a Hugging Face id such as 'meta-llama/Llama-3.2-1B'"
         )
     _check_architecture(model.config, spec)
-    model.to(dev).eval()
+    if not getattr(model, "is_loaded_in_4bit", False):  # bitsandbytes 4-bit models are placed at load
+        model.to(dev)
+    model.eval()
     model.requires_grad_(False)
     return PrunableLM(model, tokenizer, name=spec)
 
@@ -337,6 +346,7 @@ class PrunableLM:
         self._stacks: dict[tuple[Any, ...], LayerStack] = {}
         self._active: PruningPlan | None = None
         self._features: dict[str, PromptFeatures] = {}
+        self._embeddings: dict[str, np.ndarray] = {}
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if tokenizer.eos_token_id is not None:
@@ -519,6 +529,24 @@ class PrunableLM:
                 )
             cached = prompt_features(self, text)
             self._features[text] = cached
+        return cached
+
+    def prompt_embedding(self, text: str) -> np.ndarray:
+        """The prompt's input token embeddings, mean-pooled over its tokens (float32, hidden size); cached.
+
+        The served model's own embedding table, so it costs one lookup, not a forward pass: the
+        "light router" signal of the thesis' router, and an optional part of the env's observation.
+        The tokens are those the model sees (``encode_prompt``: chat template included when the
+        model has one). The embedding table is never pruned, so this is the same under any plan.
+        """
+        cached = self._embeddings.get(text)
+        if cached is None:
+            ids = torch.tensor(self.encode_prompt(text), dtype=torch.long, device=self.device)
+            with torch.no_grad():
+                emb = self.model.get_input_embeddings()(ids).float().mean(dim=0)
+            cached = emb.cpu().numpy().astype(np.float32)
+            cached.setflags(write=False)  # shared by every caller: read-only
+            self._embeddings[text] = cached
         return cached
 
     # -------------------------------------------------------------- importance

@@ -12,8 +12,10 @@ and exploration. Its cost model (DESIGN.md, "Cost model of one environment step"
   pass of the pruned model over prompt + full answer (argmax agreement and
   perplexity); speed from a :class:`LatencyProfile` per (plan, prompt-length
   bucket), measured live the first time (equal-work generations of the full and
-  pruned model, interleaved) and re-measured every ``refresh_steps`` uses or when
-  the CPU load moved by more than ``refresh_cpu_delta``.
+  pruned model, interleaved), refined on its next uses until ``min_rounds`` rounds
+  are pooled (one round is a few runs under one moment's load: its error is a fixed
+  bias for every later use of the cell), and re-measured every ``refresh_steps``
+  uses or when the CPU load moved by more than ``refresh_cpu_delta``.
 
 Speed-ups compare equal work: the full model's greedy answer has ``n`` tokens (its
 EOS included); a pruned model is timed generating exactly ``n`` tokens after the
@@ -65,6 +67,18 @@ class ProfileCell:
     uses: int = 0
     cpu_util: float | None = None
     measured_at: float = field(default_factory=time.time)
+    rounds: int = 1
+    samples: list[tuple[float, float, float, float]] = field(default_factory=list, repr=False)
+    """every run pooled so far: (full prefill, full per-token, pruned prefill, pruned per-token) seconds"""
+
+    def pool(self, other: ProfileCell) -> None:
+        """Add another measurement round; the times become the medians over every pooled run."""
+        self.samples.extend(other.samples)
+        self.rounds += other.rounds
+        med = statistics.median
+        self.full_prefill_s, self.full_per_token_s, self.pruned_prefill_s, self.pruned_per_token_s = (
+            med(s[i] for s in self.samples) for i in range(4)
+        )
 
     def speedup(self, n: int) -> float:
         """``T_full(n) / T_pruned(n) - 1`` for an answer of ``n`` tokens."""
@@ -80,6 +94,9 @@ class ProfileConfig:
     Args:
         new_tokens: Tokens generated per timing run (equal work for every plan).
         repeats: Interleaved full/pruned runs per measurement (median taken).
+        min_rounds: Measurement rounds pooled per cell: a new cell is measured again on each of
+            its next uses until it has this many (spread over time, so one moment's load does not
+            bias every later use), then trusted until it is refreshed.
         refresh_steps: Re-measure a cell after this many uses.
         refresh_cpu_delta: Re-measure when CPU utilisation moved more than this since the measurement.
         buckets: Prompt-length bucket upper edges, in tokens.
@@ -87,6 +104,7 @@ class ProfileConfig:
 
     new_tokens: int = 16
     repeats: int = 2
+    min_rounds: int = 3
     refresh_steps: int = 500
     refresh_cpu_delta: float = 0.25
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
@@ -96,6 +114,8 @@ class ProfileConfig:
             raise ValueError(f"new_tokens must be >= 1, got {self.new_tokens}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.min_rounds < 1:
+            raise ValueError(f"min_rounds must be >= 1, got {self.min_rounds}")
         if self.refresh_steps < 1:
             raise ValueError(f"refresh_steps must be >= 1, got {self.refresh_steps}")
         if list(self.buckets) != sorted(set(self.buckets)) or not self.buckets:
@@ -134,6 +154,9 @@ class LatencyProfile:
             pruned_prefill_s=med(g.prefill_s for g in pruned),
             pruned_per_token_s=med(g.per_token_s for g in pruned),
             cpu_util=cpu_util,
+            samples=[
+                (f.prefill_s, f.per_token_s, p.prefill_s, p.per_token_s) for f, p in zip(full, pruned, strict=True)
+            ],
         )
 
     def cell(self, plan: PruningPlan, prompt_ids: tuple[int, ...], cpu_util: float | None = None) -> ProfileCell:
@@ -151,6 +174,8 @@ class LatencyProfile:
         if cell is None or stale:
             cell = self._measure(plan, prompt_ids, cpu_util)
             self.cells[key] = cell
+        elif cell.rounds < self.config.min_rounds:
+            cell.pool(self._measure(plan, prompt_ids, cpu_util))
         cell.uses += 1
         return cell
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -61,6 +62,15 @@ class DynPruneEnv(gym.Env):
     | 6     | prompt_perplexity  | 0   | 1   | min(1, perplexity / 50) under the full model       |
     | 7     | complexity         | 0   | 1   | 0.6 * [5] + 0.4 * [6] (CASRAP)                     |
     | 8     | latency_budget     | 0   | 2   | only with the latency_budget reward: budget / full-model latency |
+    | then  | prompt_emb_0..N-1  | -√H | √H  | only with ``prompt_embedding=N``: the prompt's embedding, projected |
+
+    ``prompt_embedding=N`` appends N numbers that describe the prompt's content: the served model's
+    input token embeddings mean-pooled over the prompt (``PrunableLM.prompt_embedding``), minus the
+    mean of the vocabulary's embeddings (the direction every prompt shares), L2-normalised, then
+    projected on N fixed orthonormal random directions (seed 0, so train and test envs agree) and
+    scaled by √H (H = hidden size) so each coordinate is of order 1 (Johnson-Lindenstrauss: random
+    projections keep the distances between prompts). ``info["prompt_embedding"]`` always carries the
+    full mean-pooled vector (float32, size H), for agents that read it directly (the light router).
 
     A telemetry field the machine does not have (no GPU, no battery) is -1.
 
@@ -96,6 +106,7 @@ class DynPruneEnv(gym.Env):
     | budget_range        | (0.6, 1.05)      | latency budget / full-model latency, drawn per episode      |
     | cache_file          | None             | JSON-lines file caching full-model answers across runs      |
     | profile             | None             | ``ProfileConfig`` of the latency profile                    |
+    | prompt_embedding    | 0                | N > 0 appends N projected prompt-embedding coordinates      |
     | device, dtype       | "auto"           | passed to ``load_model``                                    |
 
     ```python
@@ -128,6 +139,7 @@ class DynPruneEnv(gym.Env):
         budget_range: tuple[float, float] = (0.6, 1.05),
         cache_file: str | None = None,
         profile: ProfileConfig | None = None,
+        prompt_embedding: int = 0,
         device: str = "auto",
         dtype: str = "auto",
         render_mode: str | None = None,
@@ -174,6 +186,12 @@ class DynPruneEnv(gym.Env):
             self.observation_names += (BUDGET_FIELD,)
             low.append(0.0)
             high.append(2.0)
+        self._projection = self._embedding_projection(int(prompt_embedding))
+        if self._projection is not None:
+            n, bound = self._projection[0].shape[0], math.sqrt(self.lm.geometry.hidden_size)
+            self.observation_names += tuple(f"prompt_emb_{i}" for i in range(n))
+            low += [-bound] * n
+            high += [bound] * n
         self.observation_space = spaces.Box(np.array(low, np.float32), np.array(high, np.float32), dtype=np.float32)
         self.action_space = spaces.Discrete(len(self.table))
         self.action_names: tuple[str, ...] = tuple(e.name for e in self.table)
@@ -193,6 +211,28 @@ class DynPruneEnv(gym.Env):
             self._plans[action] = entry_plan(self.table[action], self.lm, use_adapters=bool(self.lm.adapters))
         return self._plans[action]
 
+    def _embedding_projection(self, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(N x H orthonormal rows, vocabulary mean embedding) for ``prompt_embedding=N``; None for 0."""
+        hidden = self.lm.geometry.hidden_size
+        if not 0 <= n <= hidden:
+            raise ValueError(f"prompt_embedding must be in [0, hidden size {hidden}], got {n}")
+        if n == 0:
+            return None
+        # Fixed seed: every env on this model projects on the same directions.
+        gauss = np.random.default_rng(0).standard_normal((hidden, n))
+        q, _ = np.linalg.qr(gauss)  # H x N, orthonormal columns
+        table = self.lm.model.get_input_embeddings().weight
+        vocab_mean = table.detach().float().mean(dim=0).cpu().numpy()
+        return q.T.astype(np.float64), vocab_mean.astype(np.float64)
+
+    def _embedding_features(self) -> list[float]:
+        if self._projection is None:
+            return []
+        rows, vocab_mean = self._projection
+        centred = self.lm.prompt_embedding(self._prompt.text).astype(np.float64) - vocab_mean
+        unit = centred / max(float(np.linalg.norm(centred)), 1e-12)
+        return (rows @ unit * math.sqrt(rows.shape[1])).tolist()
+
     def _next_prompt(self) -> Prompt:
         if self.sequential:
             prompt = self.prompts[self._cursor % len(self.prompts)]
@@ -211,6 +251,7 @@ class DynPruneEnv(gym.Env):
         ]
         if self.reward_fn.needs_budget:
             vec.append(float(self._budget_rel))
+        vec += self._embedding_features()
         obs = np.clip(np.asarray(vec, dtype=np.float32), self.observation_space.low, self.observation_space.high)
         self._obs = obs
         return obs
@@ -220,6 +261,7 @@ class DynPruneEnv(gym.Env):
             "observation_names": self.observation_names,
             "prompt_id": self._prompt.id,
             "prompt": self._prompt.text,
+            "prompt_embedding": self.lm.prompt_embedding(self._prompt.text),
             "scenario": getattr(self._snapshot, "source", ""),
         }
 

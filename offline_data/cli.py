@@ -41,6 +41,7 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "scenario": args.scenario,
         "device": args.device,
         "profile": ProfileConfig(new_tokens=args.profile_tokens, repeats=args.profile_repeats),
+        "prompt_embedding": args.prompt_embedding,
     }
     if args.prompt_source != "dynprune":
         kwargs["prompts"] = args.prompt_source
@@ -143,6 +144,7 @@ def run_config(meta: dict[str, Any], args: argparse.Namespace, agent_name: str) 
         "device": env["device"],
         "profile_tokens": profile.get("new_tokens", default_profile.new_tokens),
         "profile_repeats": profile.get("repeats", default_profile.repeats),
+        "prompt_embedding": env.get("prompt_embedding", 0),
         "train_prompts": None,
         "test_prompts": args.test_prompts,
         # adapters the logs were explored with (the held-out env must attach the same ones)
@@ -230,6 +232,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--profile-tokens", type=int, default=12, help="tokens per latency-profile timing run")
     p.add_argument("--profile-repeats", type=int, default=2)
+    p.add_argument("--prompt-embedding", type=int, default=0, metavar="N",
+                   help="append N projected prompt-embedding coordinates to the observation")
     p.set_defaults(fn=cmd_explore)
 
     p = sub.add_parser("prefs", help="preference pairs of layer sets from logged exploration")

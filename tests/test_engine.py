@@ -288,3 +288,25 @@ def test_generate_and_score_matches_separate_calls(tiny_lm):
         assert gen.output_ids == want_gen.output_ids and len(gen.output_ids) == 7
         assert score.nll == pytest.approx(want.nll, rel=1e-9, abs=1e-9)
         assert score.argmax_ids == want.argmax_ids
+
+
+def test_latency_profile_pools_rounds_then_trusts_the_cell(tiny_lm32):
+    import statistics
+
+    from dynprune.plan import PruningPlan
+    from dynprune.runtime import LatencyProfile, ProfileConfig
+
+    profile = LatencyProfile(tiny_lm32, ProfileConfig(new_tokens=2, repeats=2, min_rounds=3))
+    plan, ids = PruningPlan(skip=[1]), tuple(tiny_lm32.encode_prompt("hello there"))
+    cells = [profile.cell(plan, ids) for _ in range(5)]
+    assert all(c is cells[0] for c in cells)  # one cell, refined in place
+    cell = cells[0]
+    assert profile.measurements == 3 and cell.rounds == 3 and len(cell.samples) == 6 and cell.uses == 5
+    for i, name in enumerate(("full_prefill_s", "full_per_token_s", "pruned_prefill_s", "pruned_per_token_s")):
+        assert getattr(cell, name) == statistics.median(s[i] for s in cell.samples)
+    once = LatencyProfile(tiny_lm32, ProfileConfig(new_tokens=2, repeats=1, min_rounds=1))
+    for _ in range(3):
+        once.cell(plan, ids)
+    assert once.measurements == 1
+    with pytest.raises(ValueError, match="min_rounds must be >= 1, got 0"):
+        ProfileConfig(min_rounds=0)

@@ -42,6 +42,41 @@ def test_observation_names_and_bounds(tiny_lm32):
     assert env.observation_space.contains(obs)
 
 
+def test_prompt_embedding_observation(tiny_lm32):
+    env = make(tiny_lm32, reward="proxy", prompt_embedding=6, sequential=True)
+    obs, info = env.reset(seed=0)
+    names = env.unwrapped.observation_names
+    assert names[8:] == tuple(f"prompt_emb_{i}" for i in range(6))
+    assert obs.shape == (14,) and env.observation_space.contains(obs)
+    # info carries the full mean-pooled input embedding of the tokens the model sees
+    ids = tiny_lm32.encode_prompt(info["prompt"])
+    table = tiny_lm32.model.get_input_embeddings().weight.detach()
+    expected = table[ids].mean(dim=0).numpy()
+    np.testing.assert_allclose(info["prompt_embedding"], expected, rtol=1e-5, atol=1e-6)
+    assert info["prompt_embedding"].shape == (tiny_lm32.geometry.hidden_size,)
+    # projected coordinates: unit-norm centred embedding on orthonormal rows, scaled by sqrt(H)
+    emb = obs[8:].astype(np.float64) / np.sqrt(tiny_lm32.geometry.hidden_size)
+    assert 0.0 < np.linalg.norm(emb) <= 1.0 + 1e-5
+    # the same prompt gives the same coordinates in another env (train and test envs must agree),
+    # and different prompts give different ones
+    other = make(tiny_lm32, reward="proxy", prompt_embedding=6, sequential=True)
+    obs2, _ = other.reset(seed=5)
+    np.testing.assert_array_equal(obs2[8:], obs[8:])
+    obs3, _ = other.reset()
+    assert not np.allclose(obs3[8:], obs[8:])
+    # the embedding is the full model's and unchanged under a plan (the table is never pruned)
+    with tiny_lm32.apply(env.unwrapped.plan(7)):
+        tiny_lm32._embeddings.clear()
+        np.testing.assert_array_equal(tiny_lm32.prompt_embedding(info["prompt"]), info["prompt_embedding"])
+
+
+def test_prompt_embedding_size_is_checked(tiny_lm32):
+    with pytest.raises(ValueError, match=r"prompt_embedding must be in \[0, hidden size 64\], got 65"):
+        make(tiny_lm32, prompt_embedding=65)
+    with pytest.raises(ValueError, match="got -1"):
+        make(tiny_lm32, prompt_embedding=-1)
+
+
 def test_same_seed_same_proxy_trajectory(tiny_lm32):
     def run(seed):
         env = make(tiny_lm32, reward="proxy", prompts_per_episode=3)
