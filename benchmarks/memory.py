@@ -1,0 +1,451 @@
+"""How much memory does each plan take, and how much does training each agent take?
+
+Two measurements, each in a **fresh process** per run:
+
+1. **Per plan**: the process loads the model (importance from the cache that the parent
+   filled first), warms it up, reads its resident set (``rss_loaded``), resets the kernel's
+   peak-RSS mark, then runs the plan's work as a live env step does (``lm.apply(plan)``,
+   a greedy generation of exactly ``max_new_tokens`` tokens and a teacher-forced scoring
+   pass over prompt + answer) and reads the peak again (``peak_rss``). On a GPU the same
+   with ``torch.cuda.reset_peak_memory_stats`` / ``max_memory_allocated`` (peak VRAM).
+2. **Training**: the Double DQN (``agents.dqn.make_dqn``) learning on ``DynPrune-v0``
+   (profiled timing, the training default) for ``dqn_steps`` steps, and each d3rlpy learner
+   (``agents.offline.train_offline``) for ``offline_steps`` gradient steps on a sweep logged
+   by the parent (``offline_data.explore``, strategy sweep). The DQN's process holds the
+   LLM (its env runs it); the d3rlpy processes hold only the logged data and the learner.
+   Reported: RSS before training, the peak during it and the difference.
+
+Why fresh processes and the kernel's peak mark: ``ru_maxrss`` / ``VmHWM`` is the peak over
+a process's life, so in one long process the model load (which briefly holds the weights
+twice) and every earlier plan's cached slices would hide the plan measured now. A new
+process per run starts from the same state, and on Linux writing ``5`` to
+``/proc/self/clear_refs`` resets ``VmHWM`` to the current RSS, so the peak read after the
+plan covers the plan alone, exactly (no sampling). Where that file is not writable the
+script samples RSS with psutil every millisecond in a thread (it can miss sub-millisecond
+peaks) and says so in ``method``. Runs of the plans are interleaved across repeats (plan
+order rotated); every figure is the median and min-max over repeats.
+
+Run:
+    python -m benchmarks.memory                           # embedded SmolLM2-135M, 4 plans, ~5-10 min on 2 cores
+    python -m benchmarks.memory --actions all             # every entry of the action table
+    python -m benchmarks.memory --device cuda             # peak VRAM too
+    python -m benchmarks.memory --smoke --out /tmp/mem.json
+
+Writes ``benchmarks/results/memory.json`` and ``memory.png`` beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.utils import machine_info, parse_args, summary, write_json
+from dynprune.fileio import atomic_write_bytes
+
+DEFAULT_OUT = "benchmarks/results/memory.json"
+MIB = float(1 << 20)
+OFFLINE_ALGOS = ("cql", "bcq", "ddqn", "bc")
+
+
+@dataclass
+class Args:
+    """Memory: peak RSS (and peak VRAM on a GPU) per plan and for training each agent, one fresh process per run."""
+
+    model: str = "smollm2-135m"
+    """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N (CUDA: peak VRAM as well)"""
+    threads: int | None = None
+    """torch CPU threads in each child process (none: torch's default)"""
+    actions: str = "none,heads-15%,layers-25%,ffn-25%"
+    """action-table entries measured, comma-separated names, or all (the whole default table)"""
+    repeats: int = 2
+    """fresh-process runs per plan (plans interleaved, order rotated)"""
+    max_new_tokens: int = 32
+    """tokens generated in each plan's run (exactly this many)"""
+    prompt: str = (
+        "Explain in a few sentences why the sky looks blue during the day and red at sunset, "
+        "and name the physical effect responsible."
+    )
+    """prompt of the plans' runs"""
+    dqn_steps: int = 48
+    """env steps of the Double DQN training run"""
+    dqn_prompts: int = 8
+    """train prompts the DQN's env draws from (fewer: fewer full-model baselines to compute)"""
+    offline_algos: str = "cql"
+    """d3rlpy learners measured, comma-separated (cql, bcq, ddqn, bc)"""
+    offline_steps: int = 500
+    """gradient steps of each d3rlpy learner"""
+    sweep_prompts: int = 4
+    """train prompts swept (every action) to give the d3rlpy learners their data"""
+    train_repeats: int = 2
+    """fresh-process runs per training measurement"""
+    training: bool = True
+    """measure the training runs (--no-training: the plans only)"""
+    seed: int = 0
+    """seed of the agents and of the sweep"""
+    out: str = DEFAULT_OUT
+    """JSON file to write; the plot goes beside it as <stem>.png"""
+    smoke: bool = False
+    """quick check: tiny-llama, 1 repeat, tiny training runs (bc); --out or the temp folder"""
+
+    def __post_init__(self) -> None:
+        if self.smoke:
+            self.model, self.repeats, self.train_repeats = "tiny-llama", 1, 1
+            self.max_new_tokens, self.dqn_steps, self.dqn_prompts = min(self.max_new_tokens, 4), 8, 2
+            self.offline_algos, self.offline_steps, self.sweep_prompts = "bc", 20, 2
+            if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
+                self.out = str(Path(tempfile.gettempdir()) / "memory_smoke.json")
+        for name in ("repeats", "max_new_tokens", "dqn_steps", "dqn_prompts", "offline_steps", "sweep_prompts",
+                     "train_repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        unknown = [a for a in self.algo_list if a not in OFFLINE_ALGOS]
+        if unknown:
+            raise ValueError(f"offline_algos must name some of {OFFLINE_ALGOS}, got {self.offline_algos!r}")
+
+    @property
+    def algo_list(self) -> list[str]:
+        """``offline_algos`` as a list."""
+        return [a.strip() for a in self.offline_algos.split(",") if a.strip()]
+
+
+# ----------------------------------------------------------------------------- peak memory of a region
+
+
+def _status_kib(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), or None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def current_rss() -> int:
+    """Resident set size of this process, bytes."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def peak_during(fn: Callable[[], Any], device: Any = None) -> dict[str, Any]:
+    """Run ``fn`` and return the RSS before it and the peak RSS during it (and peak VRAM on CUDA), bytes.
+
+    Method: reset the kernel's peak mark (``/proc/self/clear_refs`` = 5) and read ``VmHWM``
+    after; where that is not possible, sample RSS every millisecond in a thread.
+    """
+    import gc
+
+    import torch
+
+    gc.collect()
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        vram_before = torch.cuda.memory_allocated(device)
+    lifetime_peak = _status_kib("VmHWM")
+    before = current_rss()
+    method = "VmHWM after /proc/self/clear_refs=5"
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        sampler = None
+    except OSError:
+        method = "psutil RSS sampled every 1 ms"
+        peak_box = {"peak": before}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak_box["peak"] = max(peak_box["peak"], current_rss())
+                time.sleep(0.001)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+    t0 = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - t0
+    if sampler is None:
+        hwm = _status_kib("VmHWM")
+        peak = hwm * 1024 if hwm is not None else current_rss()
+    else:
+        stop.set()
+        sampler.join()
+        peak = max(peak_box["peak"], current_rss())
+    out: dict[str, Any] = {
+        "rss_before": before,
+        "peak_rss": peak,
+        "delta_rss": peak - before,
+        "process_peak_before": lifetime_peak * 1024 if lifetime_peak is not None else None,
+        "method": method,
+        "seconds": seconds,
+    }
+    if cuda:
+        torch.cuda.synchronize(device)
+        out.update(vram_before=vram_before, peak_vram_allocated=torch.cuda.max_memory_allocated(device),
+                   peak_vram_reserved=torch.cuda.max_memory_reserved(device))
+    return out
+
+
+# ----------------------------------------------------------------------------- child processes
+
+
+def child_plan(spec: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh process: load the model, then the peak memory of one plan's live-step work."""
+    from dynprune.actions import DEFAULT_TABLE, entry_plan
+    from dynprune.metrics import fix_threads
+    from dynprune.models import load_model
+
+    fix_threads(spec["threads"])
+    lm = load_model(spec["model"], device=spec["device"])
+    entry = next(e for e in DEFAULT_TABLE if e.name == spec["action"])
+    plan = entry_plan(entry, lm)
+    ids = lm.encode_prompt(spec["prompt"], max_new_tokens=spec["max_new_tokens"])
+    lm.warmup()
+
+    def work() -> None:
+        with lm.apply(plan):
+            gen = lm.generate(ids, spec["max_new_tokens"], ignore_eos=True)
+            lm.score(ids, list(gen.output_ids))
+
+    result = peak_during(work, lm.device)
+    result["rss_loaded"] = result["rss_before"]
+    result["device"] = str(lm.device)
+    return result
+
+
+def child_dqn(spec: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh process: build DynPrune-v0 (the LLM loaded), then the peak memory of Double DQN training."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers DynPrune-v0)
+    from agents.dqn import make_dqn
+    from dynprune.metrics import fix_threads
+    from dynprune.tasks import load_prompts
+
+    fix_threads(spec["threads"])
+    prompts = load_prompts("dynprune", split="train")[: spec["dqn_prompts"]]
+    env = gym.make("DynPrune-v0", model=spec["model"], device=spec["device"], prompts=prompts, split=None,
+                   timing="profiled", telemetry="scenario", max_new_tokens=spec["max_new_tokens"])
+    env.reset(seed=spec["seed"])
+    steps = spec["dqn_steps"]
+    model = make_dqn(env, seed=spec["seed"], learning_starts=min(16, steps // 2), batch_size=16)
+    result = peak_during(lambda: model.learn(steps), spec["device"] if "cuda" in spec["device"] else None)
+    result["env_steps"] = steps
+    return result
+
+
+def child_offline(spec: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh process: load the logged sweep, then the peak memory of one d3rlpy learner's training."""
+    from agents.offline import train_offline
+    from dynprune.metrics import fix_threads
+    from offline_data.cli import _quiet_d3rlpy
+    from offline_data.dataset import load_logs, to_mdp_dataset
+
+    fix_threads(spec["threads"])
+    _quiet_d3rlpy()
+    data = to_mdp_dataset(load_logs(spec["logs"]), spec["n_actions"])
+    device = "cuda:0" if "cuda" in spec["device"] else "cpu:0"
+    result = peak_during(lambda: train_offline(data, spec["algo"], n_steps=spec["offline_steps"], seed=spec["seed"],
+                                               device=device), None)
+    result["gradient_steps"] = spec["offline_steps"]
+    return result
+
+
+CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "plan": child_plan, "dqn": child_dqn, "offline": child_offline,
+}
+
+
+def run_child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``CHILDREN[kind](spec)`` in a new Python process; its JSON is the last line it prints."""
+    code = (
+        "import json, sys; from benchmarks.memory import CHILDREN; "
+        f"r = CHILDREN[{kind!r}](json.loads(sys.argv[1])); print('\\n' + json.dumps(r))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child {kind} {spec.get('action') or spec.get('algo') or ''} failed "
+                           f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def mib_summary(runs: list[dict[str, Any]], key: str) -> dict[str, float | int] | None:
+    """Median/min/max in MiB of ``key`` over the runs (None when the runs lack it)."""
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return summary(values, 1 / MIB) if values else None
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Bars: peak RSS per plan and per training run (median, min-max), beside the RSS before the work."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [(name, r) for name, r in result["plans"].items()]
+    rows += [(f"train {name}", r) for name, r in result["training"].items()]
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    x = list(range(len(rows)))
+    med = [r["peak_rss_mib"]["median"] for _, r in rows]
+    err = [[m - r["peak_rss_mib"]["min"] for m, (_, r) in zip(med, rows, strict=True)],
+           [r["peak_rss_mib"]["max"] - m for m, (_, r) in zip(med, rows, strict=True)]]
+    ax.bar(x, med, yerr=err, capsize=3, color="tab:blue", label="peak RSS during the work")
+    ax.bar(x, [r["rss_before_mib"]["median"] for _, r in rows], color="tab:gray", alpha=0.6,
+           label="RSS before the work")
+    ax.set_xticks(x, [n for n, _ in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("MiB")
+    ax.legend(fontsize=8)
+    m = result["machine"]
+    ax.set_title(f"memory: {result['model_id_spec']}, {m['device_name']}, {m['date'][:10]}", fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """MiB summaries of one measurement's runs."""
+    out: dict[str, Any] = {
+        "rss_before_mib": mib_summary(runs, "rss_before"),
+        "peak_rss_mib": mib_summary(runs, "peak_rss"),
+        "delta_rss_mib": mib_summary(runs, "delta_rss"),
+        "process_peak_before_mib": mib_summary(runs, "process_peak_before"),
+        "seconds": summary([r["seconds"] for r in runs]),
+        "method": sorted({r["method"] for r in runs}),
+        "runs": len(runs),
+    }
+    for key in ("peak_vram_allocated", "peak_vram_reserved", "vram_before"):
+        if any(r.get(key) is not None for r in runs):
+            out[f"{key}_mib"] = mib_summary(runs, key)
+    return out
+
+
+def measure_training(args: Args, base: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Fresh-process training runs: the Double DQN on the env, each d3rlpy learner on a sweep logged here."""
+    from dynprune.actions import DEFAULT_TABLE
+    from offline_data.explore import explore, prompt_ids_of
+
+    device = base["device"]
+    training_runs: dict[str, list[dict[str, Any]]] = {"ddqn (online, LLM in process)": []}
+    for algo in args.algo_list:
+        training_runs[f"d3rlpy {algo} (offline)"] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env_kwargs = {"model": args.model, "device": device, "prompts": "dynprune", "split": "train",
+                      "timing": "profiled", "telemetry": "scenario", "max_new_tokens": args.max_new_tokens}
+        ids = prompt_ids_of(env_kwargs)[: args.sweep_prompts]
+        print(f"sweep of {len(ids)} prompts for the offline learners ...", flush=True)
+        explore(env_kwargs, "sweep", Path(tmp) / "logs", prompt_ids=ids, seed=args.seed)
+        for r in range(args.train_repeats):
+            training_runs["ddqn (online, LLM in process)"].append(
+                run_child("dqn", {**base, "dqn_steps": args.dqn_steps, "dqn_prompts": args.dqn_prompts}))
+            for algo in args.algo_list:
+                training_runs[f"d3rlpy {algo} (offline)"].append(run_child("offline", {
+                    **base, "algo": algo, "offline_steps": args.offline_steps, "logs": str(Path(tmp) / "logs"),
+                    "n_actions": len(DEFAULT_TABLE)}))
+            print(f"  training repeat {r + 1}/{args.train_repeats}: "
+                  + ", ".join(f"{k} {v[-1]['peak_rss'] / MIB:.0f}" for k, v in training_runs.items()) + " MiB",
+                  flush=True)
+    return training_runs
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; write and return the JSON."""
+    from dynprune.actions import DEFAULT_TABLE
+    from dynprune.metrics import fix_threads
+    from dynprune.models import load_model
+
+    args = parse_args(Args, argv)
+    t_start = time.perf_counter()
+    names = [e.name for e in DEFAULT_TABLE]
+    actions = names if args.actions == "all" else [a.strip() for a in args.actions.split(",") if a.strip()]
+    bad = [a for a in actions if a not in names]
+    if bad or not actions:
+        raise ValueError(f"actions must be 'all' or names of {names}, got {args.actions!r}")
+    threads = fix_threads(args.threads)
+    # Fill the importance cache once here, so no child calibrates (its memory would join the plan's).
+    lm = load_model(args.model, device=args.device)
+    _ = lm.importance
+    device, model_id = str(lm.device), lm.model_id
+    machine = machine_info(lm.device)
+    del lm
+    base = {"model": args.model, "device": device, "threads": args.threads, "seed": args.seed,
+            "max_new_tokens": args.max_new_tokens}
+
+    plan_runs: dict[str, list[dict[str, Any]]] = {a: [] for a in actions}
+    for r in range(args.repeats):
+        for j in range(len(actions)):
+            action = actions[(r + j) % len(actions)]  # rotate the order each repeat
+            plan_runs[action].append(run_child("plan", {**base, "action": action, "prompt": args.prompt}))
+        print(f"  plans repeat {r + 1}/{args.repeats}: "
+              + ", ".join(f"{a} {plan_runs[a][-1]['peak_rss'] / MIB:.0f}" for a in actions) + " MiB", flush=True)
+    plans = {a: aggregate(runs) for a, runs in plan_runs.items()}
+    if "none" in plans:
+        none_peaks = [r["peak_rss"] for r in plan_runs["none"]]
+        none_med = summary(none_peaks)["median"]
+        for a in actions:
+            plans[a]["peak_over_none_mib"] = summary([r["peak_rss"] - none_med for r in plan_runs[a]], 1 / MIB)
+
+    training_runs: dict[str, list[dict[str, Any]]] = {}
+    if args.training:
+        training_runs = measure_training(args, base)
+    training = {name: aggregate(runs) for name, runs in training_runs.items()}
+    cuda = device.startswith("cuda")
+    result = {
+        "args": dataclasses.asdict(args),
+        "machine": machine,
+        "model_id_spec": args.model,
+        "model_id": model_id,
+        "torch_threads_parent": threads,
+        "cuda_measured": cuda,
+        "plans": plans,
+        "training": training,
+        "notes": (
+            "One fresh process per run. plans: RSS after loading the model and a warm-up (rss_before), peak RSS "
+            "during apply(plan) + generating max_new_tokens + one scoring pass (peak_rss), in MiB, median/min/max "
+            "over repeats; peak_over_none: peak minus the median peak of the full model. process_peak_before: the "
+            "process's peak before the work (the model load). training: ddqn = make_dqn(...).learn(dqn_steps) on "
+            "DynPrune-v0 (profiled, the LLM in the process); d3rlpy = train_offline(offline_steps) on a logged "
+            "sweep (no LLM in the process). "
+            + ("Peak VRAM from torch.cuda.max_memory_allocated/reserved." if cuda
+               else "Measured on CPU; nothing CUDA was measured in this run (no peak VRAM).")
+        ),
+        "wall_s": time.perf_counter() - t_start,
+    }
+    path = write_json(result, args.out)
+    plot(result, Path(args.out).with_suffix(".png"))
+    print_table(result)
+    print(f"wrote {path} and {Path(args.out).with_suffix('.png')}")
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """Peak RSS per plan and per training run, MiB."""
+    def fmt(s: dict[str, float] | None) -> str:
+        return "-" if s is None else f"{s['median']:.0f} ({s['min']:.0f}-{s['max']:.0f})"
+
+    print(f"\n{'':<32}{'RSS before':>18}{'peak RSS':>18}{'peak - before':>18}")
+    for name, r in [*result["plans"].items(), *result["training"].items()]:
+        print(f"{name:<32}{fmt(r['rss_before_mib']):>18}{fmt(r['peak_rss_mib']):>18}{fmt(r['delta_rss_mib']):>18}")
+
+
+if __name__ == "__main__":
+    main()
