@@ -1,0 +1,506 @@
+"""Quality against measured speed-up: every controller and every static baseline on one chart.
+
+All points come from one run on the same held-out prompts (the test split, which no agent
+trains on), measured live: the full model is timed again right before each prompt's plans,
+and each plan's speed-up is ``T_full / T_plan - 1`` for the same number of generated tokens
+(``dynprune.runtime``'s equal-work rule). Quality is fidelity to the full model (position-wise
+token agreement of the greedy answers); perplexity change and the gold-answer task score are
+reported beside it.
+
+Points:
+
+- **static layer removal** of k layers, chosen (a) from the last layers backwards or (b) by
+  lowest block influence (ShortGPT), each skipped or replaced by its distilled adapter;
+- **static heads / FFN slicing**: the DynPrune-v0 table's heads-x % and ffn-x % entries;
+- **random**, **Double DQN** (trained online here, profiled timing, ``ddqn_episodes`` one-prompt
+  episodes on ``train_prompts`` train prompts), every **d3rlpy learner** (trained offline here on a
+  sweep of the same train prompts): all act on the DynPrune-v0 action table;
+- **oracle**: per prompt, the table action of highest reward in hindsight (the env's reward);
+- points written by other committed benchmarks (``overlays``: the router and the static
+  compression results), drawn with their own markers and labelled with their source file:
+  they were measured in other runs, each against its own full-model baseline.
+
+Controller cost counts: each agent's ``act`` is timed per prompt and added to the pruned
+latency, ``speedup_with_cost = 1 / (1 / (1 + s) + t_act / T_full) - 1``.
+
+The claim the README states plainly: does any learned agent beat the best static baseline at
+equal speed-up (the static frontier's quality interpolated at the agent's speed-up), and how
+far is each from the oracle?
+
+Run:
+    python -m benchmarks.pareto                               # embedded SmolLM2-135M, ~15-25 min on 2 cores
+    python -m benchmarks.pareto --smoke --out /tmp/pareto.json  # tiny random model, under a minute
+
+Writes ``benchmarks/results/pareto.json``, ``pareto.png`` and ``pareto.md`` beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import envs  # noqa: F401 - registers DynPrune-v0
+from agents.baselines import RandomAgent
+from agents.cli import _env_kwargs
+from agents.dqn import SB3Agent, make_dqn
+from agents.offline import ALGOS, train_offline
+from benchmarks.offline_rl import seeded_subset
+from benchmarks.utils import machine_info, parse_args, write_json
+from dynprune.adapters import AdapterConfig, attach_adapters, load_adapters, save_adapters, train_adapters
+from dynprune.fileio import atomic_write_text
+from dynprune.metrics import fix_threads
+from dynprune.models import cache_dir, load_model
+from dynprune.selection import layers_plan
+from offline_data.cli import _quiet_d3rlpy
+from offline_data.dataset import load_logs, read_meta, to_mdp_dataset
+from offline_data.explore import explore, prompt_ids_of
+
+DEFAULT_OUT = "benchmarks/results/pareto.json"
+ORDERS = ("last", "influence")
+MODES = ("skip", "adapters")
+
+
+@dataclass
+class Args:
+    """Pareto chart: quality vs measured speed-up of static baselines, learned agents and the oracle."""
+
+    model: str = "smollm2-135m"
+    """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N (CUDA-event timing on GPUs)"""
+    threads: int | None = None
+    """torch CPU threads (none: torch's default)"""
+    reward: str = "casrap"
+    """env reward the agents train on and the oracle maximises"""
+    test_prompts: int = 20
+    """held-out prompts (a fixed seeded subset of the test split)"""
+    train_prompts: int = 80
+    """train prompts for the Double DQN and the offline sweep (a fixed seeded subset of the train split)"""
+    max_new_tokens: int = 24
+    """answer length limit"""
+    ks: str = "1,3,5,7,9"
+    """layers removed by the static layer-removal curves, comma-separated"""
+    adapters: str | None = None
+    """adapters file for the adapter curves (none: the file benchmarks/adapters.py writes to the cache,
+    trained here with its defaults when missing)"""
+    ddqn_episodes: int = 300
+    """Double DQN training episodes (profiled timing)"""
+    offline_steps: int = 3000
+    """gradient steps per d3rlpy learner"""
+    algos: str = "cql,bcq,ddqn,bc"
+    """d3rlpy learners, comma-separated (empty: none)"""
+    overlays: str = "benchmarks/results/router.json,benchmarks/results/compress.json"
+    """JSON files of other benchmarks whose "pareto_points" are drawn on the chart (missing files are skipped)"""
+    seed: int = 0
+    """seed of prompt subsets, agents and resets"""
+    out: str = DEFAULT_OUT
+    """JSON file to write (the PNG and markdown table go beside it)"""
+    smoke: bool = False
+    """quick check on tiny-llama (2 test, 3 train prompts, few steps); needs --out"""
+
+    def __post_init__(self) -> None:
+        if self.smoke:
+            if self.out == DEFAULT_OUT:
+                raise ValueError("--smoke needs --out PATH (the real results file is not overwritten by a smoke run)")
+            self.model = "tiny-llama"
+            self.test_prompts, self.train_prompts, self.max_new_tokens = 2, 3, 3
+            self.ks, self.ddqn_episodes, self.offline_steps = "1,2", 10, 20
+            self.algos = "cql"
+        for name in ("test_prompts", "train_prompts", "max_new_tokens", "ddqn_episodes", "offline_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.k_list or any(k < 1 for k in self.k_list):
+            raise ValueError(f"ks must be positive layer counts, got {self.ks!r}")
+        unknown = [a for a in self.algo_list if a not in ALGOS]
+        if unknown:
+            raise ValueError(f"algos must name some of {sorted(ALGOS)}, got {self.algos!r}")
+
+    @property
+    def k_list(self) -> list[int]:
+        """``ks`` as sorted unique ints."""
+        try:
+            return sorted({int(k) for k in self.ks.split(",") if k.strip()})
+        except ValueError as e:
+            raise ValueError(f"ks must be comma-separated integers, got {self.ks!r}") from e
+
+    @property
+    def algo_list(self) -> list[str]:
+        """``algos`` as a list."""
+        return [a.strip() for a in self.algos.split(",") if a.strip()]
+
+    def run_config(self) -> dict[str, Any]:
+        """Settings in the keys ``agents.cli._env_kwargs`` reads."""
+        return {
+            "model": self.model, "reward": self.reward, "timing": "profiled", "test_timing": "live",
+            "max_new_tokens": self.max_new_tokens, "telemetry": "scenario", "scenario": "mixed",
+            "device": self.device, "profile_tokens": 2 if self.smoke else 12, "profile_repeats": 1 if self.smoke else 2,
+        }
+
+
+# ----------------------------------------------------------------------------- agents
+
+
+def adapters_file(lm: Any, args: Args) -> Path:
+    """The adapters to use: ``--adapters``, else benchmarks/adapters.py's cache file (trained if missing)."""
+    if args.adapters is not None:
+        path = Path(args.adapters)
+        if not path.is_file():
+            raise ValueError(f"--adapters {path} is not a file")
+        return path
+    from benchmarks.adapters import Args as AdapterArgs
+
+    d = AdapterArgs(smoke=True, out=str(Path(args.out).with_suffix(".adapters.json"))) if args.smoke else AdapterArgs()
+    safe = lm.model_id.replace("/", "_").replace("@", "-")
+    stem = f"{safe}-b{d.bottleneck}-e{d.epochs}-n{d.n_prompts}-s{d.seq_len}-seed{d.seed}"
+    path = cache_dir() / "adapters" / f"{stem}.safetensors"
+    if not path.is_file():
+        print(f"    no adapters at {path}: training them (benchmarks/adapters.py's settings) ...", flush=True)
+        config = AdapterConfig(bottleneck=d.bottleneck, epochs=d.epochs, n_prompts=d.n_prompts, seq_len=d.seq_len,
+                               seed=d.seed)
+        report = train_adapters(lm, config=config)
+        save_adapters(report.adapters, path, lm.model_id, d.bottleneck)
+    return path
+
+
+def train_ddqn(lm: Any, cfg: dict[str, Any], args: Args) -> SB3Agent:
+    """Double DQN trained online on the train prompts (profiled timing, the env's reward)."""
+    env = gym.make("DynPrune-v0", **{**_env_kwargs(cfg, "train"), "model": lm})
+    core = env.unwrapped
+    core.prompts = seeded_subset(core.prompts, args.train_prompts, args.seed)
+    model = make_dqn(env, double=True, seed=args.seed, learning_starts=min(64, max(8, args.ddqn_episodes // 10)),
+                     target_update_interval=max(10, args.ddqn_episodes // 20))
+    model.learn(args.ddqn_episodes)
+    env.close()
+    return SB3Agent(model, name="double-dqn")
+
+
+def train_offline_agents(lm: Any, cfg: dict[str, Any], args: Args) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A profiled sweep of the train prompts (resumable, in the cache), then each d3rlpy learner on it."""
+    if not args.algo_list:
+        return {}, {}
+    kwargs = {**_env_kwargs(cfg, "train"), "model": lm}
+    ids = seeded_subset(prompt_ids_of(kwargs), args.train_prompts, args.seed)
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", args.model)
+    name = f"pareto-{slug}-{args.reward}-n{args.train_prompts}-tok{args.max_new_tokens}-seed{args.seed}"
+    logs = cache_dir() / "logs" / name
+    t0 = time.perf_counter()
+    explore(kwargs, "sweep", logs, prompt_ids=ids, seed=args.seed, progress=False)
+    sweep_s = time.perf_counter() - t0
+    ds = load_logs(logs)
+    wanted = set(ids)
+    ds = ds.select([i for i, pid in enumerate(ds["prompt_id"]) if pid in wanted])
+    mdp = to_mdp_dataset(ds, n_actions=int(read_meta(logs)["n_actions"]))
+    device = f"cuda:{lm.device.index or 0}" if lm.device.type == "cuda" else "cpu:0"
+    agents = {}
+    for algo in args.algo_list:
+        agent = train_offline(mdp, algo, n_steps=args.offline_steps, seed=args.seed, device=device)
+        agents[agent.name] = agent
+    return agents, {"logs": str(logs), "rows": len(ds), "sweep_s": sweep_s}
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def with_cost(speedup: float, act_s: float, full_s: float) -> float:
+    """Speed-up once the controller's decision time is added to the pruned latency (same full latency)."""
+    return 1.0 / (1.0 / (1.0 + speedup) + act_s / full_s) - 1.0
+
+
+def measure(env: gym.Env, agents: dict[str, Any], static_plans: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    """Per held-out prompt: every table action and every static plan measured live, each agent's timed pick."""
+    core = env.unwrapped
+    rows: list[dict[str, Any]] = []
+    obs, info = env.reset(seed=seed + 1)
+    for i, prompt in enumerate(core.prompts):
+        t0 = time.perf_counter()
+        table = core.action_records()  # retimes the full model first: every ratio is against a fresh baseline
+        full_s = core.evaluator.baseline(prompt).latency_s
+        extra = {name: core.record_plan(plan) for name, plan in static_plans.items()}
+        picks, act_s = {}, {}
+        for name, agent in agents.items():
+            t = time.perf_counter()
+            picks[name] = int(agent.act(obs, info))
+            act_s[name] = time.perf_counter() - t
+        rewards = [r.reward for r in table]
+        picks["oracle"], act_s["oracle"] = int(np.argmax(rewards)), 0.0
+        rows.append({
+            "prompt_id": prompt.id,
+            "full_latency_s": full_s,
+            "table": [dataclasses.asdict(r) for r in table],
+            "static": {name: dataclasses.asdict(r) for name, r in extra.items()},
+            "picks": picks,
+            "act_s": act_s,
+        })
+        print(f"  prompt {i + 1}/{len(core.prompts)} ({prompt.id}): {time.perf_counter() - t0:.1f} s", flush=True)
+        if i + 1 < len(core.prompts):
+            obs, info = env.reset()
+    return rows
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "median": statistics.median(values), "min": min(values),
+            "max": max(values)}
+
+
+def point(name: str, family: str, records: list[dict[str, Any]], costs: list[float] | None = None,
+          full: list[float] | None = None) -> dict[str, Any]:
+    """Summary of one controller's or plan's records over the prompts (speed-up with controller cost)."""
+    speed = [r["speedup"] for r in records]
+    if costs is not None and full is not None:
+        speed = [with_cost(s, c, f) for s, c, f in zip(speed, costs, full, strict=True)]
+    tasks = [r["task_score"] for r in records if r["task_score"] is not None]
+    return {
+        "name": name,
+        "family": family,
+        "n": len(records),
+        "speedup": _spread(speed),
+        "fidelity": _spread([r["fidelity"] for r in records]),
+        "ppl_change": _spread([r["ppl_change"] for r in records]),
+        "task_score": statistics.fmean(tasks) if tasks else None,
+        "reward": statistics.fmean(r["reward"] for r in records),
+        "kept_fraction": statistics.fmean(r["kept_fraction"] for r in records),
+        "controller_ms": None if costs is None else statistics.median(costs) * 1e3,
+    }
+
+
+def frontier(points: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """Upper-left envelope (speed-up, fidelity) of static points: for each speed-up, the best quality reached
+    by a static point at least that fast, as a non-increasing step function's corners."""
+    pts = sorted(((p["speedup"]["mean"], p["fidelity"]["mean"]) for p in points), key=lambda t: -t[0])
+    out, best = [], -math.inf
+    for s, q in pts:  # from fastest to slowest, keep a point when it improves quality
+        if q > best:
+            out.append((s, q))
+            best = q
+    return sorted(out)
+
+
+def frontier_quality(front: list[tuple[float, float]], speedup: float) -> float | None:
+    """Best static quality at a speed-up of at least ``speedup``; None when no static point is that fast."""
+    ok = [q for s, q in front if s >= speedup]
+    return max(ok) if ok else None
+
+
+def load_overlays(paths: str) -> list[dict[str, Any]]:
+    """``pareto_points`` of other benchmarks' JSON files (each point: name, family, speedup, fidelity)."""
+    out = []
+    for raw in [p.strip() for p in paths.split(",") if p.strip()]:
+        path = Path(raw)
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        for p in data.get("pareto_points", []):
+            missing = {"name", "family", "speedup", "fidelity"} - set(p)
+            if missing:
+                raise ValueError(f"{path}: a pareto point lacks {sorted(missing)}: {p}")
+            out.append({**p, "source": str(path)})
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+
+FAMILY_STYLE = {
+    "none": ("k", "o"), "static-layers": ("tab:blue", "o"), "static-heads": ("tab:cyan", "s"),
+    "static-ffn": ("tab:olive", "s"), "random": ("tab:gray", "x"), "online-rl": ("tab:red", "D"),
+    "offline-rl": ("tab:orange", "D"), "oracle": ("gold", "*"), "router": ("tab:purple", "P"),
+    "compression": ("tab:brown", "^"),
+}
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Scatter of fidelity against speed-up; static layer curves as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dynprune.fileio import atomic_path
+
+    fig, ax = plt.subplots(figsize=(11, 6))
+    for curve in result["curves"]:
+        xs = [0.0] + [p["speedup"]["mean"] * 100 for p in curve["points"]]
+        ys = [1.0] + [p["fidelity"]["mean"] for p in curve["points"]]
+        ax.plot(xs, ys, "-o", ms=3, lw=1, alpha=0.7, label=curve["name"])
+    for p in result["points"] + result["overlays"]:
+        if p["family"] == "static-layers":
+            continue
+        color, marker = FAMILY_STYLE.get(p["family"], ("k", "v"))
+        x = p["speedup"]["mean"] if isinstance(p["speedup"], dict) else p["speedup"]
+        y = p["fidelity"]["mean"] if isinstance(p["fidelity"], dict) else p["fidelity"]
+        ax.scatter([x * 100], [y], c=color, marker=marker, s=90 if p["family"] in ("oracle", "online-rl") else 50,
+                   edgecolors="k", linewidths=0.5, zorder=3)
+        ax.annotate(p["name"], (x * 100, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    m = result["machine"]
+    ax.set_xlabel("measured speed-up vs the full model, % (controller cost included)")
+    ax.set_ylabel("fidelity to the full model (token agreement)")
+    ax.set_title(f"{result['model']['model_id']}: {result['test_prompts']} held-out prompts, live timing\n"
+                 f"{m.get('device_name', m.get('device', ''))}, {m['date']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The table the README shows."""
+    lines = ["| controller / plan | family | speed-up % (median, min..max) | fidelity | ppl change % | reward |"
+             " static fidelity at that speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    for p in sorted(result["points"], key=lambda p: p["speedup"]["mean"]):
+        s = p["speedup"]
+        fq = p.get("static_fidelity_at_speedup")
+        lines.append(
+            f"| {p['name']} | {p['family']} | {100 * s['mean']:+.1f} ({100 * s['median']:+.1f}, "
+            f"{100 * s['min']:+.1f}..{100 * s['max']:+.1f}) | {p['fidelity']['mean']:.2f} | "
+            f"{100 * p['ppl_change']['mean']:+.0f} | {p['reward']:+.2f} | {'-' if fq is None else f'{fq:.2f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(Args, argv)
+    fix_threads(args.threads)
+    _quiet_d3rlpy()
+    t_start = time.perf_counter()
+    cfg = args.run_config()
+    print(f"loading {args.model} ...", flush=True)
+    lm = load_model(args.model, device=args.device)
+
+    # 1. controllers, trained on train prompts only (before adapters are attached: the agents act on the
+    # plain table, whose layer actions skip layers)
+    print(f"(1) Double DQN: {args.ddqn_episodes} episodes on {args.train_prompts} train prompts ...", flush=True)
+    t0 = time.perf_counter()
+    agents: dict[str, Any] = {"double-dqn": train_ddqn(lm, cfg, args)}
+    ddqn_s = time.perf_counter() - t0
+    print(f"(2) offline: sweep + {args.algo_list} ...", flush=True)
+    offline, offline_info = train_offline_agents(lm, cfg, args)
+    agents.update(offline)
+
+    test_env = gym.make("DynPrune-v0", **{**_env_kwargs(cfg, "test"), "model": lm, "sequential": True})
+    core = test_env.unwrapped
+    core.prompts = seeded_subset(core.prompts, args.test_prompts, args.seed)
+    n_actions = core.action_space.n
+    agents["random"] = RandomAgent(n_actions, seed=args.seed)
+    for a in range(n_actions):
+        core.plan(a)  # build the table's plans now: they stay skip plans once adapters are attached below
+
+    # 2. static layer-removal plans: last / influence order, skipped / adapters
+    attach_adapters(lm, load_adapters(adapters_file(lm, args), lm))
+    imp, g = lm.importance, lm.geometry
+    ks = [k for k in args.k_list if k < g.num_layers]
+    static_plans = {
+        f"{order}-{mode}-{k}": layers_plan(imp, g, k, by=order, adapters=mode == "adapters", name=f"{order}-{mode}-{k}")
+        for order in ORDERS for mode in MODES for k in ks
+    }
+    machine = machine_info(lm.device)
+    print(f"(3) held-out: {len(core.prompts)} prompts x ({n_actions} actions + {len(static_plans)} plans), live ...",
+          flush=True)
+    t0 = time.perf_counter()
+    rows = measure(test_env, agents, static_plans, args.seed)
+    test_s = time.perf_counter() - t0
+    test_env.close()
+
+    full = [r["full_latency_s"] for r in rows]
+    points = []
+    for a, name in enumerate(core.action_names):
+        family = "none" if a == 0 else "static-" + name.split("-")[0]
+        recs = [r["table"][a] for r in rows]
+        if family != "static-layers":  # the table's layer entries are the influence-skip curve's points
+            points.append(point(name, family, recs))
+    curves = []
+    for order in ORDERS:
+        for mode in MODES:
+            pts = [point(f"{order}-{mode}-{k}", "static-layers", [r["static"][f"{order}-{mode}-{k}"] for r in rows])
+                   for k in ks]
+            for p, k in zip(pts, ks, strict=True):
+                p["layers_removed"] = k
+            curves.append({"name": f"{order} layers, {mode}", "order": order, "mode": mode, "points": pts})
+            points.extend(pts)
+    static_points = [p for p in points if p["family"].startswith("static") or p["family"] == "none"]
+    front = frontier(static_points)
+    learned = []
+    for name in [*agents, "oracle"]:
+        family = ("random" if name == "random" else "oracle" if name == "oracle"
+                  else "online-rl" if name == "double-dqn" else "offline-rl")
+        recs = [r["table"][r["picks"][name]] for r in rows]
+        p = point(name, family, recs, costs=[r["act_s"][name] for r in rows], full=full)
+        p["action_mix"] = dict(sorted(
+            {n: sum(r["picks"][name] == a for r in rows) for a, n in enumerate(core.action_names)}.items()))
+        p["action_mix"] = {k: v for k, v in p["action_mix"].items() if v}
+        learned.append(p)
+    for p in points + learned:
+        p["static_fidelity_at_speedup"] = frontier_quality(front, p["speedup"]["mean"])
+    points += learned
+    best_static = max((p for p in static_points), key=lambda p: p["reward"])
+    oracle = next(p for p in learned if p["name"] == "oracle")
+    verdict = {}
+    for p in learned:
+        if p["family"] in ("oracle", "random"):
+            continue
+        fq = p["static_fidelity_at_speedup"]
+        verdict[p["name"]] = {
+            "speedup": p["speedup"]["mean"],
+            "fidelity": p["fidelity"]["mean"],
+            "static_fidelity_at_speedup": fq,
+            "beats_static_frontier": None if fq is None else p["fidelity"]["mean"] > fq,
+            "reward": p["reward"],
+            "beats_best_static_reward": p["reward"] > best_static["reward"],
+            "reward_gap_to_oracle": oracle["reward"] - p["reward"],
+        }
+    result = {
+        "args": dataclasses.asdict(args),
+        "machine": machine,
+        "model": {"spec": args.model, "model_id": lm.model_id, "num_layers": lm.geometry.num_layers},
+        "test_prompts": len(rows),
+        "training": {"ddqn_s": ddqn_s, "offline": offline_info},
+        "test_s": test_s,
+        "points": points,
+        "curves": curves,
+        "frontier": front,
+        "best_static_by_reward": {"name": best_static["name"], "reward": best_static["reward"]},
+        "oracle": {"reward": oracle["reward"], "speedup": oracle["speedup"]["mean"],
+                   "fidelity": oracle["fidelity"]["mean"]},
+        "verdict": verdict,
+        "overlays": load_overlays(args.overlays),
+        "per_prompt": rows,
+        "notes": (
+            "All points except overlays: one run, the same held-out prompts, live timing, the full model "
+            "re-timed before each prompt; speed-up/fidelity/ppl_change: mean, median, min, max over prompts; "
+            "controller cost (agent.act, timed per prompt) included in the learned agents' speed-ups; "
+            "static_fidelity_at_speedup: best fidelity among static points at least as fast (none when no "
+            "static point is that fast); the oracle picks the table action of highest env reward per prompt "
+            "in hindsight. Overlays come from other runs, each against its own baseline. The CPU may have "
+            "been shared with other processes (machine.load_avg)."
+        ),
+        "wall_s": time.perf_counter() - t_start,
+    }
+    out = Path(args.out)
+    write_json(result, out)
+    plot(result, out.with_suffix(".png"))
+    atomic_write_text(out.with_suffix(".md"), markdown(result))
+    print(markdown(result))
+    for name, v in verdict.items():
+        print(f"{name}: beats static frontier at equal speed-up: {v['beats_static_frontier']}; beats best static "
+              f"reward: {v['beats_best_static_reward']}; gap to oracle {v['reward_gap_to_oracle']:.2f}")
+    print(f"wrote {out}, {out.with_suffix('.png')}, {out.with_suffix('.md')}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
