@@ -89,47 +89,81 @@ def _held_out(n: int) -> list[Prompt]:
     return ordered[:n]
 
 
-def evaluate(
-    source: PrunableLM, model: nn.Module, config: EvalConfig | None = None, source_size: int | None = None
-) -> dict[str, Any]:
-    """Measure ``model`` (a compressed copy of ``source.model``) against ``source``; a JSON-ready dict."""
+@dataclass
+class Reference:
+    """The source model's side of an evaluation, measured once and reused for every compressed model.
+
+    Attributes:
+        config: The settings it was measured with.
+        windows: Held-out token windows (perplexity, teacher-forced fidelity).
+        nll: Source mean NLL over the windows.
+        logp: Source log-probabilities over the windows.
+        prompts: Held-out prompts answered greedily.
+        prompt_ids: Their token ids.
+        answers: The source's greedy answers.
+        size_bytes: Source size (:func:`model_size_bytes`).
+    """
+
+    config: EvalConfig
+    windows: torch.Tensor
+    nll: float
+    logp: torch.Tensor
+    prompts: list[Prompt]
+    prompt_ids: list[list[int]]
+    answers: list[list[int]]
+    size_bytes: int
+
+
+def reference(source: PrunableLM, config: EvalConfig | None = None) -> Reference:
+    """Measure the source model's side of :func:`evaluate` once."""
     config = config or EvalConfig()
     if source.active_plan is not None:
         raise RuntimeError("evaluate against the full source model: call outside lm.apply(...)")
-    device = next(model.parameters()).device
-    src_device = source.device
     prompts = _held_out(config.n_prompts)
     windows = token_windows(source, prompt_texts(split_prompts("test")), config.seq_len, config.max_windows)
+    nll, logp = _window_stats(source.model, windows, source.device)
+    ids = [source.encode_prompt(p.text, max_new_tokens=config.max_new_tokens) for p in prompts]
+    answers = [decode(source.model, i, config.max_new_tokens, source.eos_ids)[0] for i in ids]
+    return Reference(config, windows, nll, logp, prompts, ids, answers, model_size_bytes(source.model))
 
+
+def evaluate(
+    source: PrunableLM, model: nn.Module, config: EvalConfig | None = None, ref: Reference | None = None
+) -> dict[str, Any]:
+    """Measure ``model`` (a compressed copy of ``source.model``) against ``source``; a JSON-ready dict.
+
+    Pass ``ref`` (from :func:`reference` with the same config) to reuse the source's measurements.
+    """
+    config = config or (ref.config if ref is not None else EvalConfig())
+    if ref is None:
+        ref = reference(source, config)
+    elif ref.config != config:
+        raise ValueError(f"reference was measured with {ref.config}, not with {config}")
+    device = next(model.parameters()).device
     size = model_size_bytes(model)
-    src_size = model_size_bytes(source.model) if source_size is None else source_size
-    src_nll, src_logp = _window_stats(source.model, windows, src_device)
-    nll, logp = _window_stats(model, windows, device)
-    agreement = float((logp.argmax(-1) == src_logp.argmax(-1)).float().mean())
+    nll, logp = _window_stats(model, ref.windows, device)
+    agreement = float((logp.argmax(-1) == ref.logp.argmax(-1)).float().mean())
     # KL(p_source || p_compressed) per token position
-    kl = float((src_logp.exp() * (src_logp - logp)).sum(-1).mean())
+    kl = float((ref.logp.exp() * (ref.logp - logp)).sum(-1).mean())
 
-    eos = source.eos_ids
     agree, exact, scores, src_scores = [], [], [], []
-    for p in prompts:
-        ids = source.encode_prompt(p.text, max_new_tokens=config.max_new_tokens)
-        ref = decode(source.model, ids, config.max_new_tokens, eos)[0]
-        out = decode(model, ids, config.max_new_tokens, eos)[0]
-        fid = fidelity(out, ref)
+    for p, ids, answer in zip(ref.prompts, ref.prompt_ids, ref.answers, strict=True):
+        out = decode(model, ids, config.max_new_tokens, source.eos_ids)[0]
+        fid = fidelity(out, answer)
         agree.append(fid.token_agreement)
         exact.append(fid.exact_match)
         if p.answer:
             scores.append(task_score(source.decode_ids(out), p.answer))
-            src_scores.append(task_score(source.decode_ids(ref), p.answer))
+            src_scores.append(task_score(source.decode_ids(answer), p.answer))
 
     timing = time_pair(source, model, config)
     return {
         "size_mb": size / MB,
-        "source_size_mb": src_size / MB,
-        "compression_ratio": src_size / size,
+        "source_size_mb": ref.size_bytes / MB,
+        "compression_ratio": ref.size_bytes / size,
         "num_layers": len(model.model.layers),
         "perplexity": math.exp(min(nll, 700.0)),
-        "source_perplexity": math.exp(min(src_nll, 700.0)),
+        "source_perplexity": math.exp(min(ref.nll, 700.0)),
         "teacher_forced_agreement": agreement,
         "kl_to_source": kl,
         "generation_token_agreement": statistics.fmean(agree),
@@ -139,8 +173,8 @@ def evaluate(
         "n_task_prompts": len(scores),
         **timing,
         "config": asdict(config),
-        "n_windows": int(windows.shape[0]),
-        "n_prompts": len(prompts),
+        "n_windows": int(ref.windows.shape[0]),
+        "n_prompts": len(ref.prompts),
         "device": str(device),
     }
 

@@ -19,7 +19,6 @@ and the best weights seen are restored.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -276,9 +275,3 @@ def split_windows(windows: torch.Tensor, val_fraction: float, seed: int = 0) -> 
         raise ValueError(f"{n} windows are too few to hold out {n_val} for validation")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return windows[order[n_val:]], windows[order[:n_val]]
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode with gradients off (a teacher that training cannot change)."""
-    teacher = copy.deepcopy(model)
-    return teacher.eval().requires_grad_(False)
