@@ -23,7 +23,9 @@ class Outcome:
         speedup: Throughput gain of the pruned model, ``t_full / t_pruned - 1`` per token.
         baseline_ppl: Perplexity of the full model's answer under the full model.
         pruned_ppl: Perplexity of the full model's answer under the pruned model.
-        fidelity: Agreement of the pruned output with the full model's, in [0, 1].
+        fidelity: Agreement of the pruned output with the full model's, in [0, 1]; DynPrune-v0
+            passes the prefix agreement (``Evaluation.prefix_fidelity``), which profiled timing
+            measures exactly as live timing does.
         task_score: Ground-truth score of the pruned output, or None without ground truth.
         kept_fraction: Fraction of per-token matmul FLOPs the plan keeps, in (0, 1].
         latency_s: Effective latency of the pruned generation (load factor applied).

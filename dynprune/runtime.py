@@ -34,6 +34,7 @@ import logging
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -54,6 +55,20 @@ def prompt_task_score(prompt: Prompt, text: str) -> float | None:
     if prompt.ground_truth:
         return score_calls(text, list(prompt.ground_truth)).call_ratio
     return task_score(text, prompt.answer)
+
+
+def teacher_forced_prefix(argmax_ids: Sequence[int], answer_ids: Sequence[int]) -> float:
+    """Common prefix of teacher-forced argmaxes and the answer, over the answer's length.
+
+    Equals the live ``prefix_agreement`` of a greedy generation: the model reproduces the
+    answer's first j tokens exactly when its argmax after each of those prefixes is the next one.
+    """
+    n = 0
+    for a, b in zip(argmax_ids, answer_ids, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n / len(answer_ids) if answer_ids else 1.0
 
 
 @dataclass
@@ -347,6 +362,7 @@ class PlanEvaluator:
                 text=text,
                 kept_fraction=kept,
                 seconds=time.perf_counter() - t0,
+                prefix_fidelity=fid.prefix_agreement,
             )
         cell = self.profile.cell(plan, base.prompt_ids, cpu_util)
         with self.lm.apply(plan):
@@ -366,4 +382,5 @@ class PlanEvaluator:
             text=None,
             kept_fraction=kept,
             seconds=time.perf_counter() - t0,
+            prefix_fidelity=teacher_forced_prefix(score.argmax_ids, base.answer_ids),
         )

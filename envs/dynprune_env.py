@@ -272,7 +272,7 @@ class DynPruneEnv(gym.Env):
             speedup=ev.speedup,
             baseline_ppl=base.ppl,
             pruned_ppl=ev.ppl,
-            fidelity=ev.fidelity,
+            fidelity=ev.prefix_fidelity,  # the same in live and profiled timing (see Evaluation)
             task_score=ev.task_score,
             kept_fraction=ev.kept_fraction,
             latency_s=ev.latency_s * factor,

@@ -310,3 +310,22 @@ def test_latency_profile_pools_rounds_then_trusts_the_cell(tiny_lm32):
     assert once.measurements == 1
     with pytest.raises(ValueError, match="min_rounds must be >= 1, got 0"):
         ProfileConfig(min_rounds=0)
+
+
+def test_profiled_prefix_fidelity_equals_live(tiny_lm32):
+    """Greedy decoding is deterministic: the teacher-forced prefix is the live generation's common prefix."""
+    from dynprune.plan import PruningPlan
+    from dynprune.runtime import PlanEvaluator, ProfileConfig, teacher_forced_prefix
+    from dynprune.tasks import load_prompts
+
+    assert teacher_forced_prefix([1, 2, 9, 4], [1, 2, 3, 4]) == 0.5
+    assert teacher_forced_prefix([], []) == 1.0
+    ev = PlanEvaluator(tiny_lm32, max_new_tokens=8, profile=ProfileConfig(new_tokens=2, repeats=1, min_rounds=1))
+    plans = [PruningPlan(skip=[1]), PruningPlan(skip=[1, 2]), PruningPlan(heads={0: 4}), PruningPlan(ffn={3: 64})]
+    seen = set()
+    for prompt in load_prompts("dynprune", split="test")[:6]:
+        for plan in plans:
+            live, prof = ev.evaluate(prompt, plan, "live"), ev.evaluate(prompt, plan, "profiled")
+            assert live.prefix_fidelity == pytest.approx(prof.prefix_fidelity), (prompt.id, plan)
+            seen.add(round(live.prefix_fidelity, 3))
+    assert len(seen) > 1  # not trivially all 0 or all 1
