@@ -93,6 +93,17 @@ def cmd_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_minari(args: argparse.Namespace) -> int:
+    """``dynprune minari``: export logged rows as a Minari dataset."""
+    from offline_data.minari_export import episodes_summary, to_minari
+
+    path = to_minari(args.logs, args.dataset_id, force=args.force, author=args.author)
+    s = episodes_summary(args.dataset_id)
+    print(f"[minari] {args.dataset_id}: {s['episodes']} one-step episodes, "
+          f"mean reward {s['mean_reward']:+.3f} -> {path}")
+    return 0
+
+
 def cmd_prefs(args: argparse.Namespace) -> int:
     """``dynprune prefs``: preference pairs of layer sets from logged exploration."""
     from offline_data.dataset import load_logs
@@ -243,6 +254,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--max-pairs", type=int, default=None, help="pairs per prompt (random: default = layer sets)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_prefs)
+
+    p = sub.add_parser("minari", help="export logged data as a Minari dataset (for other offline-RL libraries)")
+    p.add_argument("--logs", required=True, help="log directory of dynprune explore")
+    p.add_argument("--dataset-id", required=True, help="Minari id, e.g. dynprune/smollm2-sweep-v0")
+    p.add_argument("--author", default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing dataset of that id")
+    p.set_defaults(fn=cmd_minari)
 
     p = sub.add_parser("offline", help="train a d3rlpy agent (CQL, BCQ, Double DQN, BC) on logged data")
     p.add_argument("--logs", required=True, help="log directory of dynprune explore (sweep gives every action)")

@@ -449,3 +449,40 @@ def test_ray_backend_without_ray_names_the_install(tmp_path, prompt_ids, monkeyp
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ModuleNotFoundError, match="pip install ray"):
         explore(TINY_ENV, "dfs", tmp_path, prompt_ids=prompt_ids, backend="ray")
+
+
+def test_minari_export_round_trips_the_sweep(sweep_logs, tmp_path, monkeypatch):
+    import minari
+
+    from offline_data.dataset import load_logs
+    from offline_data.minari_export import episodes_summary, to_minari
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    path = to_minari(sweep_logs, "dynprune/tiny-sweep-v0")
+    assert path == tmp_path / "minari" / "dynprune" / "tiny-sweep-v0" and path.is_dir()
+    assert not [p for p in (tmp_path / "minari").iterdir() if p.name.startswith(".dynprune-export-")]
+    rows = [r for r in load_logs(sweep_logs).to_list() if r["action"] >= 0]
+    data = minari.load_dataset("dynprune/tiny-sweep-v0")
+    assert data.total_episodes == len(rows) and data.total_steps == len(rows)
+    assert data.action_space.n == 10
+    for ep, row in zip(data.iterate_episodes(), rows, strict=True):
+        assert ep.actions.tolist() == [row["action"]] and ep.terminations.tolist() == [True]
+        assert ep.rewards[0] == pytest.approx(row["reward"])
+        np.testing.assert_allclose(ep.observations[0], np.asarray(row["observation"], np.float32))
+    summary = episodes_summary("dynprune/tiny-sweep-v0")
+    assert summary["episodes"] == len(rows)
+    assert summary["mean_reward"] == pytest.approx(np.mean([r["reward"] for r in rows]), rel=1e-5)
+    # never overwritten silently; --force replaces it whole
+    with pytest.raises(ValueError, match="already exists"):
+        to_minari(sweep_logs, "dynprune/tiny-sweep-v0")
+    assert to_minari(sweep_logs, "dynprune/tiny-sweep-v0", force=True) == path
+    with pytest.raises(ValueError, match="dataset_id must look like 'namespace/name-v0'"):
+        to_minari(sweep_logs, "no version")
+
+
+def test_minari_command(sweep_logs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "m"))
+    assert _run("minari", "--logs", str(sweep_logs), "--dataset-id", "dynprune/cli-sweep-v1") == 0
+    assert "dynprune/cli-sweep-v1: 30 one-step episodes" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="already exists"):
+        _run("minari", "--logs", str(sweep_logs), "--dataset-id", "dynprune/cli-sweep-v1")
