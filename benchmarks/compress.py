@@ -86,8 +86,12 @@ class Args:
     """windows per training step"""
     eval_every: int = 25
     """steps between validation checks"""
-    seq_len: int = 64
+    seq_len: int = 32
     """tokens per calibration / training / perplexity window"""
+    max_windows: int = 96
+    """train-split windows at most (calibration, training; 15 % held out for early stopping)"""
+    eval_windows: int = 24
+    """test-split windows for perplexity and teacher-forced fidelity"""
     eval_prompts: int = 8
     """held-out prompts answered greedily by both models (fidelity, task score)"""
     max_new_tokens: int = 16
@@ -113,6 +117,7 @@ class Args:
             self.heal_steps, self.distill_steps, self.eval_every = 6, 6, 3
             self.heal_lr, self.distill_lr = 2e-3, 1e-3
             self.seq_len, self.eval_prompts, self.max_new_tokens = 32, 2, 4
+            self.max_windows, self.eval_windows = 48, 8
             self.repeats, self.timing_tokens = 2, 4
         unknown = [m for m in self.method_list if m not in ALL]
         if unknown:
@@ -161,9 +166,10 @@ def run(args: Args) -> dict[str, Any]:
     n = lm.geometry.num_layers
     k = args.k if args.k is not None else max(1, n // 10)
     _ = lm.importance  # calibrate (or load the cached calibration) before any timing
-    data = DataConfig(seq_len=args.seq_len, seed=args.seed)
+    data = DataConfig(seq_len=args.seq_len, max_windows=args.max_windows, seed=args.seed)
     econf = EvalConfig(n_prompts=args.eval_prompts, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                       timing_tokens=args.timing_tokens, seq_len=args.seq_len)  # fmt: skip
+                       timing_tokens=args.timing_tokens, seq_len=args.seq_len,
+                       max_windows=args.eval_windows)  # fmt: skip
     heal = TrainConfig(lr=args.heal_lr, max_steps=args.heal_steps, batch_size=args.batch_size,
                        eval_every=args.eval_every, temperature=args.temperature, seed=args.seed)  # fmt: skip
     distill = TrainConfig(loss="kd", kd_weight=0.5, lora=False, lr=args.distill_lr, max_steps=args.distill_steps,
@@ -216,6 +222,7 @@ def run(args: Args) -> dict[str, Any]:
               f"({seconds:.0f} s + eval)", flush=True)  # fmt: skip
         del c
         gc.collect()
+        write_json({"partial": True, "args": dataclasses.asdict(args), "rows": rows, "skipped": skipped}, args.out)
 
     aa_spread = [rows[0]["speedup"]["min"], rows[0]["speedup"]["max"]]
     sparse = [r for r in rows if r["method"] in ("magnitude", "wanda", "2:4")]
