@@ -360,3 +360,21 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
         assert r["size_mb"] > 0 and r["speedup"]["median"] > 0 and r["perplexity"] > 0
     assert "shared" in saved["note"].lower()
     assert (tmp_path / "compress.png").stat().st_size > 0
+
+
+def test_env_runs_on_a_compressed_folder(tiny_lm32: PrunableLM, tmp_path: Path) -> None:
+    """Dynamic pruning on top of static compression: the env takes the folder as its model spec."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401 - registers DynPrune-v0
+
+    c = compress_layers(tiny_lm32, "last", 1, data=DATA)
+    out = save_compressed(c.to_save, tiny_lm32.tokenizer, tmp_path / "removed", c.metadata)
+    env = gym.make("DynPrune-v0", model=str(out), device="cpu", reward="proxy", max_new_tokens=4)
+    try:
+        assert env.unwrapped.lm.geometry.num_layers == 3
+        env.reset(seed=0)
+        _, reward, *_ = env.step(env.action_space.sample())
+        assert isinstance(reward, float)
+    finally:
+        env.close()

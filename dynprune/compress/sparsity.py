@@ -12,6 +12,11 @@ Scores (lower = pruned first), per weight ``W[i, j]`` of a linear layer ``y = W 
   ``torch.sparse.SparseSemiStructuredTensor`` so the sparse kernels run; elsewhere the mask
   is applied to dense weights.
 
+The input norms of every layer are taken in one pass of the *unpruned* model (one-shot);
+the Wanda reference code instead calibrates layer by layer on the outputs of the already
+pruned earlier layers. One pass is cheaper; on deep models the sequential variant may be
+somewhat better at high sparsity.
+
 Zeroed weights stay in dense storage, so unstructured sparsity alone does not speed up
 dense matrix kernels; the benchmark measures that rather than assuming it.
 Embeddings and ``lm_head`` are not pruned (as in Wanda).
