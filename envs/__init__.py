@@ -11,13 +11,15 @@ is first imported. Without that hook, ``import envs`` first, or use
 
 from gymnasium.envs.registration import register, registry
 
-ENV_IDS = ("DynPrune-v0",)
+ENV_IDS = ("DynPrune-v0", "DynPruneLayers-v0")
 
 
 def register_envs() -> None:
     """Register every dynprune environment id (idempotent)."""
     if "DynPrune-v0" not in registry:
         register(id="DynPrune-v0", entry_point="envs.dynprune_env:DynPruneEnv")
+    if "DynPruneLayers-v0" not in registry:
+        register(id="DynPruneLayers-v0", entry_point="envs.layers_env:DynPruneLayersEnv")
 
 
 register_envs()
