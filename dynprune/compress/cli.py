@@ -162,6 +162,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     meta = read_metadata(args.folder)  # a folder without metadata fails here, before any loading
     fix_threads(args.threads)
     source = load_model(args.source or meta.source_model, device=args.device)
+    if source.model_id != meta.source_model_id:
+        raise ValueError(
+            f"{args.folder} was made from {meta.source_model_id!r}, but the source loaded is {source.model_id!r}; "
+            "pass --source with the model it was made from"
+        )
     compressed = load_model(args.folder, device=args.device)
     evaluation = evaluate(source, compressed.model, _eval_config(args))
     print_evaluation(evaluation)
