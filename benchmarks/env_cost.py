@@ -280,14 +280,16 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     fig = Figure(figsize=(11, 5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    cmap = {name: f"C{i % 10}" for i, name in enumerate(PHASES)}
-    hatch = {name: ("//" if i >= 10 else "") for i, name in enumerate(PHASES)}
+    from matplotlib import colormaps
+
+    tab20 = colormaps["tab20"]
+    cmap = {name: tab20(i) for i, name in enumerate(PHASES)}
     x = np.arange(len(bars))
     bottom = np.zeros(len(bars))
     for name in PHASES:
         heights = np.array([b[1].get(name, {}).get("mean_ms", 0.0) for b in bars])
         if heights.any():
-            ax.bar(x, heights, bottom=bottom, color=cmap[name], hatch=hatch[name], label=name)
+            ax.bar(x, heights, bottom=bottom, color=cmap[name], label=name)
             bottom += heights
     ax.set_xticks(x, [b[0] for b in bars], fontsize=8)
     ax.set_ylabel("ms per step (mean)")

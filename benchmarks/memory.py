@@ -245,7 +245,7 @@ def child_dqn(spec: dict[str, Any]) -> dict[str, Any]:
     env.reset(seed=spec["seed"])
     steps = spec["dqn_steps"]
     model = make_dqn(env, seed=spec["seed"], learning_starts=min(16, steps // 2), batch_size=16)
-    result = peak_during(lambda: model.learn(steps), spec["device"] if "cuda" in spec["device"] else None)
+    result = peak_during(lambda: model.learn(steps), spec["device"] if spec["device"].startswith("cuda") else None)
     result["env_steps"] = steps
     return result
 
@@ -260,9 +260,10 @@ def child_offline(spec: dict[str, Any]) -> dict[str, Any]:
     fix_threads(spec["threads"])
     _quiet_d3rlpy()
     data = to_mdp_dataset(load_logs(spec["logs"]), spec["n_actions"])
-    device = "cuda:0" if "cuda" in spec["device"] else "cpu:0"
+    cuda = spec["device"].startswith("cuda")
+    device = (spec["device"] if ":" in spec["device"] else "cuda:0") if cuda else "cpu:0"  # d3rlpy's spelling
     result = peak_during(lambda: train_offline(data, spec["algo"], n_steps=spec["offline_steps"], seed=spec["seed"],
-                                               device=device), None)
+                                               device=device), device if cuda else None)
     result["gradient_steps"] = spec["offline_steps"]
     return result
 
