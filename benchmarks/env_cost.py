@@ -8,7 +8,9 @@ Three measurements on one loaded model, all in the same run:
    beside ``DynPrune-v0`` steps (``reset`` + ``step``: every episode is one prompt)
    with ``timing="live"`` and ``timing="profiled"``. First a **cold** pass per mode
    over the prompts (every full-model baseline and latency-profile cell is a miss),
-   then ``repeats`` **steady** blocks (the same prompts and actions again: caches warm)
+   then, profiled only, ``profile_rounds - 1`` **pooling** passes (a new profile cell
+   is measured again on its next uses until it has ``min_rounds`` rounds), then
+   ``repeats`` **steady** blocks (the same prompts and actions again: caches warm)
    with the three modes interleaved in each repeat (order rotated), so each repeat
    gives a ratio against a naive block measured moments before or after; median and
    min-max over repeats.
@@ -30,7 +32,8 @@ Three measurements on one loaded model, all in the same run:
    observation, records, Gymnasium wrappers).
 
 Run:
-    python -m benchmarks.env_cost                         # embedded SmolLM2-135M, ~5 min on 2 cores
+    python -m benchmarks.env_cost                         # embedded SmolLM2-135M, ~10 min on 2 shared cores
+    python -m benchmarks.env_cost --telemetry scenario    # the training default (no live telemetry)
     python -m benchmarks.env_cost --device cuda           # CUDA-event timing, NVML telemetry
     python -m benchmarks.env_cost --smoke --out /tmp/ec.json
 
@@ -85,8 +88,9 @@ class Args:
     """test prompts the step blocks cycle over (one step each per block)"""
     repeats: int = 3
     """steady-state blocks per mode, the modes interleaved in each repeat"""
-    explore_prompts: int = 3
-    """further test prompts swept with every action (exploration), per timing"""
+    explore_prompts: int = 5
+    """further test prompts swept with every action (exploration), per timing; the sweep's profile cells are
+    trusted from prompt profile_rounds + 1 on, so keep this above profile_rounds to see the steady sweep rate"""
     max_new_tokens: int = 32
     """answer length limit of the full model"""
     telemetry: str = "live"
@@ -97,6 +101,8 @@ class Args:
     """tokens per latency-profile timing run"""
     profile_repeats: int = 2
     """interleaved full/pruned runs per latency-profile measurement"""
+    profile_rounds: int = 3
+    """measurement rounds pooled per profile cell before it is trusted (ProfileConfig.min_rounds)"""
     seed: int = 0
     """seed of the prompt subset and the action sequence"""
     out: str = DEFAULT_OUT
@@ -106,11 +112,13 @@ class Args:
 
     def __post_init__(self) -> None:
         if self.smoke:
-            self.model, self.prompts, self.repeats, self.explore_prompts = "tiny-llama", 2, 2, 1
+            self.model, self.prompts, self.repeats, self.explore_prompts = "tiny-llama", 2, 2, 2
             self.max_new_tokens, self.profile_tokens, self.profile_repeats = min(self.max_new_tokens, 4), 2, 1
+            self.profile_rounds = 2
             if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
                 self.out = str(Path(tempfile.gettempdir()) / "env_cost_smoke.json")
-        for name in ("prompts", "repeats", "explore_prompts", "max_new_tokens", "profile_tokens", "profile_repeats"):
+        for name in ("prompts", "repeats", "explore_prompts", "max_new_tokens", "profile_tokens", "profile_repeats",
+                     "profile_rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.telemetry not in ("live", "scenario"):
@@ -274,6 +282,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     bars = [("naive", result["steps"]["naive"]["breakdown"])]
     for mode in ("live", "profiled"):
         bars.append((f"{mode}\ncold", result["steps"][mode]["cold"]["breakdown"]))
+        if "pooling" in result["steps"][mode]:
+            bars.append((f"{mode}\npooling", result["steps"][mode]["pooling"]["breakdown"]))
         bars.append((f"{mode}\nsteady", result["steps"][mode]["steady"]["breakdown"]))
     for mode in ("live", "profiled"):
         bars.append((f"sweep {mode}\n(per config)", result["exploration"][mode]["breakdown_per_config"]))
@@ -329,7 +339,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     actions = [int(a) for a in rng.integers(1, len(DEFAULT_TABLE), size=args.prompts)]  # never "none"
     clock = PhaseClock()
     instrument_lm(lm, clock)
-    profile = ProfileConfig(new_tokens=args.profile_tokens, repeats=args.profile_repeats)
+    profile = ProfileConfig(new_tokens=args.profile_tokens, repeats=args.profile_repeats,
+                            min_rounds=args.profile_rounds)
 
     def make_env(timing: str, prompts: list[Prompt]) -> gym.Env:
         env = gym.make(
@@ -371,6 +382,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         times, phases = run_block(mode)
         steps[mode] = {"cold": {"step_s": summary(times), "steps_per_s": len(times) / sum(times),
                                 "breakdown": with_means(breakdown(phases), len(phases))}}
+    # pooling passes: a profile cell is measured again on its next uses until it has profile_rounds rounds
+    pool_times: list[float] = []
+    pool_phases: list[dict[str, float]] = []
+    for _ in range(args.profile_rounds - 1):
+        times, phases = run_block("profiled")
+        pool_times += times
+        pool_phases += phases
+    if pool_times:
+        steps["profiled"]["pooling"] = {
+            "passes": args.profile_rounds - 1, "step_s": summary(pool_times),
+            "steps_per_s": len(pool_times) / sum(pool_times),
+            "breakdown": with_means(breakdown(pool_phases), len(pool_phases)),
+        }
     block_rate: dict[str, list[float]] = {m: [] for m in MODES}
     block_phases: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     block_times: dict[str, list[float]] = {m: [] for m in MODES}
@@ -394,7 +418,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "breakdown": with_means(breakdown(block_phases[mode]), len(block_phases[mode])),
             "profile_measurements_in_steady_state": sum(1 for p in block_phases[mode] if p.get("profile_measure")),
         }
-        steps[mode]["cold"]["over_naive"] = steps[mode]["cold"]["steps_per_s"] / statistics_median(naive_rates)
+        for part in ("cold", "pooling"):
+            if part in steps[mode]:
+                steps[mode][part]["over_naive"] = steps[mode][part]["steps_per_s"] / statistics_median(naive_rates)
 
     # exploration: every action on each unseen prompt, live and profiled interleaved per prompt
     n_actions = len(DEFAULT_TABLE)
@@ -419,6 +445,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     exploration = {
         mode: {
             "configs_per_s": summary(sweep_rate[mode]),
+            "configs_per_s_by_prompt": sweep_rate[mode],
+            # from prompt profile_rounds + 1 on, the sweep's profile cells are trusted (no more pooling rounds)
+            "configs_per_s_after_pooling": summary(sweep_rate[mode][args.profile_rounds:])
+            if len(sweep_rate[mode]) > args.profile_rounds else None,
             "overall_configs_per_s": n_actions * len(sweep_rate[mode]) / sum(n_actions / r for r in sweep_rate[mode]),
             "over_naive_steps_per_s": summary([r / naive_median for r in sweep_rate[mode]]),
             "breakdown_per_config": with_means(breakdown(sweep_phases[mode], unit=n_actions),
@@ -443,8 +473,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "notes": (
             "A step is env.reset + env.step (one-step episodes). steps_per_s of steady blocks: median/min/max over "
             "repeats; over_naive: per-repeat ratio to the naive block of the same repeat. cold: the first pass "
-            "(every baseline and profile cell a miss), one block, ratio to the median naive rate. exploration: "
-            "env.unwrapped.action_records() per unseen prompt; configs_per_s median/min/max over prompts. "
+            "(every baseline and profile cell a miss), one block, ratio to the median naive rate. pooling: the "
+            "profiled passes after it that measure each cell again until it has profile_rounds rounds. exploration: "
+            "env.unwrapped.action_records() per unseen prompt; configs_per_s median/min/max over prompts, "
+            "configs_per_s_after_pooling over the prompts after the first profile_rounds. "
             "breakdown: seconds by phase (outermost wrapped call owns its time; 'other' = reward, observation, "
             "records, wrappers); ms_per_unit median/min/max over steps (per configuration for sweeps). "
             + ("Measured on a GPU (NVML telemetry when live)." if cuda
@@ -477,7 +509,8 @@ def print_table(result: dict[str, Any]) -> None:
     for mode, e in result["exploration"].items():
         c = e["configs_per_s"]
         print(f"sweep {mode}: {c['median']:.2f} configs/s ({c['min']:.2f}-{c['max']:.2f}), "
-              f"x naive {e['over_naive_steps_per_s']['median']:.2f}")
+              f"x naive {e['over_naive_steps_per_s']['median']:.2f}; by prompt "
+              + ", ".join(f"{r:.2f}" for r in e["configs_per_s_by_prompt"]))
     for label, b in (("live steady", s["live"]["steady"]["breakdown"]),
                      ("profiled steady", s["profiled"]["steady"]["breakdown"])):
         parts = sorted(b.items(), key=lambda kv: -kv[1]["share"])

@@ -93,7 +93,8 @@ def test_env_cost_smoke(tmp_path: Path) -> None:
     from benchmarks.env_cost import PHASES, main
 
     out = tmp_path / "ec.json"
-    main(["--smoke", "--out", str(out), "--threads", "1"])
+    # scenario telemetry: the profile is never refreshed for CPU load, so the steady state is exact
+    main(["--smoke", "--out", str(out), "--threads", "1", "--telemetry", "scenario"])
     data = json.loads(out.read_text())
     assert {"args", "machine", "load", "steps", "exploration", "cuda_measured", "notes"} <= set(data)
     steps = data["steps"]
@@ -111,12 +112,17 @@ def test_env_cost_smoke(tmp_path: Path) -> None:
             assert sum(v["share"] for v in b.values()) == pytest.approx(1.0)
     live_phases = set(steps["live"]["steady"]["breakdown"])
     assert {"prefill", "decode", "apply", "restore", "telemetry", "scoring"} <= live_phases
+    # profiled: cells measured in the cold pass, pooled once more (smoke: 2 rounds), then only looked up
     assert "profile_measure" in steps["profiled"]["cold"]["breakdown"]
-    assert "decode" not in steps["profiled"]["steady"]["breakdown"] or \
-        steps["profiled"]["steady"]["profile_measurements_in_steady_state"] > 0  # decode only when re-profiling
+    assert steps["profiled"]["pooling"]["passes"] == 1
+    assert "profile_measure" in steps["profiled"]["pooling"]["breakdown"]
+    assert steps["profiled"]["steady"]["profile_measurements_in_steady_state"] == 0
+    assert "profile_measure" not in steps["profiled"]["steady"]["breakdown"]
+    assert "decode" not in steps["profiled"]["steady"]["breakdown"]  # no generation in a trusted profiled step
     for mode in ("live", "profiled"):
         e = data["exploration"][mode]
-        assert e["configs_per_s"]["n"] == 1 and e["overall_configs_per_s"] > 0
+        assert e["configs_per_s"]["n"] == 2 and e["overall_configs_per_s"] > 0
+        assert len(e["configs_per_s_by_prompt"]) == 2 and e["configs_per_s_after_pooling"] is None
     assert "baseline_retime" in data["exploration"]["live"]["breakdown_per_config"]
     assert (tmp_path / "ec.png").stat().st_size > 0
 
