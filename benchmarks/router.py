@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:  # noqa: C901 - one r
 
     training: dict[str, Any] = {}
     routers: dict[str, Router] = {}
+    # the router's MLP is tiny: one thread avoids OpenMP's cost (worse on a shared CPU); restored for timing
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)
 
     def fit(name: str, router: Router, config: Any, features: Any = None) -> None:
         print(f"(2) {name}: {config.method}, {config.epochs} epochs", flush=True)
@@ -277,6 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:  # noqa: C901 - one r
     fit("orpo-light", light, ORPOConfig(epochs=args.pref_epochs, beta=args.beta, batch_size=64,
                                         eval_every=max(1, args.pref_epochs // 3), **common),
         features=token_features)
+
+    torch.set_num_threads(threads_before)
 
     # 3 + 4. held-out prompts: router cost, then every method's plan timed live
     env = gym.make("DynPruneLayers-v0", model=lm, split="test", timing="live", reward="accuracy_efficiency",

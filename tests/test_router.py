@@ -522,3 +522,17 @@ def test_real_minilm_encodes_prompts():
     assert float(v[0] @ v[2]) > float(v[0] @ v[1])
     with pytest.warns(UserWarning, match="longer than the encoder's limit 256"):
         enc.encode(["word " * 400])
+
+
+@pytest.mark.filterwarnings("ignore:prompt of .* encoder tokens:UserWarning")
+def test_benchmark_smoke(tmp_path, monkeypatch):
+    from benchmarks.router import main
+
+    monkeypatch.setenv("DYNPRUNE_CACHE", str(tmp_path / "cache"))  # logs, runs and calibration stay in tmp
+
+    result = main(["--smoke", "--out", str(tmp_path / "router.json")])
+    methods = [r["method"] for r in result["table"]]
+    assert methods[0] == "none" and "router-orpo-light" in methods and methods[-1].startswith("oracle")
+    assert set(result["router_cost"]) >= {"fbc", "dpo", "orpo", "orpo-light"}
+    oracle = result["table"][-1]
+    assert all(oracle["quality"] >= r["quality"] - 1e-12 for r in result["table"])
