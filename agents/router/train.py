@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from agents.router.losses import config_logprob, dpo_loss, fbc_loss, orpo_loss
-from agents.router.model import Router
+from agents.router.model import Router, RouterNet
 from agents.router.topk import TOPK_METHODS
 from dynprune.fileio import atomic_write_json, atomic_write_text
 
@@ -378,7 +378,7 @@ def _split(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[
 
 
 def _batch_loss(
-    router: Router, reference: Router | None, config: RouterTrainConfig, x: torch.Tensor, ex: _Examples,
+    router: Router, reference: RouterNet | None, config: RouterTrainConfig, x: torch.Tensor, ex: _Examples,
     sel: torch.Tensor, free: torch.Tensor, generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     L = router.config.num_layers
@@ -405,7 +405,7 @@ def _batch_loss(
 
 @torch.no_grad()
 def _evaluate(
-    router: Router, reference: Router | None, config: RouterTrainConfig, x: torch.Tensor, ex: _Examples,
+    router: Router, reference: RouterNet | None, config: RouterTrainConfig, x: torch.Tensor, ex: _Examples,
     free: torch.Tensor,
 ) -> dict[str, float]:
     """Held-out metrics: the method's loss, preference accuracy, predicted k against the FBC target."""
@@ -491,7 +491,8 @@ def train_router(
     free = torch.tensor([i for i in range(router.config.num_layers) if i not in router.config.protected])
     reference = None
     if isinstance(config, DPOConfig):
-        reference = copy.deepcopy(router).eval().requires_grad_(False)
+        # a frozen copy of the heads only (the encoder is frozen anyway and is shared, not copied)
+        reference = copy.deepcopy(router.net).eval().requires_grad_(False)
     params = [p for _, p in trainable_parameters(router, config)]
     for p in router.net.parameters():
         p.requires_grad_(any(p is q for q in params))
