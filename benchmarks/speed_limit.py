@@ -281,6 +281,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         ax.errorbar(ks, med, yerr=[lo, hi], fmt="o-", capsize=3, label="measured (median, min-max)")
         ax.plot(ks, [L / (L - k) for k in ks], "--", color="tab:gray", label="naive L/(L-k)")
         ax.plot(ks, [1.0] + [r[part]["bound"] for r in rows], ":", color="tab:red", label="bound (param counts)")
+        if part == "total":
+            ax.plot(ks, [1.0] + [r[part]["bound_time_weighted"] for r in rows], "-.", color="tab:green",
+                    label="bound, phases weighted by time")
         ax.set_title({"total": "whole generation", "prefill": "prefill", "decode": "decode, per token"}[part])
         ax.set_xlabel("layers skipped k")
         ax.set_ylabel("speed-up (x)")
@@ -331,6 +334,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "measured_over_naive": summary([s / naive for s in speedups]),
                 "bound_over_naive": bound / naive,
             }
+        # Prefill (batched, compute-bound) and decode (one token per pass, bandwidth- and overhead-bound) do
+        # not cost the same time per MAC, so MACs summed over both phases misweight them. The time-weighted
+        # bound keeps work-proportional time within each phase and weights the phases by the full model's
+        # measured time in this run: T_full / (T_prefill / bound_prefill + T_decode / bound_decode).
+        t_pre = summary(times[0]["prefill"])["median"]
+        t_dec = summary(times[0]["decode"])["median"] * max(0, args.max_new_tokens - 1)
+        weighted = (t_pre + t_dec) / (t_pre / row["prefill"]["bound"] + t_dec / row["decode"]["bound"])
+        totals = ratios(times[0]["total"], t["total"])
+        row["total"]["bound_time_weighted"] = weighted
+        row["total"]["measured_over_time_weighted_bound"] = summary([s / weighted for s in totals])
         rows.append(row)
     cuda = lm.device.type == "cuda"
     result = {
@@ -350,7 +363,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "median/min/max over repeats. naive = L/(L-k). bound = full work / pruned work from the model's "
             "parameter counts (benchmarks/speed_limit.py work_model: layers' matmul params + attention over the "
             "cache shrink; lm_head, argmax sampling and final norm do not; the embedding is a lookup, 0 MACs). "
-            "decode = seconds per token after the first. "
+            "decode = seconds per token after the first. total.bound_time_weighted = T_full / (T_prefill / "
+            "bound_prefill + T_decode / bound_decode) with the full model's median phase times of this run "
+            "(prefill and decode cost different time per MAC, so summed MACs misweight them). "
             + ("Measured on a GPU." if cuda else "Measured on CPU; nothing CUDA was measured in this run.")
         ),
         "wall_s": time.perf_counter() - t_start,
@@ -367,11 +382,13 @@ def print_table(result: dict[str, Any]) -> None:
     def fmt(s: dict[str, float]) -> str:
         return f"{s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
 
-    print(f"\n{'k':>3} {'naive':>7} {'bound':>7} {'measured (min-max)':>22} {'meas/bound':>22} {'meas/naive':>22}")
+    print(f"\n{'k':>3} {'naive':>7} {'bound':>7} {'t-bound':>8} {'measured (min-max)':>22} {'meas/bound':>22} "
+          f"{'meas/t-bound':>22} {'meas/naive':>22}")
     for r in result["rows"]:
         t = r["total"]
-        print(f"{r['k']:>3} {r['naive']:>7.3f} {t['bound']:>7.3f} {fmt(t['speedup']):>22} "
-              f"{fmt(t['measured_over_bound']):>22} {fmt(t['measured_over_naive']):>22}")
+        print(f"{r['k']:>3} {r['naive']:>7.3f} {t['bound']:>7.3f} {t['bound_time_weighted']:>8.3f} "
+              f"{fmt(t['speedup']):>22} {fmt(t['measured_over_bound']):>22} "
+              f"{fmt(t['measured_over_time_weighted_bound']):>22} {fmt(t['measured_over_naive']):>22}")
     print(f"other load: {result['load']}")
 
 

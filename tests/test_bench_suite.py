@@ -69,6 +69,9 @@ def test_speed_limit_smoke(tmp_path: Path) -> None:
             assert 1.0 < p["bound"] <= r["naive"]
             assert p["speedup"]["n"] == 3 and p["speedup"]["min"] <= p["speedup"]["median"] <= p["speedup"]["max"]
             assert p["measured_over_bound"]["median"] == pytest.approx(p["speedup"]["median"] / p["bound"])
+        t = r["total"]  # the time-weighted bound lies between the prefill and the decode bounds
+        lo, hi = sorted((r["prefill"]["bound"], r["decode"]["bound"]))
+        assert lo - 1e-9 <= t["bound_time_weighted"] <= hi + 1e-9
     assert (tmp_path / "sl.png").stat().st_size > 0
 
 
