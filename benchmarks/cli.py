@@ -35,9 +35,13 @@ BENCHMARKS: dict[str, str] = {
     "adapters": "benchmarks.adapters",
     "offline_rl": "benchmarks.offline_rl",
     "main_job": "benchmarks.main_job",
+    "policy_headroom": "benchmarks.policy_headroom",
     "speed_limit": "benchmarks.speed_limit",
     "env_cost": "benchmarks.env_cost",
     "memory": "benchmarks.memory",
+    "compress": "benchmarks.compress",
+    "router": "benchmarks.router",
+    "pareto": "benchmarks.pareto",  # last: it draws the compress and router results beside its own points
 }
 """Benchmark name -> module with a ``main(argv)``; ``all`` runs them in this order."""
 

@@ -165,17 +165,19 @@ def seeded_subset(items: Sequence[T], k: int, seed: int) -> list[T]:
 # ----------------------------------------------------------------------------- (1) sweep
 
 
+def default_logs_dir(args: Args) -> Path:
+    """The sweep folder in dynprune's cache for these settings (model, reward, timing, prompts, tokens, seed)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", args.model)
+    return cache_dir() / "logs" / (
+        f"offline_rl-{slug}-{args.reward}-{args.timing}-n{args.train_prompts}"
+        f"-tok{args.max_new_tokens}-seed{args.seed}"
+        + (f"-emb{args.prompt_embedding}" if args.prompt_embedding else "")
+    )
+
+
 def prepare_logs_dir(args: Args) -> Path:
     """The sweep's log folder: the default one is emptied unless --reuse-logs; a given one must be empty or reused."""
-    if args.logs_dir is not None:
-        path = Path(args.logs_dir)
-    else:
-        slug = re.sub(r"[^A-Za-z0-9._-]", "_", args.model)
-        path = cache_dir() / "logs" / (
-            f"offline_rl-{slug}-{args.reward}-{args.timing}-n{args.train_prompts}"
-            f"-tok{args.max_new_tokens}-seed{args.seed}"
-            + (f"-emb{args.prompt_embedding}" if args.prompt_embedding else "")
-        )
+    path = Path(args.logs_dir) if args.logs_dir is not None else default_logs_dir(args)
     shards = shard_paths(path) if path.is_dir() else []
     if shards and not args.reuse_logs:
         if args.logs_dir is not None:

@@ -52,7 +52,8 @@ class Args:
     """Cross-validated ceiling of per-prompt policies on a logged sweep, against the best static action."""
 
     logs: str | None = None
-    """log directory of a sweep (every table action on every prompt)"""
+    """log directory of a sweep (every table action on every prompt); none: the folder benchmarks/offline_rl.py
+    sweeps into with its defaults"""
     embedding: int = 16
     """also try the observation plus this many projected prompt-embedding coordinates (0: skip; loads the model)"""
     speedup: str = "logged"
@@ -70,7 +71,16 @@ class Args:
         if self.smoke and self.out == DEFAULT_OUT:
             raise ValueError("--smoke needs --out PATH (the real results file is not overwritten by a smoke run)")
         if not self.smoke and self.logs is None:
-            raise ValueError("--logs DIR is required (a sweep written by dynprune explore --strategy sweep)")
+            from benchmarks.offline_rl import Args as OfflineArgs
+            from benchmarks.offline_rl import default_logs_dir
+
+            default = default_logs_dir(OfflineArgs())
+            if not (default / "meta.json").is_file():
+                raise ValueError(
+                    f"--logs DIR is required (a sweep written by dynprune explore --strategy sweep); the default, "
+                    f"benchmarks/offline_rl.py's sweep folder {default}, holds no logs yet"
+                )
+            self.logs = str(default)
         if self.speedup not in SPEEDUPS:
             raise ValueError(f"speedup must be one of {SPEEDUPS}, got {self.speedup!r}")
         if self.folds < 2:

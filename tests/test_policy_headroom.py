@@ -50,12 +50,13 @@ def test_action_mean_speedup_recomputes_casrap():
     np.testing.assert_allclose(sweep.rewards[:, 2], expected)
 
 
-def test_bad_logs_and_arguments():
+def test_bad_logs_and_arguments(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNPRUNE_CACHE", str(tmp_path))  # no default sweep folder there
     with pytest.raises(ValueError, match="no table action"):
         ph.sweep_from_rows([{**_rows(1)[0], "action": -1}], ["f0"])
     with pytest.raises(ValueError, match="only 3 prompts have all 3 actions logged"):
         ph.sweep_from_rows(_rows(3), ["f0", "f1", "f2"])
-    with pytest.raises(ValueError, match="--logs DIR is required"):
+    with pytest.raises(ValueError, match="--logs DIR is required .* holds no logs yet"):
         ph.Args()
     with pytest.raises(ValueError, match="speedup must be one of"):
         ph.Args(logs="x", speedup="fast")
