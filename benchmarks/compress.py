@@ -235,6 +235,7 @@ def run(args: Args) -> dict[str, Any]:
         "k": k,
         "block_influence_layers": rows_layers(rows, "ShortGPT"),
         "rows": rows,
+        "pareto_points": pareto_points(rows),
         "skipped": skipped,
         "claims": {
             "aa_speedup_spread": aa_spread,
@@ -257,6 +258,25 @@ def run(args: Args) -> dict[str, Any]:
     write_json(result, args.out)
     plot(rows, Path(args.out).with_suffix(".png"), lm.name)
     return result
+
+
+def pareto_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as points for ``benchmarks/pareto.py``'s chart, in its units.
+
+    Speed-up there is ``T_full / T - 1`` (0 = as fast) and quality is the greedy answers'
+    token agreement with the full model, so: ``speedup`` = median ratio - 1 (min/max likewise)
+    and ``fidelity`` = ``generation_token_agreement``. The A/A source row is left out.
+    """
+    return [
+        {
+            "name": r["label"], "family": "compression",
+            "speedup": {k: r["speedup"][k] - 1.0 for k in ("median", "min", "max")},
+            "fidelity": {"mean": r["generation_token_agreement"]},
+            "size_mb": r["size_mb"], "perplexity": r["perplexity"],
+        }
+        for r in rows
+        if r["method"] != "source"
+    ]
 
 
 def rows_layers(rows: Sequence[dict[str, Any]], prefix: str) -> list[int]:
@@ -299,10 +319,12 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, model: str) -> Path:
 
 
 def replot(path: str | Path) -> Path:
-    """Redraw the chart of an existing results JSON (no measurement)."""
+    """Redraw the chart of an existing results JSON (no measurement); add its ``pareto_points`` when missing."""
     import json
 
     data = json.loads(Path(path).read_text())
+    if "pareto_points" not in data:  # results written before the field existed: derived from the same rows
+        write_json({**data, "pareto_points": pareto_points(data["rows"])}, path)
     return plot(data["rows"], Path(path).with_suffix(".png"), data["args"]["model"])
 
 

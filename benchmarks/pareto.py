@@ -309,6 +309,13 @@ def load_overlays(paths: str) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- output
 
+def _center(value: float | dict[str, float]) -> float:
+    """A point's coordinate: the number, or its mean (this script) or median (other scripts' overlays)."""
+    if isinstance(value, dict):
+        return value["mean"] if "mean" in value else value["median"]
+    return float(value)
+
+
 FAMILY_STYLE = {
     "none": ("k", "o"), "static-layers": ("tab:blue", "o"), "static-heads": ("tab:cyan", "s"),
     "static-ffn": ("tab:olive", "s"), "random": ("tab:gray", "x"), "online-rl": ("tab:red", "D"),
@@ -335,8 +342,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         if p["family"] == "static-layers":
             continue
         color, marker = FAMILY_STYLE.get(p["family"], ("k", "v"))
-        x = p["speedup"]["mean"] if isinstance(p["speedup"], dict) else p["speedup"]
-        y = p["fidelity"]["mean"] if isinstance(p["fidelity"], dict) else p["fidelity"]
+        x, y = _center(p["speedup"]), _center(p["fidelity"])
         ax.scatter([x * 100], [y], c=color, marker=marker, s=90 if p["family"] in ("oracle", "online-rl") else 50,
                    edgecolors="k", linewidths=0.5, zorder=3)
         ax.annotate(p["name"], (x * 100, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
