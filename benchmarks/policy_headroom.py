@@ -98,6 +98,7 @@ class Sweep:
     names: list[str]  # observation names
     rewards: np.ndarray  # prompts x actions
     action_names: list[str]
+    speedups: np.ndarray | None = None  # prompts x actions, as logged
 
 
 def sweep_from_rows(rows: list[dict[str, Any]], names: list[str], speedup: str = "logged") -> Sweep:
@@ -130,6 +131,7 @@ def sweep_from_rows(rows: list[dict[str, Any]], names: list[str], speedup: str =
         names=list(names),
         rewards=np.array([[by_prompt[p][a]["reward"] for a in range(n_actions)] for p in full]),
         action_names=action_names,
+        speedups=np.array([[by_prompt[p][a]["speedup"] for a in range(n_actions)] for p in full]),
     )
 
 
@@ -256,6 +258,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "prompts": len(sweep.prompt_ids),
         "actions": sweep.action_names,
         "mean_reward_per_action": dict(zip(sweep.action_names, sweep.rewards.mean(0).tolist(), strict=True)),
+        "mean_logged_speedup_per_action": None if sweep.speedups is None else dict(
+            zip(sweep.action_names, sweep.speedups.mean(0).tolist(), strict=True)),
+        "prompt_ids": sweep.prompt_ids,
         "oracle": oracle,
         "random": random,
         "results": results,
