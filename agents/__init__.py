@@ -12,7 +12,8 @@ with :func:`load_agent`::
     agent = load_agent("runs/ddqn")
 
 Registered kinds: ``static``, ``random``, ``oracle`` (:mod:`agents.baselines`) and
-``dqn``, ``double_dqn`` (:mod:`agents.dqn`). The DQN names (``DoubleDQN``, ``SB3Agent``,
+``dqn``, ``double_dqn`` (:mod:`agents.dqn`), ``d3rlpy`` (:mod:`agents.offline`), ``router``
+(:mod:`agents.router`). The DQN names (``DoubleDQN``, ``SB3Agent``,
 ``make_dqn`` ...) are imported on first access, so ``import agents`` does not load torch.
 """
 
@@ -41,6 +42,7 @@ register_agent("oracle", "agents.baselines:OracleAgent")
 register_agent("dqn", "agents.dqn:SB3Agent", double=False)
 register_agent("double_dqn", "agents.dqn:SB3Agent", double=True)
 register_agent("d3rlpy", "agents.offline:D3rlpyAgent")
+register_agent("router", "agents.router.agent:RouterAgent")
 
 _LAZY = {"DoubleDQN", "DQNConfig", "SB3Agent", "double_dqn_targets", "dqn_targets", "make_dqn"}
 

@@ -84,7 +84,7 @@ def _is_layer_set(row: Mapping[str, Any]) -> bool:
     return not (data.get("heads") or data.get("ffn"))
 
 
-def _configs_per_prompt(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[tuple[int, ...], float]]]:
+def configs_per_prompt(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[tuple[int, ...], float]]]:
     """``{prompt id: [(layers, score), ...]}`` in first-appearance order, one entry per layer set."""
     out: dict[str, list[tuple[tuple[int, ...], float]]] = {}
     seen: dict[str, set[tuple[int, ...]]] = {}
@@ -134,7 +134,7 @@ def preference_pairs(
     if max_pairs_per_prompt is not None and max_pairs_per_prompt < 0:
         raise ValueError(f"max_pairs_per_prompt must be >= 0 or None, got {max_pairs_per_prompt}")
     out: list[dict[str, Any]] = []
-    for pid, configs in _configs_per_prompt(ds).items():
+    for pid, configs in configs_per_prompt(ds).items():
         pairs: list[dict[str, Any]] = []
         for i in range(len(configs)):
             for j in range(i + 1, len(configs)):
@@ -161,6 +161,8 @@ def preference_pairs(
 def write_pairs(pairs: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Write pairs to one Parquet file with ``datasets`` (temporary file, then rename)."""
     path = Path(path)
+    if not pairs:
+        raise ValueError(f"no preference pairs to write to {path}: every prompt's layer sets tie (or there are none)")
     ds = datasets.Dataset.from_list(pairs, features=PAIR_FEATURES)
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()

@@ -479,8 +479,18 @@ def test_every_kind_acts_on_dynprune_env(tiny_lm32: Any, tmp_path: Path) -> None
     )
     obs, info = env.reset(seed=0)
     n_actions = int(env.action_space.n)
+    from agents.router.model import Router, RouterConfig
+
+    # the light router (reads info["prompt_embedding"]), untrained: any router acts through the table mapping
+    router = Router(RouterConfig(num_layers=tiny_lm32.geometry.num_layers, in_dim=tiny_lm32.geometry.hidden_size,
+                                 features="tokens", encoder=None, hidden=16))
     for kind in registered_kinds():
-        agent = make_agent(kind, env, seed=0) if kind in ("random", "dqn", "double_dqn") else make_agent(kind, env)
+        if kind in ("random", "dqn", "double_dqn"):
+            agent = make_agent(kind, env, seed=0)
+        elif kind == "router":
+            agent = make_agent(kind, env, router=router)
+        else:
+            agent = make_agent(kind, env)
         action = agent.act(obs, info)
         assert 0 <= action < n_actions, kind
         agent.save(tmp_path / kind)

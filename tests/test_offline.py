@@ -486,3 +486,11 @@ def test_minari_command(sweep_logs, tmp_path, monkeypatch, capsys):
     assert "dynprune/cli-sweep-v1: 30 one-step episodes" in capsys.readouterr().out
     with pytest.raises(ValueError, match="already exists"):
         _run("minari", "--logs", str(sweep_logs), "--dataset-id", "dynprune/cli-sweep-v1")
+
+
+def test_writing_no_pairs_is_a_clear_error(tmp_path):
+    from offline_data.prefs import write_pairs
+
+    with pytest.raises(ValueError, match="no preference pairs to write"):
+        write_pairs([], tmp_path / "pairs.parquet")
+    assert not (tmp_path / "pairs.parquet").exists()

@@ -8,9 +8,6 @@
 - :mod:`agents.router.agent`: :class:`RouterAgent` (DynPruneLayers-v0 masks, DynPrune-v0 nearest entry);
 - :mod:`agents.router.cli`: ``dynprune router train``.
 
-Importing this package registers the agent kind ``"router"`` (and loads no torch).
+The agent kind ``"router"`` is registered by :mod:`agents` itself, so ``load_agent`` finds a
+saved router without importing this package first.
 """
-
-from agents.base import register_agent
-
-register_agent("router", "agents.router.agent:RouterAgent")

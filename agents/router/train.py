@@ -260,7 +260,7 @@ def load_router_data(
     """
     from dynprune.tasks import load_prompts
     from offline_data.dataset import load_logs, read_meta
-    from offline_data.prefs import _configs_per_prompt, preference_pairs
+    from offline_data.prefs import configs_per_prompt, preference_pairs
 
     if not log_dirs:
         raise ValueError("router training needs at least one log folder (dynprune explore --out DIR)")
@@ -280,7 +280,7 @@ def load_router_data(
     keep = None if prompt_ids is None else set(prompt_ids)
     if keep is not None:
         rows = [r for r in rows if r["prompt_id"] in keep]
-    configs = _configs_per_prompt(rows)
+    configs = configs_per_prompt(rows)
     if pairs is None:
         pair_rows = preference_pairs(rows)
     elif isinstance(pairs, (str, Path)):
