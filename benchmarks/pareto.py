@@ -343,8 +343,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
             continue
         color, marker = FAMILY_STYLE.get(p["family"], ("k", "v"))
         x, y = _center(p["speedup"]), _center(p["fidelity"])
+        edge = {} if marker == "x" else {"edgecolors": "k", "linewidths": 0.5}  # "x" has no face to outline
         ax.scatter([x * 100], [y], c=color, marker=marker, s=90 if p["family"] in ("oracle", "online-rl") else 50,
-                   edgecolors="k", linewidths=0.5, zorder=3)
+                   zorder=3, **edge)
         ax.annotate(p["name"], (x * 100, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     m = result["machine"]
     ax.set_xlabel("measured speed-up vs the full model, % (controller cost included)")
