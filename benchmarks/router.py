@@ -87,7 +87,7 @@ class Args:
     sweep_logs: str | None = DEFAULT_SWEEP
     """a table-sweep log folder (absolute, or under <dynprune cache>/logs) whose layer-set rows join the
     training data; none: DFS rows only"""
-    test_prompts: int = 10
+    test_prompts: int = 16
     """held-out prompts (a seeded subset of the test split)"""
     max_new_tokens: int = 24
     """answer length limit of the full and pruned model"""
@@ -190,6 +190,18 @@ def time_router_cost(
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def pareto_points(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trained routers' rows as points for ``benchmarks/pareto.py`` (its units: speed-up ``T_full / T - 1``
+    with the router's cost counted, fidelity = greedy token agreement with the full answer)."""
+    return [
+        {"name": r["method"], "family": "router", "speedup": {"mean": r["speedup"], **{
+            k: r["speedup_per_prompt"][k] for k in ("median", "min", "max")}},
+         "fidelity": {"mean": r["fidelity"]}, "mean_layers_pruned": r["mean_layers_pruned"]}
+        for r in table
+        if r["method"].startswith("router")
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:  # noqa: C901 - one readable pipeline
@@ -425,6 +437,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:  # noqa: C901 - one r
         "test": {"prompts": len(per_prompt), "rounds": args.rounds, "seconds": eval_s, "timing": "live",
                  "adapters": False},
         "table": table,
+        "pareto_points": pareto_points(table),
         "claims": claims,
         "per_prompt": per_prompt,
         "notes": (
