@@ -61,7 +61,7 @@ class DynPruneEnv(gym.Env):
     | 5     | prompt_tokens      | 0   | 1   | min(1, tokens / 200)                               |
     | 6     | prompt_perplexity  | 0   | 1   | min(1, perplexity / 50) under the full model       |
     | 7     | complexity         | 0   | 1   | 0.6 * [5] + 0.4 * [6] (CASRAP)                     |
-    | 8     | latency_budget     | 0   | 2   | only with the latency_budget reward: budget / full-model latency |
+    | 8     | latency_budget     | 0   | 2   | latency_budget reward only: budget / full latency, same load |
     | then  | prompt_emb_0..N-1  | -√H | √H  | only with ``prompt_embedding=N``: the prompt's embedding, projected |
 
     ``prompt_embedding=N`` appends N numbers that describe the prompt's content: the served model's
@@ -103,7 +103,7 @@ class DynPruneEnv(gym.Env):
     | trace               | None             | trace file for telemetry="replay"                           |
     | prompts_per_episode | 1                | prompts (steps) per episode                                 |
     | sequential          | False            | visit prompts in order (evaluation) instead of at random    |
-    | budget_range        | (0.6, 1.05)      | latency budget / full-model latency, drawn per episode      |
+    | budget_range        | (0.7, 1.1)       | budget / full latency under the load (x budget_scale)       |
     | cache_file          | None             | JSON-lines file caching full-model answers across runs      |
     | profile             | None             | ``ProfileConfig`` of the latency profile                    |
     | prompt_embedding    | 0                | N > 0 appends N projected prompt-embedding coordinates      |
@@ -136,7 +136,7 @@ class DynPruneEnv(gym.Env):
         trace: str | None = None,
         prompts_per_episode: int = 1,
         sequential: bool = False,
-        budget_range: tuple[float, float] = (0.6, 1.05),
+        budget_range: tuple[float, float] = (0.7, 1.1),
         cache_file: str | None = None,
         profile: ProfileConfig | None = None,
         prompt_embedding: int = 0,
@@ -267,7 +267,12 @@ class DynPruneEnv(gym.Env):
 
     def _outcome(self, ev: Evaluation, base: Baseline) -> tuple[Outcome, float]:
         factor = float(self.monitor.latency_factor)
-        budget_s = base.latency_s * self._budget_rel if self._budget_rel is not None else None
+        # The budget is relative to the full model under the same load: a slow machine slows the full
+        # model too, so what the budget asks of pruning is budget_rel alone (a speed-up of 1 / budget_rel - 1),
+        # which the agent observes. (It was relative to the unloaded full model: under busy_cpu (x1.6) no
+        # plan of the table could meet any budget of the default range, and on 23 of 24 held-out prompts of
+        # benchmarks/results/offline_rl_budget.json no action met it.)
+        budget_s = base.latency_s * factor * self._budget_rel if self._budget_rel is not None else None
         outcome = Outcome(
             speedup=ev.speedup,
             baseline_ppl=base.ppl,

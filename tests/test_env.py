@@ -203,3 +203,14 @@ def test_importing_envs_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_latency_budget_is_relative_to_the_full_model_under_the_same_load(tiny_lm32):
+    # busy_cpu slows everything 1.6x; a budget of 1.05 x the (equally slowed) full model is met by
+    # the full model itself, one of 0.9 x is not: the budget asks for pruning, not for a faster machine
+    for rel, met in ((1.05, True), (0.9, False)):
+        env = make(tiny_lm32, reward="latency_budget", scenario="busy_cpu", budget_range=(rel, rel))
+        obs, info = env.reset(seed=0)
+        assert obs[env.unwrapped.observation_names.index("latency_budget")] == pytest.approx(rel)
+        _, reward, _, _, info = env.step(0)  # "none": the full model, quality 1
+        assert (reward == pytest.approx(1.0)) is met, (rel, reward)
