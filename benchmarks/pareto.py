@@ -105,6 +105,8 @@ class Args:
     """seed of prompt subsets, agents and resets"""
     out: str = DEFAULT_OUT
     """JSON file to write (the PNG and markdown table go beside it)"""
+    reanalyse: bool = False
+    """no measurement: recompute frontier, hull and verdict of the existing --out JSON, redraw PNG and table"""
     smoke: bool = False
     """quick check on tiny-llama (2 test, 3 train prompts, few steps); needs --out"""
 
@@ -291,6 +293,36 @@ def frontier_quality(front: list[tuple[float, float]], speedup: float) -> float 
     return max(ok) if ok else None
 
 
+def hull(points: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """Upper concave envelope of the static points (speed-up, fidelity), from the best-quality point rightwards.
+
+    Choosing between two static plans per prompt (at random, with the right odds) reaches every point
+    on the segment between them, so this is what any per-prompt mixture of static plans achieves.
+    """
+    pts = sorted({(p["speedup"]["mean"], p["fidelity"]["mean"]) for p in points})
+    upper: list[tuple[float, float]] = []
+    for x, y in pts:  # Andrew's monotone chain, upper half
+        while len(upper) >= 2:
+            (x1, y1), (x2, y2) = upper[-2], upper[-1]
+            if (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1) >= 0:  # the middle point is not above the chord
+                upper.pop()
+            else:
+                break
+        upper.append((x, y))
+    top = max(range(len(upper)), key=lambda i: (upper[i][1], -upper[i][0]))
+    return upper[top:]
+
+
+def hull_quality(h: list[tuple[float, float]], speedup: float) -> float | None:
+    """Fidelity of the best static mixture at ``speedup`` (None beyond the fastest static point)."""
+    if speedup <= h[0][0]:
+        return h[0][1]
+    for (x1, y1), (x2, y2) in zip(h, h[1:], strict=False):
+        if x1 <= speedup <= x2:
+            return y1 + (y2 - y1) * (speedup - x1) / (x2 - x1)
+    return None
+
+
 def load_overlays(paths: str) -> list[dict[str, Any]]:
     """``pareto_points`` of other benchmarks' JSON files (each point: name, family, speedup, fidelity)."""
     out = []
@@ -338,6 +370,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         xs = [0.0] + [p["speedup"]["mean"] * 100 for p in curve["points"]]
         ys = [1.0] + [p["fidelity"]["mean"] for p in curve["points"]]
         ax.plot(xs, ys, "-o", ms=3, lw=1, alpha=0.7, label=curve["name"])
+    if result.get("hull"):
+        hx, hy = zip(*result["hull"], strict=True)
+        ax.plot([100 * x for x in hx], hy, "k--", lw=1, alpha=0.6, label="best mixture of static plans (hull)")
     for p in result["points"] + result["overlays"]:
         if p["family"] == "static-layers":
             continue
@@ -364,15 +399,16 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 def markdown(result: dict[str, Any]) -> str:
     """The table the README shows."""
     lines = ["| controller / plan | family | speed-up % (median, min..max) | fidelity | ppl change % | reward |"
-             " static fidelity at that speed-up |",
-             "|---|---|---|---|---|---|---|"]
+             " best single static plan at that speed-up | best static mixture at that speed-up |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in sorted(result["points"], key=lambda p: p["speedup"]["mean"]):
         s = p["speedup"]
-        fq = p.get("static_fidelity_at_speedup")
+        fq, mq = p.get("static_fidelity_at_speedup"), p.get("static_mix_fidelity_at_speedup")
         lines.append(
             f"| {p['name']} | {p['family']} | {100 * s['mean']:+.1f} ({100 * s['median']:+.1f}, "
             f"{100 * s['min']:+.1f}..{100 * s['max']:+.1f}) | {p['fidelity']['mean']:.2f} | "
-            f"{100 * p['ppl_change']['mean']:+.0f} | {p['reward']:+.2f} | {'-' if fq is None else f'{fq:.2f}'} |"
+            f"{100 * p['ppl_change']['mean']:+.0f} | {p['reward']:+.2f} | {'-' if fq is None else f'{fq:.2f}'} | "
+            f"{'-' if mq is None else f'{mq:.2f}'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -382,6 +418,11 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(Args, argv)
+    if args.reanalyse:
+        out = Path(args.out)
+        if not out.is_file():
+            raise ValueError(f"--reanalyse needs an existing results file, {out} is not one")
+        return write_outputs(analyse(json.loads(out.read_text())), out)
     fix_threads(args.threads)
     _quiet_d3rlpy()
     t_start = time.perf_counter()
@@ -439,8 +480,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 p["layers_removed"] = k
             curves.append({"name": f"{order} layers, {mode}", "order": order, "mode": mode, "points": pts})
             points.extend(pts)
-    static_points = [p for p in points if p["family"].startswith("static") or p["family"] == "none"]
-    front = frontier(static_points)
     learned = []
     for name in [*agents, "oracle"]:
         family = ("random" if name == "random" else "oracle" if name == "oracle"
@@ -451,25 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {n: sum(r["picks"][name] == a for r in rows) for a, n in enumerate(core.action_names)}.items()))
         p["action_mix"] = {k: v for k, v in p["action_mix"].items() if v}
         learned.append(p)
-    for p in points + learned:
-        p["static_fidelity_at_speedup"] = frontier_quality(front, p["speedup"]["mean"])
     points += learned
-    best_static = max((p for p in static_points), key=lambda p: p["reward"])
-    oracle = next(p for p in learned if p["name"] == "oracle")
-    verdict = {}
-    for p in learned:
-        if p["family"] in ("oracle", "random"):
-            continue
-        fq = p["static_fidelity_at_speedup"]
-        verdict[p["name"]] = {
-            "speedup": p["speedup"]["mean"],
-            "fidelity": p["fidelity"]["mean"],
-            "static_fidelity_at_speedup": fq,
-            "beats_static_frontier": None if fq is None else p["fidelity"]["mean"] > fq,
-            "reward": p["reward"],
-            "beats_best_static_reward": p["reward"] > best_static["reward"],
-            "reward_gap_to_oracle": oracle["reward"] - p["reward"],
-        }
     result = {
         "args": dataclasses.asdict(args),
         "machine": machine,
@@ -479,11 +500,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "test_s": test_s,
         "points": points,
         "curves": curves,
-        "frontier": front,
-        "best_static_by_reward": {"name": best_static["name"], "reward": best_static["reward"]},
-        "oracle": {"reward": oracle["reward"], "speedup": oracle["speedup"]["mean"],
-                   "fidelity": oracle["fidelity"]["mean"]},
-        "verdict": verdict,
         "overlays": load_overlays(args.overlays),
         "per_prompt": rows,
         "notes": (
@@ -491,20 +507,66 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "re-timed before each prompt; speed-up/fidelity/ppl_change: mean, median, min, max over prompts; "
             "controller cost (agent.act, timed per prompt) included in the learned agents' speed-ups; "
             "static_fidelity_at_speedup: best fidelity among static points at least as fast (none when no "
-            "static point is that fast); the oracle picks the table action of highest env reward per prompt "
-            "in hindsight. Overlays come from other runs, each against its own baseline. The CPU may have "
+            "static point is that fast); static_mix_fidelity_at_speedup: the upper concave hull of the static "
+            "points at that speed-up (a controller that picks between two static plans per prompt, at random, "
+            "reaches any point between them: the fair bar for a per-prompt controller); the oracle picks the "
+            "table action of highest env reward per prompt in hindsight. Overlays come from other runs, each "
+            "against its own baseline. The CPU may have "
             "been shared with other processes (machine.load_avg)."
         ),
         "wall_s": time.perf_counter() - t_start,
     }
-    out = Path(args.out)
+    return write_outputs(analyse(result), Path(args.out))
+
+
+def analyse(result: dict[str, Any]) -> dict[str, Any]:
+    """Frontier, hull and verdict from the points (no measurement): the best single static plan, the best
+    mixture of static plans, the best static reward and the oracle, against every learned controller."""
+    points = result["points"]
+    static_points = [p for p in points if p["family"].startswith("static") or p["family"] == "none"]
+    front, mix = frontier(static_points), hull(static_points)
+    for p in points:
+        p["static_fidelity_at_speedup"] = frontier_quality(front, p["speedup"]["mean"])
+        p["static_mix_fidelity_at_speedup"] = hull_quality(mix, p["speedup"]["mean"])
+    best_static = max(static_points, key=lambda p: p["reward"])
+    oracle = next(p for p in points if p["family"] == "oracle")
+    verdict = {}
+    for p in points:
+        if p["family"] not in ("online-rl", "offline-rl"):
+            continue
+        fq, mq = p["static_fidelity_at_speedup"], p["static_mix_fidelity_at_speedup"]
+        verdict[p["name"]] = {
+            "speedup": p["speedup"]["mean"],
+            "fidelity": p["fidelity"]["mean"],
+            "static_fidelity_at_speedup": fq,
+            "beats_static_frontier": None if fq is None else p["fidelity"]["mean"] > fq,
+            "static_mix_fidelity_at_speedup": mq,
+            "beats_static_mixtures": None if mq is None else p["fidelity"]["mean"] > mq,
+            "reward": p["reward"],
+            "beats_best_static_reward": p["reward"] > best_static["reward"],
+            "reward_gap_to_oracle": oracle["reward"] - p["reward"],
+        }
+    result.update(
+        frontier=front,
+        hull=mix,
+        best_static_by_reward={"name": best_static["name"], "reward": best_static["reward"]},
+        oracle={"reward": oracle["reward"], "speedup": oracle["speedup"]["mean"],
+                "fidelity": oracle["fidelity"]["mean"]},
+        verdict=verdict,
+    )
+    return result
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The JSON, the chart and the markdown table; the verdict printed."""
     write_json(result, out)
     plot(result, out.with_suffix(".png"))
     atomic_write_text(out.with_suffix(".md"), markdown(result))
     print(markdown(result))
-    for name, v in verdict.items():
-        print(f"{name}: beats static frontier at equal speed-up: {v['beats_static_frontier']}; beats best static "
-              f"reward: {v['beats_best_static_reward']}; gap to oracle {v['reward_gap_to_oracle']:.2f}")
+    for name, v in result["verdict"].items():
+        print(f"{name}: beats the best single static plan at equal speed-up: {v['beats_static_frontier']}; "
+              f"beats static mixtures: {v['beats_static_mixtures']}; beats the best static reward: "
+              f"{v['beats_best_static_reward']}; reward gap to the oracle {v['reward_gap_to_oracle']:.2f}")
     print(f"wrote {out}, {out.with_suffix('.png')}, {out.with_suffix('.md')}")
     return result
 

@@ -75,7 +75,21 @@ def test_smoke_run_writes_json_png_and_table(tmp_path):
     ddqn = next(p for p in saved["points"] if p["name"] == "double-dqn")
     assert ddqn["controller_ms"] > 0 and sum(ddqn["action_mix"].values()) == 2
     assert set(saved["verdict"]) == {"double-dqn", "offline-cql"}
+    assert saved["hull"][0][1] == 1.0  # the full model (fidelity 1) tops the hull of static plans
     for v in saved["verdict"].values():
         assert v["reward_gap_to_oracle"] >= 0  # the oracle picks each prompt's best table action
     assert saved["overlays"][0]["name"] == "int8"
+    # --reanalyse recomputes the same verdict from the file, without measuring
+    again = pareto.main(["--reanalyse", "--out", str(out)])
+    assert again["verdict"] == json.loads(json.dumps(saved["verdict"]))
     assert result["oracle"]["reward"] >= max(p["reward"] for p in saved["points"] if p["family"] == "none")
+
+
+def test_hull_is_the_best_mixture_of_static_plans():
+    pts = [_pt(0.0, 1.0), _pt(0.1, 0.3), _pt(0.2, 0.5), _pt(0.3, 0.0), _pt(-0.05, 0.2)]
+    h = pareto.hull(pts)
+    # (0.1, 0.3) lies under the chord from (0, 1) to (0.2, 0.5); the slower, worse point is left out
+    assert h == [(0.0, 1.0), (0.2, 0.5), (0.3, 0.0)]
+    assert pareto.hull_quality(h, 0.1) == pytest.approx(0.75)  # half-and-half mix of none and the 20 % plan
+    assert pareto.hull_quality(h, 0.25) == pytest.approx(0.25)
+    assert pareto.hull_quality(h, -0.1) == 1.0 and pareto.hull_quality(h, 0.31) is None
