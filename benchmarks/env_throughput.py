@@ -64,7 +64,11 @@ class Args:
     out: str = DEFAULT_OUT
     """output JSON"""
     smoke: bool = False
-    """tiny-llama, few steps (for the test suite)"""
+    """tiny-llama, few steps (for the test suite); needs --out"""
+
+    def __post_init__(self) -> None:
+        if self.smoke and self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
+            raise ValueError("--smoke needs --out PATH (the real results file is not overwritten by a smoke run)")
 
 
 def naive_step(lm: PrunableLM, text: str, plan, max_new_tokens: int) -> None:  # noqa: ANN001

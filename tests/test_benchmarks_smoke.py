@@ -96,3 +96,10 @@ def test_main_job_smoke(tmp_path):
     assert result["load_s"]["from_empty_cache"] > 0
     with pytest.raises(ValueError, match="--smoke needs --out"):
         main_job.Args(smoke=True)
+
+
+def test_env_throughput_smoke_never_overwrites_the_results() -> None:
+    from benchmarks.env_throughput import Args
+
+    with pytest.raises(ValueError, match="--smoke needs --out"):
+        Args(smoke=True)
