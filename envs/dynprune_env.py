@@ -380,13 +380,18 @@ class DynPruneEnv(gym.Env):
                 ok = False
             if not ok:
                 raise ValueError(f"action {action!r} is not in {self.action_space} (ids 0..{self.action_space.n - 1})")
-        action = int(action)
-        record, ev, base, outcome = self._record(action)
-        reward, terminated = record.reward, record.terminated
+        return self._step(int(action))
+
+    def _step(
+        self, action: int, plan: PruningPlan | None = None, action_name: str | None = None, **extra_info: Any
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Measure ``action`` (or ``plan``), build the info, go on to the next prompt (shared by subclasses)."""
+        record, ev, base, outcome = self._record(action, plan, action_name)
         info = self._info()
         info.update(
             action_name=record.action_name,
             plan=record.plan,
+            **extra_info,
             timing=ev.timing,
             baseline={"latency_s": record.baseline_latency_s, "tokens_per_s": record.baseline_tokens_per_s,
                       "ppl": base.ppl, "task_score": base.task_score},
@@ -399,11 +404,11 @@ class DynPruneEnv(gym.Env):
         if ev.timing == "live":
             info["texts"] = {"baseline": base.text, "pruned": ev.text}
         self._step_in_episode += 1
-        terminated = terminated or self._step_in_episode >= self.prompts_per_episode
+        terminated = record.terminated or self._step_in_episode >= self.prompts_per_episode
         if not terminated:
             self._prompt = self._next_prompt()
             obs = self._observe()
             info["next_prompt_id"] = self._prompt.id
         else:
             obs = self._obs
-        return obs, reward, terminated, False, info
+        return obs, record.reward, terminated, False, info

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -131,29 +130,4 @@ class DynPruneLayersEnv(DynPruneEnv):
     def step(self, action: Any):  # noqa: ANN201
         """Apply the mask's plan to the current prompt, measure, reward, restore."""
         plan = self.mask_plan(action)
-        record, ev, base, outcome = self._record(-1, plan, plan.describe())
-        info = self._info()
-        info.update(
-            action_name=record.action_name,
-            plan=record.plan,
-            layers=[int(i) for i in plan.removed_layers],
-            timing=ev.timing,
-            baseline={"latency_s": record.baseline_latency_s, "tokens_per_s": record.baseline_tokens_per_s,
-                      "ppl": base.ppl, "task_score": base.task_score},
-            pruned={"latency_s": record.pruned_latency_s, "tokens_per_s": record.pruned_tokens_per_s,
-                    "ppl": ev.ppl, "fidelity": ev.fidelity, "exact_match": ev.exact_match,
-                    "task_score": ev.task_score, "speedup": ev.speedup},
-            budget_s=outcome.budget_s,
-            record=asdict(record),
-        )
-        if ev.timing == "live":
-            info["texts"] = {"baseline": base.text, "pruned": ev.text}
-        self._step_in_episode += 1
-        terminated = record.terminated or self._step_in_episode >= self.prompts_per_episode
-        if not terminated:
-            self._prompt = self._next_prompt()
-            obs = self._observe()
-            info["next_prompt_id"] = self._prompt.id
-        else:
-            obs = self._obs
-        return obs, record.reward, terminated, False, info
+        return self._step(-1, plan, plan.describe(), layers=[int(i) for i in plan.removed_layers])
