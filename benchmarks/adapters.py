@@ -107,6 +107,13 @@ class Args:
             raise ValueError(f"live_prompts must be in 0..test_prompts ({self.test_prompts}), got {self.live_prompts}")
 
 
+def default_adapters_file(model_id: str, args: Args) -> Path:
+    """The cache file these settings' adapters go to (``--adapters-out`` none); benchmarks/pareto.py reads it."""
+    safe = model_id.replace("/", "_").replace("@", "-")
+    stem = f"{safe}-b{args.bottleneck}-e{args.epochs}-n{args.n_prompts}-s{args.seq_len}-seed{args.seed}"
+    return cache_dir() / "adapters" / f"{stem}.safetensors"
+
+
 def gmean(values: list[float]) -> float:
     """Geometric mean (``inf`` if any value is infinite)."""
     return math.exp(statistics.fmean(math.log(v) for v in values))
@@ -170,9 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(f"(1) training adapters: {L} layers, {args.epochs} epochs x {args.n_prompts} windows ...", flush=True)
     report = train_adapters(lm, config=config)
-    safe = lm.model_id.replace("/", "_").replace("@", "-")
-    stem = f"{safe}-b{args.bottleneck}-e{args.epochs}-n{args.n_prompts}-s{args.seq_len}-seed{args.seed}"
-    default_file = cache_dir() / "adapters" / f"{stem}.safetensors"
+    default_file = default_adapters_file(lm.model_id, args)
     adapters_file = save_adapters(report.adapters, args.adapters_out or default_file, lm.model_id, args.bottleneck)
     plot_adapter_mse(report, plot_path)
     attach_adapters(lm, report.adapters)

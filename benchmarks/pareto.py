@@ -160,11 +160,10 @@ def adapters_file(lm: Any, args: Args) -> Path:
             raise ValueError(f"--adapters {path} is not a file")
         return path
     from benchmarks.adapters import Args as AdapterArgs
+    from benchmarks.adapters import default_adapters_file
 
     d = AdapterArgs(smoke=True, out=str(Path(args.out).with_suffix(".adapters.json"))) if args.smoke else AdapterArgs()
-    safe = lm.model_id.replace("/", "_").replace("@", "-")
-    stem = f"{safe}-b{d.bottleneck}-e{d.epochs}-n{d.n_prompts}-s{d.seq_len}-seed{d.seed}"
-    path = cache_dir() / "adapters" / f"{stem}.safetensors"
+    path = default_adapters_file(lm.model_id, d)
     if not path.is_file():
         print(f"    no adapters at {path}: training them (benchmarks/adapters.py's settings) ...", flush=True)
         config = AdapterConfig(bottleneck=d.bottleneck, epochs=d.epochs, n_prompts=d.n_prompts, seq_len=d.seq_len,

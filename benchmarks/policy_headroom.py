@@ -99,6 +99,7 @@ class Sweep:
     rewards: np.ndarray  # prompts x actions
     action_names: list[str]
     speedups: np.ndarray | None = None  # prompts x actions, as logged
+    fidelities: np.ndarray | None = None  # prompts x actions, as logged (teacher-forced when profiled)
 
 
 def sweep_from_rows(rows: list[dict[str, Any]], names: list[str], speedup: str = "logged") -> Sweep:
@@ -132,6 +133,7 @@ def sweep_from_rows(rows: list[dict[str, Any]], names: list[str], speedup: str =
         rewards=np.array([[by_prompt[p][a]["reward"] for a in range(n_actions)] for p in full]),
         action_names=action_names,
         speedups=np.array([[by_prompt[p][a]["speedup"] for a in range(n_actions)] for p in full]),
+        fidelities=np.array([[by_prompt[p][a]["fidelity"] for a in range(n_actions)] for p in full]),
     )
 
 
@@ -205,11 +207,8 @@ def embedding_features(prompt_ids: list[str], n: int) -> np.ndarray:
         raise ValueError(f"prompt ids not in the shipped prompt set: {missing[:5]}")
     env = gym.make("DynPrune-v0", prompts=[prompts[p] for p in prompt_ids], sequential=True, prompt_embedding=n,
                    reward="proxy")
-    core = env.unwrapped
-    out = []
-    for p in prompt_ids:  # the env's own projection, one prompt at a time (no model run beyond the lookup)
-        core._prompt = prompts[p]
-        out.append(core._embedding_features())
+    # the env's own projection (no model run beyond the embedding lookup)
+    out = [env.unwrapped.embedding_coordinates(prompts[p].text) for p in prompt_ids]
     env.close()
     return np.array(out, dtype=np.float64)
 
@@ -260,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mean_reward_per_action": dict(zip(sweep.action_names, sweep.rewards.mean(0).tolist(), strict=True)),
         "mean_logged_speedup_per_action": None if sweep.speedups is None else dict(
             zip(sweep.action_names, sweep.speedups.mean(0).tolist(), strict=True)),
+        "mean_logged_fidelity_per_action": None if sweep.fidelities is None else dict(
+            zip(sweep.action_names, sweep.fidelities.mean(0).tolist(), strict=True)),
         "prompt_ids": sweep.prompt_ids,
         "oracle": oracle,
         "random": random,

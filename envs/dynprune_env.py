@@ -225,11 +225,12 @@ class DynPruneEnv(gym.Env):
         vocab_mean = table.detach().float().mean(dim=0).cpu().numpy()
         return q.T.astype(np.float64), vocab_mean.astype(np.float64)
 
-    def _embedding_features(self) -> list[float]:
+    def embedding_coordinates(self, text: str) -> list[float]:
+        """The ``prompt_embedding=N`` observation coordinates of a prompt text (empty when N = 0)."""
         if self._projection is None:
             return []
         rows, vocab_mean = self._projection
-        centred = self.lm.prompt_embedding(self._prompt.text).astype(np.float64) - vocab_mean
+        centred = self.lm.prompt_embedding(text).astype(np.float64) - vocab_mean
         unit = centred / max(float(np.linalg.norm(centred)), 1e-12)
         return (rows @ unit * math.sqrt(rows.shape[1])).tolist()
 
@@ -251,7 +252,7 @@ class DynPruneEnv(gym.Env):
         ]
         if self.reward_fn.needs_budget:
             vec.append(float(self._budget_rel))
-        vec += self._embedding_features()
+        vec += self.embedding_coordinates(self._prompt.text)
         obs = np.clip(np.asarray(vec, dtype=np.float32), self.observation_space.low, self.observation_space.high)
         self._obs = obs
         return obs
