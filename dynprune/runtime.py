@@ -73,27 +73,41 @@ def teacher_forced_prefix(argmax_ids: Sequence[int], answer_ids: Sequence[int]) 
 
 @dataclass
 class ProfileCell:
-    """Prefill and per-token decode times of the full and pruned model for one (plan, length bucket)."""
+    """Prefill and per-token decode times of the full and pruned model for one (plan, length bucket).
 
-    full_prefill_s: float
-    full_per_token_s: float
-    pruned_prefill_s: float
-    pruned_per_token_s: float
+    ``samples`` holds every timed run pooled so far; the four times are their medians.
+    """
+
+    samples: list[tuple[float, float, float, float]]
+    """every run pooled so far: (full prefill, full per-token, pruned prefill, pruned per-token) seconds"""
     uses: int = 0
     cpu_util: float | None = None
     measured_at: float = field(default_factory=time.time)
     rounds: int = 1
-    samples: list[tuple[float, float, float, float]] = field(default_factory=list, repr=False)
-    """every run pooled so far: (full prefill, full per-token, pruned prefill, pruned per-token) seconds"""
+
+    def _median(self, i: int) -> float:
+        return statistics.median(s[i] for s in self.samples)
+
+    @property
+    def full_prefill_s(self) -> float:
+        return self._median(0)
+
+    @property
+    def full_per_token_s(self) -> float:
+        return self._median(1)
+
+    @property
+    def pruned_prefill_s(self) -> float:
+        return self._median(2)
+
+    @property
+    def pruned_per_token_s(self) -> float:
+        return self._median(3)
 
     def pool(self, other: ProfileCell) -> None:
-        """Add another measurement round; the times become the medians over every pooled run."""
+        """Add another measurement round's runs."""
         self.samples.extend(other.samples)
         self.rounds += other.rounds
-        med = statistics.median
-        self.full_prefill_s, self.full_per_token_s, self.pruned_prefill_s, self.pruned_per_token_s = (
-            med(s[i] for s in self.samples) for i in range(4)
-        )
 
     def speedup(self, n: int) -> float:
         """``T_full(n) / T_pruned(n) - 1`` for an answer of ``n`` tokens."""
@@ -162,16 +176,11 @@ class LatencyProfile:
             with lm.apply(plan):
                 pruned.append(lm.generate(prompt_ids, n, ignore_eos=True))
         self.measurements += 1
-        med = statistics.median
         return ProfileCell(
-            full_prefill_s=med(g.prefill_s for g in full),
-            full_per_token_s=med(g.per_token_s for g in full),
-            pruned_prefill_s=med(g.prefill_s for g in pruned),
-            pruned_per_token_s=med(g.per_token_s for g in pruned),
-            cpu_util=cpu_util,
             samples=[
                 (f.prefill_s, f.per_token_s, p.prefill_s, p.per_token_s) for f, p in zip(full, pruned, strict=True)
             ],
+            cpu_util=cpu_util,
         )
 
     def cell(self, plan: PruningPlan, prompt_ids: tuple[int, ...], cpu_util: float | None = None) -> ProfileCell:
