@@ -15,7 +15,10 @@ One loaded model, three steps:
    *inside* latency-profile measurements are not baseline work and are not in that share.
 2. **Offline training** (``agents.offline.train_offline``): the rows become a d3rlpy
    ``MDPDataset`` of one-step episodes; each of ``algos`` (CQL, BCQ, Double DQN, behaviour
-   cloning) is trained for ``steps`` gradient steps on it.
+   cloning) is trained for ``steps`` gradient steps on it. Under the ``latency_budget``
+   reward, ``relabel_budgets=K`` first copies every row under K budgets (the logged one and
+   K-1 drawn in the logs' budget span; ``offline_data.relabel``): a sweep sees one budget per
+   prompt, and the best action is a threshold rule on the budget.
 3. **Held-out evaluation**, the protocol of ``dynprune test`` (``agents.cli.evaluate``): on
    ``test_prompts`` prompts of the test split, every action is measured once per prompt
    with ``test_timing`` (default ``"live"``: a timed generation per action), and every agent
@@ -26,6 +29,9 @@ One loaded model, three steps:
 
 Run:
     python -m benchmarks.offline_rl                              # embedded SmolLM2-135M, ~10 min on 2 cores
+    python -m benchmarks.offline_rl --reward latency_budget --timing live --train-prompts 80 \
+        --test-prompts 60 --relabel-budgets 10 --steps 5000 \
+        --out benchmarks/results/offline_rl_budget_live.json      # the latency-budget claim, ~30 min
     python -m benchmarks.offline_rl --smoke --out /tmp/orl.json  # tiny random model, seconds
 
 Writes ``benchmarks/results/offline_rl.json`` and prints a table.
@@ -61,6 +67,7 @@ from dynprune.types import StepRecord
 from offline_data.cli import _quiet_d3rlpy
 from offline_data.dataset import META_FILE, load_logs, read_meta, shard_path, shard_paths, to_mdp_dataset
 from offline_data.explore import ExploreSummary, explore, prompt_ids_of
+from offline_data.relabel import relabel_budgets
 
 DEFAULT_OUT = "benchmarks/results/offline_rl.json"
 T = TypeVar("T")
@@ -100,6 +107,9 @@ class Args:
     """N > 0: the observation also carries N projected prompt-embedding coordinates (DynPrune-v0's option)"""
     steps: int = 3000
     """offline gradient steps per algorithm"""
+    relabel_budgets: int = 1
+    """latency_budget reward: the learners see every swept row under this many budgets, the logged one and
+    fresh draws in the logs' budget span (hindsight relabelling, offline_data.relabel); 1 = as logged"""
     algos: str = "cql,bcq,ddqn,bc"
     """offline algorithms, comma-separated (cql, bcq, ddqn, bc)"""
     seed: int = 0
@@ -125,12 +135,15 @@ class Args:
             self.max_new_tokens = min(self.max_new_tokens, 4)
             self.profile_tokens, self.profile_repeats = 2, 1
         for name in ("train_prompts", "test_prompts", "max_new_tokens", "profile_tokens", "profile_repeats",
-                     "steps", "workers"):
+                     "steps", "workers", "relabel_budgets"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("timing", "test_timing"):
             if getattr(self, name) not in TIMINGS:
                 raise ValueError(f"{name} must be one of {TIMINGS}, got {getattr(self, name)!r}")
+        if self.relabel_budgets > 1 and self.reward != "latency_budget":
+            raise ValueError(f"relabel_budgets > 1 needs reward latency_budget (the budget is what is relabelled), "
+                             f"got reward {self.reward!r}")
         unknown = [a for a in self.algo_list if a not in ALGOS]
         if unknown or not self.algo_list:
             raise ValueError(f"algos must name some of {sorted(ALGOS)}, got {self.algos!r}")
@@ -349,6 +362,9 @@ def make_claim(table: dict[str, Any], per_prompt: list[dict[str, Any]]) -> dict[
     # paired: both picks were measured on the same prompt, so compare prompt by prompt
     static_action = per_prompt[0]["picks"][best_static]
     diffs = [p["rewards"][p["picks"]["offline-cql"]] - p["rewards"][static_action] for p in per_prompt]
+    # 95 % percentile bootstrap over prompts of the paired mean difference (seeded: the same JSON gives the same CI)
+    rng = np.random.default_rng(0)
+    boot = rng.choice(np.asarray(diffs), size=(10_000, len(diffs)), replace=True).mean(axis=1)
     claim.update(
         cql_beats_random=cql["mean_reward"] > table["random"]["mean_reward"],
         cql_beats_best_static=cql["mean_reward"] > statics[best_static]["mean_reward"],
@@ -359,6 +375,7 @@ def make_claim(table: dict[str, Any], per_prompt: list[dict[str, Any]]) -> dict[
             "ties": sum(d == 0 for d in diffs),
             "losses": sum(d < 0 for d in diffs),
             "mean_diff": statistics.fmean(diffs),
+            "mean_diff_ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
         },
     )
     return claim
@@ -399,6 +416,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ds = load_logs(logs_dir)
     wanted = set(prompt_ids)
     ds = ds.select([i for i, pid in enumerate(ds["prompt_id"]) if pid in wanted])
+    logged_rows = len(ds)
+    if args.relabel_budgets > 1:
+        ds = relabel_budgets(ds, meta["observation_names"], args.relabel_budgets, seed=args.seed)
     mdp = to_mdp_dataset(ds, n_actions=n_actions)
     if lm is None:
         lm = load_model(args.model, device=args.device)
@@ -441,7 +461,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "logs_dir": str(logs_dir),
         "action_names": list(core.action_names),
         "sweep": sweep,
-        "dataset": {"rows": len(ds), "transitions": int(mdp.transition_count), "n_actions": n_actions},
+        "dataset": {"logged_rows": logged_rows, "rows": len(ds), "relabel_budgets": args.relabel_budgets,
+                    "transitions": int(mdp.transition_count), "n_actions": n_actions},
         "training": training,
         "test": {"prompts": len(per_prompt), "timing": args.test_timing, "seconds": test_s},
         "agents": [{"agent": name, **row} for name, row in table.items()],
@@ -486,6 +507,11 @@ def print_table(result: dict[str, Any]) -> None:
     c = result["claim"]
     print(f"\nclaim: cql beats random: {c['cql_beats_random']}; cql beats best static ({c['best_static']}): "
           f"{c['cql_beats_best_static']}; cql beats random (expected): {c['cql_beats_random_expected']}")
+    paired = c.get("cql_vs_best_static_per_prompt")
+    if paired:
+        lo, hi = paired.get("mean_diff_ci95", (float("nan"), float("nan")))
+        print(f"cql - best static per prompt: {paired['mean_diff']:+.3f} (95 % bootstrap CI {lo:+.3f} .. {hi:+.3f}); "
+              f"wins/ties/losses {paired['wins']}/{paired['ties']}/{paired['losses']}")
 
 
 if __name__ == "__main__":

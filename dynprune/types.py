@@ -252,9 +252,12 @@ class StepRecord:
         baseline_ppl, pruned_ppl: Perplexity of the full model's answer under each model.
         ppl_change: ``pruned_ppl / baseline_ppl - 1``.
         fidelity: Token agreement of the pruned output (or teacher-forced argmax) with the full model's answer.
+        prefix_fidelity: Share of the full answer reproduced before the first different token (what the
+            rewards see as fidelity: teacher-forced scoring measures it exactly as a generation does).
         task_score: Gold-answer / function-call score when the prompt has ground truth, else None.
         kept_fraction: Fraction of per-token matmul FLOPs kept by the plan.
         reward: Reward of the step.
+        budget_s: Latency budget of the step (load factor applied, like ``pruned_latency_s``), or None.
         terminated: The episode ended at this step (e.g. CASRAP early termination).
         observation: The observation the agent acted on.
         agent: Name of the agent that chose the action.
@@ -286,6 +289,8 @@ class StepRecord:
     terminated: bool
     observation: tuple[float, ...] = ()
     agent: str = ""
+    prefix_fidelity: float | None = None
+    budget_s: float | None = None
 
 
 @dataclass(frozen=True)

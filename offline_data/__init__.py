@@ -6,8 +6,9 @@
 - :mod:`offline_data.dataset`: the shard schema, :func:`load_logs` / :func:`check_logs`
   (a damaged shard is reported by name, the others stay usable) and
   :func:`to_mdp_dataset` (d3rlpy ``MDPDataset`` of one-step episodes).
+- :mod:`offline_data.relabel`: latency-budget rows under more budgets (hindsight relabelling).
 - :mod:`offline_data.prefs`: winner/loser pairs of layer sets for preference training.
-- :mod:`offline_data.cli`: ``dynprune explore | prefs | offline``.
+- :mod:`offline_data.cli`: ``dynprune explore | relabel | prefs | minari | offline``.
 
 The names below are imported on first access, so ``import offline_data`` loads neither
 ``datasets`` nor torch.
@@ -28,7 +29,10 @@ _LAZY = {
     "LOG_FEATURES": "offline_data.dataset",
     "check_logs": "offline_data.dataset",
     "load_logs": "offline_data.dataset",
+    "read_meta": "offline_data.dataset",
     "to_mdp_dataset": "offline_data.dataset",
+    "budget_span": "offline_data.relabel",
+    "relabel_budgets": "offline_data.relabel",
     "preference_pairs": "offline_data.prefs",
 }
 

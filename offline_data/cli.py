@@ -158,6 +158,8 @@ def run_config(meta: dict[str, Any], args: argparse.Namespace, agent_name: str) 
         "prompt_embedding": env.get("prompt_embedding", 0),
         "train_prompts": None,
         "test_prompts": args.test_prompts,
+        "relabel_budgets": getattr(args, "relabel_budgets", None),
+        "budget_range": getattr(args, "budget_range", None),
         # adapters the logs were explored with (the held-out env must attach the same ones)
         "adapters": meta["settings"]["explore"].get("adapters"),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -187,6 +189,14 @@ def cmd_offline(args: argparse.Namespace) -> int:
     agent_name = f"offline-{args.algo}"
     cfg = run_config(meta, args, agent_name)
     ds = load_logs(args.logs)
+    if args.relabel_budgets is not None:
+        from offline_data.relabel import relabel_budgets
+
+        logged = len(ds)
+        ds = relabel_budgets(ds, meta["observation_names"], args.relabel_budgets,
+                             budget_range=tuple(args.budget_range) if args.budget_range else None, seed=args.seed)
+        print(f"[offline] relabelled {logged} logged rows under {args.relabel_budgets} budgets each: {len(ds)} rows",
+              flush=True)
     mdp = to_mdp_dataset(ds, n_actions=int(meta["n_actions"]))
     cfg["transitions"] = int(mdp.transition_count)
     run_dir = Path(args.run_dir)
@@ -273,6 +283,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-timing", choices=("profiled", "live"), default="live", help="timing of dynprune test")
     p.add_argument("--test-prompts", type=int, default=None, help="random subset of the test split for dynprune test")
+    p.add_argument("--relabel-budgets", type=int, default=None, metavar="K",
+                   help="latency_budget logs: learn from every row under K budgets (the logged one and K-1 fresh "
+                        "draws; hindsight relabelling, offline_data.relabel)")
+    p.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="range of the fresh budgets of --relabel-budgets (default: the logs' smallest and largest)")
     p.add_argument("--test", action="store_true", help="evaluate on the held-out prompts right after training")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     p.set_defaults(fn=cmd_offline)

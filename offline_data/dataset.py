@@ -24,10 +24,15 @@ Row schema (:data:`LOG_FEATURES`):
 | tokens_per_s         | float64       | pruned throughput (baseline: ``baseline_tokens_per_s``)    |
 | ppl, ppl_change      | float64       | perplexity of the full model's answer, relative change     |
 | fidelity             | float64       | agreement with the full model's answer                     |
+| prefix_fidelity      | float64, null | share of the full answer before the first difference (the rewards' fidelity) |
 | task_score           | float64, null | gold-answer score, null when the prompt has none (or profiled) |
 | speedup              | float64       | ``baseline_latency / pruned_latency - 1``                  |
 | kept_fraction        | float64       | fraction of matmul FLOPs kept                              |
 | reward               | float64       | the env's reward for this configuration                    |
+| budget_s             | float64, null | latency budget of the row (latency_budget reward), else null |
+
+``prefix_fidelity`` and ``budget_s`` came after the first format: shards without them
+still read, with nulls there (:data:`OPTIONAL_COLUMNS`).
 | baseline_ppl         | float64       | perplexity of the full model's answer under the full model |
 | strategy             | string        | ``"dfs"``, ``"random"`` or ``"sweep"``                     |
 | order                | int32         | visit order of the configuration within its prompt         |
@@ -53,6 +58,7 @@ from dynprune.fileio import atomic_path, atomic_write_text
 __all__ = [
     "LOG_FEATURES",
     "META_FILE",
+    "OPTIONAL_COLUMNS",
     "SHARD_PREFIX",
     "check_logs",
     "load_logs",
@@ -80,10 +86,12 @@ LOG_FEATURES = datasets.Features(
         "ppl": datasets.Value("float64"),
         "ppl_change": datasets.Value("float64"),
         "fidelity": datasets.Value("float64"),
+        "prefix_fidelity": datasets.Value("float64"),
         "task_score": datasets.Value("float64"),
         "speedup": datasets.Value("float64"),
         "kept_fraction": datasets.Value("float64"),
         "reward": datasets.Value("float64"),
+        "budget_s": datasets.Value("float64"),
         "baseline_latency_s": datasets.Value("float64"),
         "baseline_tokens_per_s": datasets.Value("float64"),
         "baseline_ppl": datasets.Value("float64"),
@@ -91,6 +99,9 @@ LOG_FEATURES = datasets.Features(
         "order": datasets.Value("int32"),
     }
 )
+
+#: Columns added after the first log format: a shard without them still reads, with nulls there.
+OPTIONAL_COLUMNS = ("prefix_fidelity", "budget_s")
 
 #: Settings file of a log directory.
 META_FILE = "meta.json"
@@ -190,6 +201,9 @@ def read_meta(log_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def _read_shard(path: Path) -> pa.Table:
     """Read one shard and cast it to the log schema; raises on a damaged or foreign file."""
     table = pq.read_table(path)
+    for name in OPTIONAL_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, type=LOG_FEATURES[name].pa_type))
     missing = sorted(set(LOG_FEATURES) - set(table.column_names))
     if missing:
         raise ValueError(f"missing columns {missing}")

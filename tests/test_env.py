@@ -214,3 +214,24 @@ def test_latency_budget_is_relative_to_the_full_model_under_the_same_load(tiny_l
         assert obs[env.unwrapped.observation_names.index("latency_budget")] == pytest.approx(rel)
         _, reward, _, _, info = env.step(0)  # "none": the full model, quality 1
         assert (reward == pytest.approx(1.0)) is met, (rel, reward)
+
+
+def test_seeded_resets_draw_the_budget_independently_of_the_scenario(tiny_lm32):
+    """The monitor's stream is a child of the env's seed: a seeded reset's scenario does not decide its budget.
+
+    Before, both were seeded PCG64 streams of the same seed, so every seeded reset (the sweep seeds one per
+    prompt) drew the scenario and the budget from the same first number: each scenario got a fifth of the range.
+    """
+    env = make(tiny_lm32, reward="latency_budget", budget_range=(0.8, 1.2))
+    core = env.unwrapped
+    i = core.observation_names.index("latency_budget")
+    draws: dict[str, list[float]] = {}
+    for seed in range(150):
+        obs, info = env.reset(seed=seed)
+        draws.setdefault(info["scenario"], []).append(float(obs[i]) / core.monitor.budget_scale)
+    assert len(draws) == 5
+    for scenario, u in draws.items():
+        assert len(u) >= 10, (scenario, len(u))
+        assert min(u) >= 0.8 - 1e-6 and max(u) <= 1.2 + 1e-6
+        # uniform on 0.8-1.2 within every scenario: ~30 draws span most of the range, not a fifth of it
+        assert max(u) - min(u) > 0.25, (scenario, min(u), max(u))
