@@ -67,7 +67,7 @@ from dynprune.types import StepRecord
 from offline_data.cli import _quiet_d3rlpy
 from offline_data.dataset import META_FILE, load_logs, read_meta, shard_path, shard_paths, to_mdp_dataset
 from offline_data.explore import ExploreSummary, explore, prompt_ids_of
-from offline_data.relabel import relabel_budgets
+from offline_data.relabel import budget_span, relabel_budgets
 
 DEFAULT_OUT = "benchmarks/results/offline_rl.json"
 T = TypeVar("T")
@@ -325,6 +325,7 @@ def evaluate_agents(
         per_prompt.append(
             {
                 "prompt_id": info["prompt_id"],
+                "observation": [float(x) for x in obs],  # what every agent acted on (names: observation_names)
                 "rewards": rewards.tolist(),
                 "speedups": [r.speedup for r in table],
                 "fidelities": [r.fidelity for r in table],
@@ -417,8 +418,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wanted = set(prompt_ids)
     ds = ds.select([i for i, pid in enumerate(ds["prompt_id"]) if pid in wanted])
     logged_rows = len(ds)
+    span = budget_span(ds, meta["observation_names"]) if args.reward == "latency_budget" else None
     if args.relabel_budgets > 1:
-        ds = relabel_budgets(ds, meta["observation_names"], args.relabel_budgets, seed=args.seed)
+        ds = relabel_budgets(ds, meta["observation_names"], args.relabel_budgets, budget_range=span, seed=args.seed)
     mdp = to_mdp_dataset(ds, n_actions=n_actions)
     if lm is None:
         lm = load_model(args.model, device=args.device)
@@ -461,7 +463,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "logs_dir": str(logs_dir),
         "action_names": list(core.action_names),
         "sweep": sweep,
+        "observation_names": list(meta["observation_names"]),
         "dataset": {"logged_rows": logged_rows, "rows": len(ds), "relabel_budgets": args.relabel_budgets,
+                    "logged_budget_span": span,
                     "transitions": int(mdp.transition_count), "n_actions": n_actions},
         "training": training,
         "test": {"prompts": len(per_prompt), "timing": args.test_timing, "seconds": test_s},

@@ -102,7 +102,7 @@ def relabel_budgets(
     reward = reward if reward is not None else LatencyBudgetReward()
     rows = ds.to_list()
     for row in rows:
-        if row["task_score"] is None and row["prefix_fidelity"] is None:
+        if _task_score(row) is None and row["prefix_fidelity"] is None:
             raise ValueError(
                 f"row of prompt {row['prompt_id']!r} ({row['action_name']}) has neither a task score nor a prefix "
                 "fidelity: logs written before prefix fidelity was logged cannot be relabelled; explore again"
@@ -131,13 +131,16 @@ def relabel_row(
     i_budget = _budget_index(observation_names)
     reward = reward if reward is not None else LatencyBudgetReward()
     budget_s = float(row["baseline_latency_s"]) * budget
-    task = row["task_score"]
+    task = _task_score(row)
+    if task is None and row["prefix_fidelity"] is None:
+        raise ValueError(f"row of prompt {row['prompt_id']!r} has neither a task score nor a prefix fidelity")
     outcome = Outcome(
         speedup=float(row["speedup"]),
         baseline_ppl=float(row["baseline_ppl"]),
         pruned_ppl=float(row["ppl"]),
-        fidelity=float(row["prefix_fidelity"]) if row["prefix_fidelity"] is not None else 0.0,
-        task_score=None if task is None or (isinstance(task, float) and math.isnan(task)) else float(task),
+        # the reward's quality is the task score when there is one; fidelity is then not read
+        fidelity=float(row["prefix_fidelity"]) if row["prefix_fidelity"] is not None else float("nan"),
+        task_score=task,
         kept_fraction=float(row["kept_fraction"]),
         latency_s=float(row["latency_s"]),
         budget_s=budget_s,
@@ -146,3 +149,9 @@ def relabel_row(
     observation = list(row["observation"])
     observation[i_budget] = budget
     return {**row, "observation": observation, "budget_s": budget_s, "reward": float(value)}
+
+
+def _task_score(row: dict[str, Any]) -> float | None:
+    """The row's task score, None when it has none (null, or NaN from a pandas round trip)."""
+    task = row["task_score"]
+    return None if task is None or math.isnan(float(task)) else float(task)
