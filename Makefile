@@ -5,7 +5,7 @@ setup:
 	bash scripts/setup.sh
 
 run: setup
-	.venv/bin/dynprune demo
+	.venv/bin/dynprune main
 
 test: setup
 	.venv/bin/python -m pytest -q
