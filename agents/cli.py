@@ -46,6 +46,7 @@ def _env_kwargs(cfg: dict[str, Any], split: str) -> dict[str, Any]:
         "profile": ProfileConfig(new_tokens=cfg["profile_tokens"], repeats=cfg["profile_repeats"]),
         # runs written before the option existed had no embedding in the observation
         "prompt_embedding": cfg.get("prompt_embedding", 0),
+        **({"budget_range": tuple(cfg["budget_range"])} if cfg.get("budget_range") else {}),
     }
 
 
@@ -267,6 +268,8 @@ def _add_run_args(p: argparse.ArgumentParser, episodes: int, train_prompts: int 
     p.add_argument("--profile-repeats", type=int, default=2)
     p.add_argument("--prompt-embedding", type=int, default=0, metavar="N",
                    help="append N projected prompt-embedding coordinates to the observation")
+    p.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="latency_budget reward: budget / full-model latency drawn from this range (default 0.8 1.2)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")

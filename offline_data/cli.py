@@ -43,6 +43,8 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "profile": ProfileConfig(new_tokens=args.profile_tokens, repeats=args.profile_repeats),
         "prompt_embedding": args.prompt_embedding,
     }
+    if args.budget_range is not None:
+        kwargs["budget_range"] = tuple(args.budget_range)
     if args.prompt_source != "dynprune":
         kwargs["prompts"] = args.prompt_source
     return kwargs
@@ -159,7 +161,9 @@ def run_config(meta: dict[str, Any], args: argparse.Namespace, agent_name: str) 
         "train_prompts": None,
         "test_prompts": args.test_prompts,
         "relabel_budgets": getattr(args, "relabel_budgets", None),
-        "budget_range": getattr(args, "budget_range", None),
+        "relabel_range": getattr(args, "relabel_range", None),
+        # the held-out env draws budgets as the logs' env did
+        "budget_range": list(env["budget_range"]) if env.get("budget_range") is not None else None,
         # adapters the logs were explored with (the held-out env must attach the same ones)
         "adapters": meta["settings"]["explore"].get("adapters"),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -194,7 +198,7 @@ def cmd_offline(args: argparse.Namespace) -> int:
 
         logged = len(ds)
         ds = relabel_budgets(ds, meta["observation_names"], args.relabel_budgets,
-                             budget_range=tuple(args.budget_range) if args.budget_range else None, seed=args.seed)
+                             budget_range=tuple(args.relabel_range) if args.relabel_range else None, seed=args.seed)
         print(f"[offline] relabelled {logged} logged rows under {args.relabel_budgets} budgets each: {len(ds)} rows",
               flush=True)
     mdp = to_mdp_dataset(ds, n_actions=int(meta["n_actions"]))
@@ -255,6 +259,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--profile-repeats", type=int, default=2)
     p.add_argument("--prompt-embedding", type=int, default=0, metavar="N",
                    help="append N projected prompt-embedding coordinates to the observation")
+    p.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="latency_budget reward: budget / full-model latency drawn from this range (default 0.8 1.2)")
     p.set_defaults(fn=cmd_explore)
 
     p = sub.add_parser("prefs", help="preference pairs of layer sets from logged exploration")
@@ -286,7 +292,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--relabel-budgets", type=int, default=None, metavar="K",
                    help="latency_budget logs: learn from every row under K budgets (the logged one and K-1 fresh "
                         "draws; hindsight relabelling, offline_data.relabel)")
-    p.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+    p.add_argument("--relabel-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="range of the fresh budgets of --relabel-budgets (default: the logs' smallest and largest)")
     p.add_argument("--test", action="store_true", help="evaluate on the held-out prompts right after training")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")

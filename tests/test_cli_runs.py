@@ -73,3 +73,32 @@ def test_test_without_agent_is_a_clear_error(tmp_path, capsys):
 def test_bad_arguments_exit_nonzero(tmp_path, bad):
     with pytest.raises(SystemExit):
         run("train", "--run-dir", str(tmp_path / "r"), *bad)
+
+
+def test_budget_range_reaches_the_train_and_test_envs(tmp_path):
+    from agents.cli import _make_env
+
+    run_dir = tmp_path / "budget"
+    argv = [a if a != "proxy" else "latency_budget" for a in TINY]
+    assert run("train", "--run-dir", str(run_dir), "--episodes", "4", "--budget-range", "0.9", "0.95", *argv) == 0
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["budget_range"] == [0.9, 0.95]
+    for split in ("train", "test"):
+        env = _make_env(cfg, split)
+        assert env.unwrapped.budget_range == (0.9, 0.95)
+        obs, _ = env.reset(seed=0)
+        budget = obs[env.unwrapped.observation_names.index("latency_budget")] / env.unwrapped.monitor.budget_scale
+        assert 0.9 - 1e-6 <= budget <= 0.95 + 1e-6
+
+
+def test_explore_budget_range_is_in_the_logs_settings_and_the_offline_run(tmp_path):
+    logs = tmp_path / "logs"
+    assert run("explore", "--strategy", "sweep", "--out", str(logs), "--model", "tiny-llama", "--prompts", "1",
+               "--max-new-tokens", "3", "--profile-tokens", "2", "--profile-repeats", "1",
+               "--reward", "latency_budget", "--budget-range", "0.85", "1.1") == 0
+    meta = json.loads((logs / "meta.json").read_text())
+    assert meta["settings"]["env"]["budget_range"] == [0.85, 1.1]
+    run_dir = tmp_path / "run"
+    assert run("offline", "--logs", str(logs), "--algo", "bc", "--run-dir", str(run_dir), "--steps", "2",
+               "--batch-size", "4") == 0
+    assert json.loads((run_dir / "config.json").read_text())["budget_range"] == [0.85, 1.1]

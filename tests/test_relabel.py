@@ -154,11 +154,12 @@ def test_offline_command_relabels_budgets(budget_logs, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = build_parser().parse_args(["offline", "--logs", str(budget_logs), "--algo", "cql", "--run-dir", str(run_dir),
                                  "--steps", "4", "--batch-size", "8", "--relabel-budgets", "3",
-                                 "--budget-range", "0.8", "1.2"])
+                                 "--relabel-range", "0.8", "1.2"])
     assert args.fn(args) == 0
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["transitions"] == 3 * 3 * N_ACTIONS
-    assert cfg["relabel_budgets"] == 3 and cfg["budget_range"] == [0.8, 1.2]
+    assert cfg["relabel_budgets"] == 3 and cfg["relabel_range"] == [0.8, 1.2]
+    assert cfg["budget_range"] == [0.8, 1.2]  # the env default the logs were drawn with, for dynprune test
     assert "relabelled 30 logged rows under 3 budgets each: 90 rows" in capsys.readouterr().out
 
 
