@@ -89,7 +89,7 @@ def relabel_budgets(
     Raises:
         ValueError: ``budgets_per_row < 1``, a bad ``budget_range``, observations without a
             budget field, or a row without ``prefix_fidelity`` and task score (logs written
-            before prefix fidelity was logged: explore again).
+            before prefix fidelity was logged: explore again; :func:`relabel_row` says which).
     """
     if budgets_per_row < 1:
         raise ValueError(f"budgets_per_row must be >= 1, got {budgets_per_row}")
@@ -101,12 +101,6 @@ def relabel_budgets(
         raise ValueError(f"budget_range must satisfy 0 < low <= high <= 2, got {(lo, hi)}")
     reward = reward if reward is not None else LatencyBudgetReward()
     rows = ds.to_list()
-    for row in rows:
-        if _task_score(row) is None and row["prefix_fidelity"] is None:
-            raise ValueError(
-                f"row of prompt {row['prompt_id']!r} ({row['action_name']}) has neither a task score nor a prefix "
-                "fidelity: logs written before prefix fidelity was logged cannot be relabelled; explore again"
-            )
     prompt_ids = sorted({row["prompt_id"] for row in rows})
     rng = np.random.default_rng(seed)
     # (copy, prompt) -> budget; drawn in a fixed order so the result does not depend on row order
@@ -133,7 +127,10 @@ def relabel_row(
     budget_s = float(row["baseline_latency_s"]) * budget
     task = _task_score(row)
     if task is None and row["prefix_fidelity"] is None:
-        raise ValueError(f"row of prompt {row['prompt_id']!r} has neither a task score nor a prefix fidelity")
+        raise ValueError(
+            f"row of prompt {row['prompt_id']!r} ({row['action_name']}) has neither a task score nor a prefix "
+            "fidelity: logs written before prefix fidelity was logged cannot be relabelled; explore again"
+        )
     outcome = Outcome(
         speedup=float(row["speedup"]),
         baseline_ppl=float(row["baseline_ppl"]),
