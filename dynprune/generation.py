@@ -8,14 +8,37 @@ model's forward with transformers' own ``DynamicCache``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import Cache, DynamicCache
 
 from dynprune.metrics import Timer, perplexity
 from dynprune.types import ScoreResult
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The name under which ``model.forward`` takes a KV cache object.
+
+    transformers 5.24 renamed ``past_key_values=`` to ``cache=`` (the old name warns and goes
+    in 5.40); earlier 5.x releases (5.17 on the GPU image, for one) only know the old name.
+    """
+    return _cache_keyword(type(model))
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def forward_with_cache(model: nn.Module, input_ids: torch.Tensor, cache: Cache, **kwargs: object) -> torch.Tensor:
+    """Run ``model`` on ``input_ids`` through ``cache`` (updated in place); return the logits."""
+    kwargs[cache_keyword(model)] = cache
+    return model(input_ids=input_ids, use_cache=True, **kwargs).logits
 
 
 def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
@@ -54,7 +77,7 @@ def decode(
     cache = DynamicCache(config=model.config)
     out: list[int] = []
     with Timer(device) as prefill:
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = forward_with_cache(model, ids, cache, logits_to_keep=1)
         token = _pick(logits[0, -1], temperature, generator)
     produced = 1
     with Timer(device) as rest:
@@ -63,7 +86,7 @@ def decode(
             if len(out) >= max_new_tokens:
                 break
             step = torch.tensor([[token]], dtype=torch.long, device=device)
-            logits = model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            logits = forward_with_cache(model, step, cache, logits_to_keep=1)
             token = _pick(logits[0, -1], temperature, generator)
             produced += 1
     return out, produced, prefill.seconds, rest.seconds
@@ -120,13 +143,13 @@ def decode_and_score(
     cache = DynamicCache(config=model.config)
     out: list[int] = []
     with Timer(device) as prefill:
-        first_logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+        first_logits = forward_with_cache(model, ids, cache, logits_to_keep=1)[0, -1]
         token = int(first_logits.argmax(-1))
     with Timer(device) as rest:
         out.append(token)
         while len(out) < n_tokens:
             step = torch.tensor([[token]], dtype=torch.long, device=device)
-            logits = model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            logits = forward_with_cache(model, step, cache, logits_to_keep=1)
             token = int(logits[0, -1].argmax(-1))
             out.append(token)
     t0 = Timer(device)
@@ -137,7 +160,7 @@ def decode_and_score(
         target = torch.tensor(list(target_ids), dtype=torch.long, device=device)
         rows = [first_logits[None].float()]
         if len(target_ids) > 1:
-            rest_logits = model(input_ids=target[None, :-1], past_key_values=cache, use_cache=True).logits[0]
+            rest_logits = forward_with_cache(model, target[None, :-1], cache)[0]
             rows.append(rest_logits.float())
         logits = torch.cat(rows, dim=0)
         logprobs = torch.log_softmax(logits, dim=-1)

