@@ -189,6 +189,23 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
+def find_sidecar(path: str | Path) -> Path:
+    """The sidecar of an agent saved at ``path``, also when ``path`` names the file ``save`` wrote.
+
+    ``agent.save("x")`` of an SB3 agent writes ``x.zip`` and ``x.agent.json``; a user then naturally
+    loads ``"x.zip"``, whose own sidecar name would be ``x.zip.agent.json``. So when that does not
+    exist, the sidecar of the path without its suffix is the one. Returns the first that exists, else
+    ``sidecar_path(path)``.
+    """
+    path = Path(path)
+    first = sidecar_path(path)
+    if not first.is_file() and path.suffix and not path.name.endswith(SIDECAR_SUFFIX):
+        stem = sidecar_path(path.with_suffix(""))
+        if stem.is_file():
+            return stem
+    return first
+
+
 def write_sidecar(path: str | Path, kind: str, kwargs: Mapping[str, Any]) -> Path:
     """Write the JSON sidecar of an agent saved at ``path``.
 
@@ -222,7 +239,7 @@ def read_sidecar(path: str | Path) -> tuple[str, dict[str, Any]]:
         FileNotFoundError: no sidecar at ``sidecar_path(path)``.
         ValueError: the file is not a dynprune agent sidecar of a known format.
     """
-    target = sidecar_path(path)
+    target = find_sidecar(path)
     if not target.is_file():
         raise FileNotFoundError(f"no agent sidecar at {target} (expected the file written by agent.save({path!s}))")
     try:

@@ -29,7 +29,7 @@ import torch as th
 from stable_baselines3 import DQN
 from torch.nn import functional as F
 
-from agents.base import read_sidecar, sidecar_path, write_sidecar
+from agents.base import find_sidecar, read_sidecar, write_sidecar
 
 
 def _check_targets_args(rewards: th.Tensor, dones: th.Tensor, *q_next: th.Tensor) -> None:
@@ -397,6 +397,6 @@ class SB3Agent:
         algo = kwargs.get("algo")
         if algo not in _ALGOS:
             raise ValueError(f"sidecar of {path!s} names algo {algo!r}, expected one of {sorted(_ALGOS)}")
-        zip_path = sidecar_path(path).parent / kwargs["model_file"]
+        zip_path = find_sidecar(path).parent / kwargs["model_file"]
         model = _ALGOS[algo].load(zip_path, env=env, device=device)
         return cls(model, name=kwargs.get("name"))

@@ -66,8 +66,6 @@ class DynPruneLayersEnv(DynPruneEnv):
     def __init__(self, use_adapters: bool = True, **kwargs: Any) -> None:
         if "action_table" in kwargs:
             raise ValueError("DynPruneLayers-v0 has no action table (its action is a layer mask); drop action_table")
-        if kwargs.get("render_mode") is not None:
-            raise ValueError(f"DynPruneLayers-v0 has no render modes, got {kwargs['render_mode']!r}")
         super().__init__(**kwargs)
         self.use_adapters = bool(use_adapters)
         self.num_layers = int(self.lm.geometry.num_layers)
@@ -126,8 +124,13 @@ class DynPruneLayersEnv(DynPruneEnv):
             "DynPruneLayers-v0 has 2^L actions and no table; measure masks with record_plan(env.mask_plan(mask))"
         )
 
+    def _info(self, record: Any = None, **step_info: Any) -> dict[str, Any]:
+        """DynPrune-v0's info plus ``layers``: the step's mask over ``layer_ids`` (zeros after ``reset``)."""
+        step_info.setdefault("layers", np.zeros(len(self.layer_ids), dtype=np.int8))
+        return super()._info(record, **step_info)
+
     # ---------------------------------------------------------------- gym API
     def step(self, action: Any):  # noqa: ANN201
         """Apply the mask's plan to the current prompt, measure, reward, restore."""
         plan = self.mask_plan(action)
-        return self._step(-1, plan, plan.describe(), layers=[int(i) for i in plan.removed_layers])
+        return self._step(-1, plan, plan.describe(), layers=self.layers_to_action(plan.removed_layers))
