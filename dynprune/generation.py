@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -71,6 +72,8 @@ def decode(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     device = next(model.parameters()).device
     eos = set() if ignore_eos else set(eos_ids)
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
@@ -141,6 +144,12 @@ def decode_and_score(
     device = next(model.parameters()).device
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     cache = DynamicCache(config=model.config)
+    if hasattr(cache, "activate_past_recording"):
+        # Sliding-window layers (Mistral, Qwen2/3 windows) drop states older than the window, and once
+        # prompt + answer pass it ``crop`` cannot roll back (transformers cache_utils:
+        # DynamicSlidingWindowLayer.crop raises); recording keeps them until the crop below. The
+        # states attention sees, and so the logits, are the same.
+        cache.activate_past_recording()
     out: list[int] = []
     with Timer(device) as prefill:
         first_logits = forward_with_cache(model, ids, cache, logits_to_keep=1)[0, -1]

@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from dynprune.pruning import (
     build_head_slice,
     build_layer_stack,
 )
-from dynprune.types import GenerationResult, Importance, ModelGeometry, PromptFeatures, ScoreResult
+from dynprune.types import GenerationResult, Importance, ModelGeometry, Prompt, PromptFeatures, ScoreResult
 
 log = logging.getLogger(__name__)
 
@@ -219,14 +219,118 @@ def _check_architecture(config: Any, spec: str) -> None:
         )
 
 
+#: Files that hold a Hugging Face model's weights (any one will do; shards come with an index).
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+#: Files of which a tokenizer is loaded (any one will do).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+#: Attention layer types whose mask, cache slot and window dynprune keeps per layer under a plan.
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line (transformers' messages span several)."""
+    return " ".join(str(error).split())[:400] or type(error).__name__
+
+
+def _check_model_folder(folder: Path, spec: str) -> None:
+    """Refuse a model folder that cannot load, before transformers tries: bad config, no weights, no tokenizer."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"model folder {spec!r} has no config.json; expected a Hugging Face model folder")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{config_path} line {e.lineno} column {e.colno}: not valid JSON ({e.msg}); "
+            "restore the file from the model's source"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{config_path} is not UTF-8 text ({e.reason}); restore the file from the model's source"
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} holds a JSON {type(config).__name__}, expected an object of config fields")
+    if "model_type" not in config:
+        raise ValueError(
+            f"{config_path} has no 'model_type'; dynprune supports {', '.join(SUPPORTED_MODEL_TYPES)} models "
+            '(e.g. "model_type": "llama")'
+        )
+    if config["model_type"] not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model {spec!r} has architecture {config['model_type']!r} ({config_path}); dynprune supports "
+            f"decoder-only {', '.join(SUPPORTED_MODEL_TYPES)} models"
+        )
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        raise ValueError(
+            f"model folder {spec!r} holds no weights (model.safetensors or pytorch_model.bin); "
+            "save them there with model.save_pretrained(folder)"
+        )
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(
+            f"model folder {spec!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+            "save one there with tokenizer.save_pretrained(folder)"
+        )
+
+
 def _load_pretrained(path: str | Path, dtype: torch.dtype, spec: str) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(path)
+    if Path(path).is_dir():
+        _check_model_folder(Path(path), spec)
+    # transformers reports bad inputs as OSError / ValueError / TypeError with multi-line messages;
+    # each becomes one line that names the model and what failed.
+    try:
+        from huggingface_hub.errors import StrictDataclassError  # a config value of the wrong type
+    except ImportError:  # older huggingface_hub
+        StrictDataclassError = ValueError  # noqa: N806
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError, StrictDataclassError) as e:
+        raise ValueError(f"cannot read the config of model {spec!r}: {_one_line(e)}") from e
     _check_architecture(config, spec)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"cannot load the tokenizer of model {spec!r}: {_one_line(e)}") from e
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise ValueError(f"cannot load the weights of model {spec!r}: {_one_line(e)}") from e
     return model, tokenizer
+
+
+def _check_layer_layout(model: nn.Module, spec: str) -> None:
+    """Refuse a per-layer attention layout that a plan could not keep layer by layer.
+
+    Under a plan every kept layer must keep its own mask, cache slot and window
+    (dynprune.pruning.layers): that holds when ``config.layer_types`` only holds full and
+    sliding layers and each attention module carries its own window (Qwen2 / Qwen3 set
+    ``self_attn.sliding_window`` from their layer type); Mistral's window is one for all layers.
+    """
+    config = model.config
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        return
+    layers = model.model.layers
+    if len(types) != len(layers):
+        raise ValueError(
+            f"model {spec!r}: config.layer_types has {len(types)} entries for {len(layers)} decoder layers"
+        )
+    for i, (kind, layer) in enumerate(zip(types, layers, strict=True)):
+        if kind not in LAYER_TYPES:
+            raise ValueError(
+                f"model {spec!r}: layer {i} has type {kind!r} (config.layer_types); dynprune prunes models whose "
+                f"layers are {' or '.join(LAYER_TYPES)} only"
+            )
+        window = getattr(layer.self_attn, "sliding_window", "absent")
+        if window == "absent" or (window is not None) != (kind == "sliding_attention"):
+            raise ValueError(
+                f"model {spec!r}: layer {i} is {kind!r} in config.layer_types but its attention module has "
+                f"sliding_window={window!r} (config.sliding_window={getattr(config, 'sliding_window', None)!r}, "
+                f"use_sliding_window={getattr(config, 'use_sliding_window', None)!r}); dynprune cannot keep each "
+                "layer's window when it skips layers: fix the config (set use_sliding_window and sliding_window, "
+                "or drop layer_types)"
+            )
 
 
 def load_model(
@@ -249,22 +353,24 @@ def load_model(
         raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    folder: Path | None = None  # the model's local folder, if it has one (its identity is cached by it)
     if spec == "tiny-llama":
         model, tokenizer = tiny_llama(dt)
     elif spec in EMBEDDED_MODELS:
-        model, tokenizer = _load_pretrained(_converted_embedded(spec), dt, spec)
+        folder = _converted_embedded(spec)
+        model, tokenizer = _load_pretrained(folder, dt, spec)
     elif (Path(spec) / "dynprune_compress.json").is_file():
         # A folder written by `dynprune compress`: its metadata says how to load it
         # (dtype as saved unless one is asked for; dynamic INT8 re-applied; NF4 on CUDA).
         from dynprune.compress.folder import load_compressed
 
         model, tokenizer, _ = load_compressed(spec, dev, None if dtype == "auto" else dt)
+        folder = Path(spec)
     elif Path(spec).exists():
-        if not (Path(spec) / "config.json").is_file():
-            raise ValueError(
-                f"model folder {spec!r} has no config.json; expected a Hugging Face model folder"
-            )
-        model, tokenizer = _load_pretrained(spec, dt, spec)
+        if not Path(spec).is_dir():
+            raise ValueError(f"model spec {spec!r} is a file; expected a Hugging Face model folder")
+        folder = Path(spec)
+        model, tokenizer = _load_pretrained(folder, dt, spec)
     elif "/" in spec and not spec.startswith(("/", ".")):
         model, tokenizer = _load_pretrained(spec, dt, spec)  # Hugging Face hub id
     else:
@@ -273,33 +379,144 @@ def load_model(
             "or a Hugging Face id such as 'meta-llama/Llama-3.2-1B'"
         )
     _check_architecture(model.config, spec)
+    _check_layer_layout(model, spec)
     if not getattr(model, "is_loaded_in_4bit", False):  # bitsandbytes 4-bit models are placed at load
         model.to(dev)
     model.eval()
     model.requires_grad_(False)
-    return PrunableLM(model, tokenizer, name=spec)
+    return PrunableLM(model, tokenizer, name=spec, model_id=_model_id(spec, folder, model, dt, dev))
+
+
+def _model_id(spec: str, folder: Path | None, model: nn.Module, dtype: torch.dtype, device: torch.device) -> str:
+    """``"<label>@<fingerprint>"``: the same for every spelling of a folder's path, new for any new weight.
+
+    A folder's label is its resolved name (``models/x``, ``./models/x`` and ``/abs/models/x/`` are
+    all ``x``) and its fingerprint is cached by the folder's files (:func:`folder_fingerprint`).
+    """
+    if folder is None:
+        return f"{spec}@{fingerprint(model)}"
+    label = spec if spec in EMBEDDED_MODELS else Path(folder).resolve().name
+    return f"{label}@{folder_fingerprint(folder, model, variant=f'{dtype}|{device.type}')}"
+
+
+#: Config fields that change what the weights compute; they enter the identity beside the weights.
+IDENTITY_CONFIG_KEYS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "hidden_act",
+    "rms_norm_eps",
+    "rope_parameters",
+    "rope_scaling",
+    "rope_theta",
+    "tie_word_embeddings",
+    "attention_bias",
+    "mlp_bias",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+    "layer_types",
+)
+#: Bump when the identity's definition changes, so cached identities of the old kind are not reused.
+IDENTITY_VERSION = 2
+
+
+def _tensor_bytes(t: torch.Tensor) -> list[Any]:
+    """Buffers that describe ``t`` exactly: dtype, shape and raw bytes (quantised: integers and scales)."""
+    t = t.detach()
+    head = f"{t.dtype}|{tuple(t.shape)}".encode()
+    if t.device.type == "meta":
+        return [head, b"meta"]
+    if t.is_quantized:
+        parts: list[Any] = [head, *_tensor_bytes(t.int_repr())]
+        if t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            parts.append(f"{t.q_scale()}|{t.q_zero_point()}".encode())
+        else:
+            parts += [*_tensor_bytes(t.q_per_channel_scales()), *_tensor_bytes(t.q_per_channel_zero_points())]
+        return parts
+    flat = t.contiguous().reshape(-1).cpu()
+    return [head, flat.view(torch.uint8).numpy() if flat.numel() else b""]
+
+
+def _hash_value(h: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        for part in _tensor_bytes(value):
+            h.update(part)
+    elif isinstance(value, (tuple, list)):  # e.g. dynamic INT8 Linear's packed (weight, bias)
+        h.update(f"seq{len(value)}".encode())
+        for item in value:
+            _hash_value(h, item)
+    else:
+        h.update(repr(value).encode())
 
 
 def fingerprint(model: nn.Module) -> str:
-    """Short stable hash of a model's config and a sample of its weights."""
-    h = hashlib.sha256()
+    """Hash of every weight of ``model`` (name, dtype, shape, bytes) and of its architecture fields.
+
+    Every tensor of the state dict is hashed in full, so changing any weight changes the
+    identity (an earlier version sampled a subset: a change elsewhere kept the identity and
+    a stale calibration was reused). Tied tensors are hashed once. SHA-256 runs at about
+    0.7 GB/s on one core here, so a 135M-parameter float32 model takes about a second;
+    :func:`folder_fingerprint` caches the result for model folders.
+    """
+    h = hashlib.sha256(f"dynprune-identity-v{IDENTITY_VERSION}".encode())
     cfg = model.config.to_dict()
-    keep = (
-        "model_type",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "vocab_size",
-    )
-    h.update(json.dumps({k: cfg.get(k) for k in keep}, sort_keys=True).encode())
-    for _, p in sorted(model.named_parameters())[:: max(1, len(list(model.parameters())) // 16)]:
-        flat = p.detach().reshape(-1)
-        h.update(flat[:64].double().cpu().numpy().tobytes())
-        h.update(str(float(flat.double().abs().sum())).encode())
+    h.update(json.dumps({k: cfg.get(k) for k in IDENTITY_CONFIG_KEYS}, sort_keys=True, default=str).encode())
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        if isinstance(value, torch.Tensor) and value.device.type != "meta" and value.numel():
+            key = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+            if key in seen:  # tied weights (lm_head = embeddings): the same tensor under two names
+                h.update(f"tied:{seen[key]}".encode())
+                continue
+            seen[key] = name
+        _hash_value(h, value)
     return h.hexdigest()[:12]
+
+
+def _folder_stamp(folder: Path) -> list[list[Any]]:
+    """(name, size, mtime in ns) of every file directly in ``folder``: what a change to its weights changes."""
+    out = []
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            out.append([f.name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def folder_fingerprint(folder: str | Path, model: nn.Module, variant: str = "") -> str:
+    """:func:`fingerprint` of ``model`` loaded from ``folder``, cached by the folder's file sizes and times.
+
+    The cache entry (under ``cache_dir()/identity``) is keyed by the resolved folder and
+    ``variant`` (how it was loaded: dtype, device) and holds the (name, size, mtime) of every
+    file in the folder; any change to a file (a weight saved again) recomputes the hash. A cache
+    that cannot be written (read-only) only costs the hash on the next load.
+    """
+    folder = Path(folder).resolve()
+    stamp = _folder_stamp(folder)
+    key = hashlib.sha256(f"v{IDENTITY_VERSION}|{folder}|{variant}".encode()).hexdigest()[:20]
+    entry_path = cache_dir() / "identity" / f"{key}.json"
+    try:
+        entry = json.loads(entry_path.read_text())
+        if entry.get("files") == stamp and entry.get("folder") == str(folder) and entry.get("variant") == variant:
+            return str(entry["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # no entry, or a damaged one: recompute
+    fp = fingerprint(model)
+    try:
+        from dynprune.fileio import atomic_write_json
+
+        entry_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(entry_path, {"folder": str(folder), "variant": variant, "files": stamp, "fingerprint": fp})
+    except OSError as e:
+        log.info("model identity not cached (%s): %s", entry_path, e)
+    return fp
 
 
 # ----------------------------------------------------------------------------- PrunableLM
@@ -314,7 +531,8 @@ class PrunableLM:
         name: The spec it was loaded from.
         device, dtype: Where it runs and in which precision.
         geometry: Layers, heads, KV heads, FFN size, context length.
-        model_id: ``"<name>@<fingerprint>"``; keys calibration and adapter files.
+        model_id: ``"<label>@<fingerprint>"``; keys calibration and adapter files. The fingerprint
+            hashes every weight; a folder's label is its resolved name, whatever the path's spelling.
         adapters: Adapter slot per layer (``{layer: nn.Module}``) for plans with ``adapters``.
 
     Example:
@@ -323,7 +541,7 @@ class PrunableLM:
         ...     text = lm.generate("Hello", max_new_tokens=4).text
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, name: str = "model") -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, name: str = "model", model_id: str | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -338,14 +556,21 @@ class PrunableLM:
         self._mlp_proj = tuple(
             (m.gate_proj, m.up_proj, m.down_proj) for m in (layer.mlp for layer in self._layers)
         )
+        # Per-layer attention types (Qwen2/3 sliding-window layouts), kept so a plan's layer stack gives
+        # every kept layer its own type whatever its new position (dynprune.pruning.layers).
+        types = getattr(self.decoder.config, "layer_types", None)
+        self._layer_types: tuple[str, ...] | None = tuple(types) if types is not None else None
         self.geometry = self._geometry()
-        self.model_id = f"{name}@{fingerprint(model)}"
+        self._vocab_rows = int(model.get_input_embeddings().weight.shape[0])
+        # ``load_model`` passes the identity it computed (cached for folders); else every weight is hashed.
+        self.model_id = model_id if model_id is not None else f"{name}@{fingerprint(model)}"
         self.adapters: dict[int, nn.Module] = {}
         self._importance: Importance | None = None
         self._profiles: dict[tuple[str, int, int], HeadSlice | FFNSlice] = {}
         self._stacks: dict[tuple[Any, ...], LayerStack] = {}
         self._active: PruningPlan | None = None
         self._features: dict[str, PromptFeatures] = {}
+        self._prompt_lengths: dict[str, int] = {}
         self._embeddings: dict[str, np.ndarray] = {}
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -401,6 +626,15 @@ class PrunableLM:
         Raises ``ValueError`` for an empty prompt, or one that with ``max_new_tokens``
         does not fit the model's context.
         """
+        ids = self._prompt_ids(text, chat)
+        limit = self.geometry.max_position
+        if len(ids) + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt is {len(ids)} tokens (+{max_new_tokens} to generate); the model's context is {limit} tokens"
+            )
+        return ids
+
+    def _prompt_ids(self, text: str, chat: bool | None = None) -> list[int]:
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"prompt must be a non-empty string, got {text!r}")
         use_chat = self.has_chat_template if chat is None else chat
@@ -408,15 +642,47 @@ class PrunableLM:
             rendered = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
             )
-            ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        else:
-            ids = [self.bos_id, *self.encode_text(text)]
+            return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        return [self.bos_id, *self.encode_text(text)]
+
+    def check_prompts_fit(self, prompts: Iterable[Prompt], max_new_tokens: int) -> None:
+        """Raise ``ValueError`` for the first prompt that, with ``max_new_tokens``, overflows the context.
+
+        The message names the prompt's id and where it came from (file and line for a prompt
+        file), so a bad prompt is found when an env is made, not when it is first drawn.
+        """
+        from dynprune.tasks import prompt_location
+
         limit = self.geometry.max_position
-        if len(ids) + max_new_tokens > limit:
-            raise ValueError(
-                f"prompt is {len(ids)} tokens (+{max_new_tokens} to generate); the model's context is {limit} tokens"
-            )
-        return ids
+        for prompt in prompts:
+            n = self._prompt_lengths.get(prompt.text)
+            if n is None:  # every env made on this model checks its prompts: count each text once
+                n = self._prompt_lengths[prompt.text] = len(self._prompt_ids(prompt.text))
+            if n + max_new_tokens > limit:
+                raise ValueError(
+                    f"prompt {prompt.id!r} ({prompt_location(prompt)}) is {n} tokens, +{max_new_tokens} to generate "
+                    f"= {n + max_new_tokens}, over the model's context of {limit} tokens; shorten or remove it, "
+                    "or generate fewer tokens"
+                )
+
+    def check_token_ids(self, ids: Any, what: str = "prompt", allow_empty: bool = False) -> list[int]:
+        """``ids`` as a list of ints, each a row of the embedding table; else a ``ValueError`` naming the bad one."""
+        if ids is None or isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise ValueError(f"{what} must be a text or a sequence of token ids, got {type(ids).__name__}")
+        out: list[int] = []
+        vocab = self._vocab_rows
+        for pos, t in enumerate(ids):
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise ValueError(f"{what}: token {pos} is {t!r} ({type(t).__name__}); token ids are integers")
+            if not 0 <= t < vocab:
+                raise ValueError(
+                    f"{what}: token id {int(t)} at position {pos} is outside the vocabulary 0..{vocab - 1} of "
+                    f"{self.name!r}; encode text with this model's tokenizer (lm.encode_prompt)"
+                )
+            out.append(int(t))
+        if not out and not allow_empty:
+            raise ValueError(f"{what} token ids are empty")
+        return out
 
     def encode_text(self, text: str) -> list[int]:
         """Plain token ids of ``text`` (no special tokens, no template)."""
@@ -441,9 +707,10 @@ class PrunableLM:
 
         ``ignore_eos=True`` generates exactly ``max_new_tokens`` tokens, for timing.
         """
-        ids = self.encode_prompt(prompt, chat, max_new_tokens) if isinstance(prompt, str) else list(prompt)
-        if not ids:
-            raise ValueError("prompt token ids are empty")
+        if isinstance(prompt, str):
+            ids = self.encode_prompt(prompt, chat, max_new_tokens)
+        else:
+            ids = self.check_token_ids(prompt)
         if len(ids) + max_new_tokens > self.geometry.max_position:
             raise ValueError(
                 f"{len(ids)} prompt tokens + {max_new_tokens} new exceed context {self.geometry.max_position}"
@@ -487,7 +754,8 @@ class PrunableLM:
         live evaluation, where the pruned model is timed on the full answer's length and
         the full answer's perplexity under the pruned model is measured.
         """
-        ids = list(prompt_ids)
+        ids = self.check_token_ids(prompt_ids)
+        target = self.check_token_ids(target, "target", allow_empty=True)
         if len(ids) + n_tokens > self.geometry.max_position:
             raise ValueError(f"{len(ids)} prompt tokens + {n_tokens} new exceed context {self.geometry.max_position}")
         out, prefill_s, decode_s, score = decode_and_score(self.model, ids, n_tokens, target)
@@ -495,7 +763,8 @@ class PrunableLM:
 
     def score(self, context: Sequence[int], target: Sequence[int]) -> ScoreResult:
         """Teacher-forced NLL, perplexity and argmax agreement of ``target`` after ``context``."""
-        return teacher_forced(self.model, context, target)
+        context = self.check_token_ids(context, "context", allow_empty=True)
+        return teacher_forced(self.model, context, self.check_token_ids(target, "target", allow_empty=True))
 
     def text_perplexity(self, text: str) -> ScoreResult:
         """Score a plain text from a BOS token (every text token is scored)."""
@@ -606,7 +875,7 @@ class PrunableLM:
         key = (skip, tuple(sorted(adapters.items(), key=lambda item: item[0])))
         stack = self._stacks.get(key)
         if stack is None:
-            stack = build_layer_stack(self._layers, skip, adapters)
+            stack = build_layer_stack(self._layers, skip, adapters, self._layer_types)
             self._stacks[key] = stack
         return stack
 
@@ -661,7 +930,7 @@ class PrunableLM:
             for layer, fs in ffn:
                 undo.append(apply_ffn_slice(self._layers[layer].mlp, fs))
             if plan.skip or plan.adapters:
-                undo.append(apply_layer_stack(self.decoder, stack))
+                undo.append(apply_layer_stack(self.decoder, stack, self.decoder.config))
             self._active = plan
             yield self
         finally:

@@ -14,6 +14,7 @@ impossible plan is a ``ValueError`` and never a silent no-op.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,24 @@ def _counts(name: str, values: LayerCounts) -> tuple[tuple[int, int], ...]:
         seen.add(layer)
         out.append((int(layer), int(count)))
     return tuple(sorted(out))
+
+
+def _layer_counts(name: str, value: Any) -> dict[int, Any]:
+    """``{"<layer>": count}`` (as :meth:`PruningPlan.to_dict` writes it) with integer layer keys."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"plan field {name!r} must be an object {{\"<layer>\": count}}, got {value!r:.80}")
+    out: dict[int, Any] = {}
+    for key, count in value.items():
+        text = key.strip() if isinstance(key, str) else None
+        if isinstance(key, int) and not isinstance(key, bool):
+            out[key] = count
+        elif text and re.fullmatch(r"-?[0-9]+", text):
+            out[int(text)] = count
+        else:
+            raise ValueError(
+                f"plan field {name!r}: key {key!r} is not a layer index; expected integer layer keys such as \"3\""
+            )
+    return out
 
 
 @dataclass(frozen=True)
@@ -221,7 +240,14 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], geometry: ModelGeometry | None = None) -> PruningPlan:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises ``ValueError`` naming the field and the value for anything :meth:`to_dict` cannot
+        have written: an unknown field, a ``heads`` / ``ffn`` entry that is not a
+        ``{"<layer>": count}`` object, a layer key that is not an integer.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a plan must be a JSON object of plan fields, got {type(data).__name__}")
         unknown = set(data) - {"name", "skip", "adapters", "heads", "ffn"}
         if unknown:
             raise ValueError(
@@ -230,8 +256,8 @@ class PruningPlan:
         return cls(
             skip=data.get("skip", ()),
             adapters=data.get("adapters", ()),
-            heads={int(k): v for k, v in dict(data.get("heads", {})).items()},
-            ffn={int(k): v for k, v in dict(data.get("ffn", {})).items()},
+            heads=_layer_counts("heads", data.get("heads", {})),
+            ffn=_layer_counts("ffn", data.get("ffn", {})),
             name=data.get("name", ""),
             geometry=geometry,
         )

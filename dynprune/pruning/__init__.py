@@ -9,10 +9,10 @@
 
 from dynprune.pruning.ffn import FFNSlice, apply_ffn_slice, build_ffn_slice
 from dynprune.pruning.heads import HeadSlice, apply_head_slice, build_head_slice
-from dynprune.pruning.layers import AdapterLayer, LayerStack, apply_layer_stack, build_layer_stack
+from dynprune.pruning.layers import AdaptedLayer, LayerStack, apply_layer_stack, build_layer_stack
 
 __all__ = [
-    "AdapterLayer",
+    "AdaptedLayer",
     "FFNSlice",
     "HeadSlice",
     "LayerStack",

@@ -20,7 +20,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dynprune.tasks.bfcl import BFCL_SETS, INSTALL_COMMAND, bfcl_available, load_bfcl
-from dynprune.tasks.files import FILE_SUFFIXES, SPLITS, hash_split, load_csv, load_file, load_jsonl
+from dynprune.tasks.files import (
+    FILE_SUFFIXES,
+    SPLITS,
+    hash_split,
+    load_csv,
+    load_file,
+    load_jsonl,
+    prompt_location,
+)
 from dynprune.tasks.shipped import CATEGORIES, load_shipped
 from dynprune.types import Prompt
 
@@ -42,6 +50,7 @@ __all__ = [
     "load_jsonl",
     "load_prompts",
     "load_shipped",
+    "prompt_location",
     "split_counts",
 ]
 

@@ -298,6 +298,11 @@ def load_csv(path: str | os.PathLike[str]) -> list[Prompt]:
             cells, or a malformed row, naming the file and the line.
     """
     path = Path(path)
+    return _non_empty([prompt for _, prompt in _parse_csv(path)], path)
+
+
+def _parse_csv(path: Path) -> list[tuple[int, Prompt]]:
+    """The prompts of a CSV file, each with the 1-based line where its row starts (see :func:`load_csv`)."""
     name = str(path)
     reader = csv.reader(io.StringIO(_read_text(path), newline=""))
     try:
@@ -343,7 +348,7 @@ def load_csv(path: str | os.PathLike[str]) -> list[Prompt]:
         prompt = prompt_from_record(record, where=where, default_id=f"{path.stem}-{line_no}", source=name)
         numbered.append((line_no, prompt))
     _check_unique_ids(numbered, name)
-    return _non_empty([prompt for _, prompt in numbered], path)
+    return numbered
 
 
 def load_file(path: str | os.PathLike[str]) -> list[Prompt]:
@@ -366,3 +371,25 @@ def load_file(path: str | os.PathLike[str]) -> list[Prompt]:
     if suffix == ".csv":
         return load_csv(path)
     raise ValueError(f"prompt file must end in one of {list(FILE_SUFFIXES)}, got {str(path)!r}")
+
+
+def prompt_location(prompt: Prompt) -> str:
+    """Where ``prompt`` came from, for error messages: ``"<file> line <n>"`` for a prompt file, else its source.
+
+    The file is read again to find the line (only on the error path), so a file changed since
+    it was loaded gives its source alone.
+    """
+    path = Path(prompt.source)
+    suffix = path.suffix.lower()
+    if suffix in FILE_SUFFIXES and path.is_file():
+        try:
+            if suffix == ".jsonl":
+                numbered = parse_jsonl(_read_text(path), name=str(path), stem=path.stem, source=str(path))
+            else:
+                numbered = _parse_csv(path)
+        except (OSError, ValueError):
+            return prompt.source
+        for line, other in numbered:
+            if other.id == prompt.id:
+                return f"{prompt.source} line {line}"
+    return prompt.source
