@@ -65,7 +65,7 @@ from dynprune.records import summarise
 from dynprune.runtime import TIMINGS, PlanEvaluator
 from dynprune.types import StepRecord
 from offline_data.cli import _quiet_d3rlpy
-from offline_data.dataset import META_FILE, load_logs, read_meta, shard_path, shard_paths, to_mdp_dataset
+from offline_data.dataset import LEGACY_META_FILE, load_logs, read_meta, shard_path, shard_paths, to_mdp_dataset
 from offline_data.explore import ExploreSummary, explore, prompt_ids_of
 from offline_data.relabel import budget_span, relabel_budgets
 
@@ -97,8 +97,8 @@ class Args:
     """timing of the held-out measurements: live (timed generations) or profiled"""
     telemetry: str = "scenario"
     """telemetry of both envs: scenario, live or replay"""
-    scenario: str = "mixed"
-    """load scenario(s) of telemetry=scenario"""
+    scenario: str | None = None
+    """load scenario(s) of telemetry=scenario (none: mixed)"""
     profile_tokens: int = 12
     """tokens per latency-profile timing run (profiled timing)"""
     profile_repeats: int = 2
@@ -199,7 +199,7 @@ def prepare_logs_dir(args: Args) -> Path:
             )
         for shard in shards:  # the benchmark's own folder: a fresh sweep every run
             shard.unlink()
-        (path / META_FILE).unlink(missing_ok=True)
+        (path / LEGACY_META_FILE).unlink(missing_ok=True)  # folders written before the settings moved into shards
     return path
 
 

@@ -73,13 +73,16 @@ class Args:
         if not self.smoke and self.logs is None:
             from benchmarks.offline_rl import Args as OfflineArgs
             from benchmarks.offline_rl import default_logs_dir
+            from offline_data.dataset import read_meta
 
             default = default_logs_dir(OfflineArgs())
-            if not (default / "meta.json").is_file():
+            try:
+                read_meta(default)
+            except FileNotFoundError as err:
                 raise ValueError(
                     f"--logs DIR is required (a sweep written by dynprune explore --strategy sweep); the default, "
                     f"benchmarks/offline_rl.py's sweep folder {default}, holds no logs yet"
-                )
+                ) from err
             self.logs = str(default)
         if self.speedup not in SPEEDUPS:
             raise ValueError(f"speedup must be one of {SPEEDUPS}, got {self.speedup!r}")

@@ -53,7 +53,7 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_explore(args: argparse.Namespace) -> int:
     """``dynprune explore``: measure configurations per prompt and write Parquet shards."""
     from offline_data.dataset import check_logs
-    from offline_data.explore import explore, prompt_ids_of
+    from offline_data.explore import ExploreFailed, explore, prompt_ids_of
 
     env_kwargs = _env_kwargs(args)
     ids = prompt_ids_of(env_kwargs)
@@ -61,13 +61,10 @@ def cmd_explore(args: argparse.Namespace) -> int:
         if args.prompts < 1:
             raise ValueError(f"--prompts must be >= 1, got {args.prompts}")
         ids = ids[: args.prompts]
-    if args.threads is not None and args.workers == 1:
-        from dynprune.metrics import fix_threads
-
-        fix_threads(args.threads)
     t0 = time.perf_counter()
+    unit = "Ray task" if args.backend == "ray" else "worker"
     print(f"[explore] {args.strategy} on {args.model}: {len(ids)} {args.split} prompts -> {args.out} "
-          f"({args.workers} worker{'s' if args.workers > 1 else ''})", flush=True)
+          f"({args.workers} {unit}{'s' if args.workers > 1 else ''})", flush=True)
     try:
         summary = explore(
             env_kwargs,
@@ -82,14 +79,22 @@ def cmd_explore(args: argparse.Namespace) -> int:
             adapters=args.adapters,
             workers=args.workers,
             backend=args.backend,
+            threads=args.threads,
+            retries=args.retries,
             progress=True,
         )
     except KeyboardInterrupt:
         print(f"\n[explore] interrupted; finished prompts are kept in {args.out}. Re-run the same command to resume.",
               file=sys.stderr)
         return 130
+    except ExploreFailed as err:
+        print(f"dynprune explore: error: {err}", file=sys.stderr)
+        return 1
+    # the thread counts each worker measured with, as read in its own process
+    threads = sorted({w.threads for w in summary.workers if w.done})
     print(f"[explore] done: {len(summary.done)} prompts measured ({summary.rows} rows), "
-          f"{len(summary.skipped)} already logged, {time.perf_counter() - t0:.0f} s")
+          f"{len(summary.skipped)} already logged, {time.perf_counter() - t0:.0f} s"
+          + (f", torch threads per {unit}: {'/'.join(map(str, threads))}" if threads else ""))
     for path, error in check_logs(args.out):
         print(f"[explore] damaged shard {path}: {error}")
     return 0
@@ -246,14 +251,19 @@ def add_commands(sub: Any) -> None:
                    help="adapters file (dynprune adapters train): pruned layers are replaced by their adapter")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine (prompts dealt round-robin)")
     p.add_argument("--backend", choices=("processes", "ray"), default="processes",
-                   help="--workers shards as local processes, or as Ray tasks (joins RAY_ADDRESS or starts locally)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (one worker); N workers share the cores")
+                   help="--workers shards as local processes, or as Ray tasks (the cluster RAY_ADDRESS names, else "
+                        "a private Ray runtime on this machine, on 127.0.0.1 only)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of each worker (default: torch's choice with one worker, cores / workers with "
+                        "processes, 1 per Ray task; a Ray task reserves that many CPUs)")
+    p.add_argument("--retries", type=int, default=3,
+                   help="Ray: runs of a task again after its worker process died (it skips the prompts already logged)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reward", default="casrap")
     p.add_argument("--timing", choices=("profiled", "live"), default="profiled")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--telemetry", choices=("scenario", "live", "replay"), default="scenario")
-    p.add_argument("--scenario", default="mixed")
+    p.add_argument("--scenario", default=None, help="load scenario(s), --telemetry scenario only (default: mixed)")
     p.add_argument("--device", default="auto")
     p.add_argument("--profile-tokens", type=int, default=12, help="tokens per latency-profile timing run")
     p.add_argument("--profile-repeats", type=int, default=2)

@@ -1,14 +1,24 @@
 """Logged exploration data on disk: Parquet shards, their schema, and the d3rlpy export.
 
-A log directory (``dynprune explore --out DIR``) holds::
+A log directory (``dynprune explore --out DIR``) holds Parquet files and nothing else::
 
-    meta.json                  settings of the exploration (env, strategy), observation and action names
     shard-<prompt id>.parquet  every configuration measured on one prompt (one row each)
 
 One shard per prompt, written whole (a temporary file, then ``os.replace``), so a crash
 loses at most the prompt in flight and a shard on disk is always complete. Shards are
 independent: :func:`load_logs` reads every readable shard and skips a damaged one with a
 warning naming the file; :func:`check_logs` lists the damaged ones.
+
+The settings of the exploration (env, strategy), the model and the observation and action
+names travel inside every shard, as JSON under the key :data:`META_KEY` of the Parquet
+key-value metadata (:func:`read_meta`). So the folder is one Parquet dataset that
+``pyarrow.dataset.dataset(DIR)``, ``pandas.read_parquet(DIR)`` and
+``datasets.load_dataset("parquet", data_dir=DIR)`` read as is (a ``meta.json`` among the
+shards made all three fail with ``ArrowInvalid``; ``datasets`` reads every file that is not
+hidden, a leading underscore does not hide one), and shards copied together from several
+machines still carry their settings. Folders written before this (:data:`LEGACY_META_FILE`
+beside the shards) still read; :func:`migrate_legacy_meta`, which ``dynprune explore`` runs
+when it resumes such a folder, moves the settings into the shards.
 
 Row schema (:data:`LOG_FEATURES`):
 
@@ -53,20 +63,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dynprune.fileio import atomic_path, atomic_write_text
+from dynprune.fileio import atomic_path
 
 __all__ = [
+    "LEGACY_META_FILE",
     "LOG_FEATURES",
-    "META_FILE",
+    "META_KEY",
     "OPTIONAL_COLUMNS",
     "SHARD_PREFIX",
     "check_logs",
     "load_logs",
+    "migrate_legacy_meta",
     "read_meta",
     "shard_path",
     "shard_paths",
     "to_mdp_dataset",
-    "write_meta",
     "write_shard",
 ]
 
@@ -103,8 +114,11 @@ LOG_FEATURES = datasets.Features(
 #: Columns added after the first log format: a shard without them still reads, with nulls there.
 OPTIONAL_COLUMNS = ("prefix_fidelity", "budget_s")
 
-#: Settings file of a log directory.
-META_FILE = "meta.json"
+#: Key of the exploration's settings (JSON) in every shard's Parquet key-value metadata.
+META_KEY = b"dynprune"
+
+#: Settings file of log directories written before the settings moved into the shards.
+LEGACY_META_FILE = "meta.json"
 
 #: Shard files are ``shard-<prompt id>.parquet``.
 SHARD_PREFIX = "shard-"
@@ -147,12 +161,18 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_shard(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
+def write_shard(path: str | os.PathLike[str], rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> Path:
     """Write one prompt's rows as a Parquet shard, atomically.
 
-    The rows go through ``datasets.Dataset.from_list(rows, features=LOG_FEATURES).to_parquet``
-    into ``.<name>.tmp`` beside the target, which is fsync-ed and then renamed over ``path``:
-    a reader (or a crash) never sees half a shard.
+    The rows go through ``datasets.Dataset.from_list(rows, features=LOG_FEATURES)`` (the
+    schema, and its ``huggingface`` features metadata) into ``.<name>.tmp`` beside the target,
+    which is fsync-ed and then renamed over ``path``: a reader (or a crash) never sees half a
+    shard.
+
+    Args:
+        path: The shard file (:func:`shard_path`).
+        rows: The prompt's rows, with every column of :data:`LOG_FEATURES`.
+        meta: The exploration's settings, stored as JSON under :data:`META_KEY` (:func:`read_meta`).
 
     Raises:
         ValueError: ``rows`` is empty or a row lacks a column of :data:`LOG_FEATURES`.
@@ -163,36 +183,111 @@ def write_shard(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Pat
     missing = sorted(set(LOG_FEATURES) - set(rows[0]))
     if missing:
         raise ValueError(f"{path.name}: rows lack columns {missing}")
-    ds = datasets.Dataset.from_list(rows, features=LOG_FEATURES)
-    # datasets draws a progress bar per write; one bar per shard is noise
-    was_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        with atomic_path(path) as tmp:
-            ds.to_parquet(str(tmp))
-            _fsync(tmp)
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
+    table = datasets.Dataset.from_list(rows, features=LOG_FEATURES).data.table
+    _write_table(path, table, meta)
     return path
 
 
-def write_meta(log_dir: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
-    """Write ``meta.json`` of a log directory atomically (JSON, sorted keys)."""
-    path = Path(log_dir) / META_FILE
-    return atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+def _write_table(path: Path, table: pa.Table, meta: dict[str, Any] | None) -> None:
+    """Write ``table`` to ``path`` atomically, with ``meta`` under :data:`META_KEY` (other metadata kept)."""
+    if meta is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: _meta_json(meta)})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+        _fsync(tmp)
+
+
+def _meta_json(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, sort_keys=True, default=str).encode("utf-8")
+
+
+def _shard_meta(path: Path) -> dict[str, Any] | None:
+    """The settings stored in one shard's footer; None when it has none (raises when unreadable)."""
+    raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    return None if raw is None else json.loads(raw)
 
 
 def read_meta(log_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``meta.json`` of a log directory.
+    """The settings of a log directory: what every shard carries under :data:`META_KEY`.
+
+    Keys: ``format``, ``settings`` (``env`` and ``explore``, what must match for two runs to
+    share a folder), ``model_id``, ``num_layers``, ``observation_names``, ``action_names``,
+    ``n_actions``. Reads the footers only. A folder written before the settings moved into the
+    shards is read from its :data:`LEGACY_META_FILE`. Damaged shards are skipped here
+    (:func:`check_logs` reports them).
 
     Raises:
-        FileNotFoundError: the directory has no ``meta.json`` (not written by ``dynprune explore``).
+        FileNotFoundError: no shard carries settings and there is no legacy file (not written
+            by ``dynprune explore``, or nothing finished yet).
+        ValueError: two shards carry different settings (two explorations copied into one folder).
     """
-    path = Path(log_dir) / META_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {log_dir} is not a dynprune explore log directory")
-    return json.loads(path.read_text())
+    log_dir = Path(log_dir)
+    found: tuple[Path, dict[str, Any]] | None = None
+    for path in shard_paths(log_dir) if log_dir.is_dir() else []:
+        try:
+            meta = _shard_meta(path)
+        except Exception:  # noqa: BLE001 - a damaged shard is check_logs' business, not a reason to fail here
+            continue
+        if meta is None:
+            continue
+        if found is None:
+            found = (path, meta)
+        elif meta != found[1]:
+            raise ValueError(
+                f"{found[0].name} and {path.name} in {log_dir} were explored with different settings "
+                f"({found[1].get('settings')} vs {meta.get('settings')}); keep one exploration per folder"
+            )
+    if found is not None:
+        return found[1]
+    legacy = log_dir / LEGACY_META_FILE
+    if legacy.is_file():
+        return json.loads(legacy.read_text())
+    raise FileNotFoundError(
+        f"{log_dir}: no shard with dynprune settings (and no {LEGACY_META_FILE}): "
+        "not a dynprune explore log directory, or no prompt finished yet"
+    )
+
+
+def migrate_legacy_meta(log_dir: str | os.PathLike[str]) -> int:
+    """Move the settings of an old log directory from :data:`LEGACY_META_FILE` into its shards.
+
+    Each readable shard without settings is rewritten (atomically, rows unchanged) with the
+    legacy file's settings under :data:`META_KEY`; then the legacy file, which ``dynprune
+    explore`` wrote, is removed, and the folder reads as one Parquet dataset. Nothing happens
+    when there is no legacy file. A legacy file that is not ours (no ``settings``, or settings
+    that differ from the shards') is left where it is, and so is every other file.
+
+    Returns:
+        The number of shards rewritten.
+
+    Raises:
+        ValueError: the legacy file is not a dynprune settings file, or disagrees with the shards.
+    """
+    log_dir = Path(log_dir)
+    legacy = log_dir / LEGACY_META_FILE
+    if not legacy.is_file():
+        return 0
+    try:
+        meta = json.loads(legacy.read_text())
+    except ValueError as err:
+        raise ValueError(f"{legacy} is not a dynprune settings file ({err}); move it out of the log folder") from err
+    if not isinstance(meta, dict) or "settings" not in meta:
+        raise ValueError(f"{legacy} is not a dynprune settings file (no 'settings'); move it out of the log folder")
+    bare: list[Path] = []
+    for path in shard_paths(log_dir):
+        try:
+            current = _shard_meta(path)
+        except Exception:  # noqa: BLE001 - a damaged shard is measured again by explore; leave it
+            continue
+        if current is None:
+            bare.append(path)
+        elif current.get("settings") != meta["settings"]:
+            raise ValueError(f"{path.name} and {legacy} disagree on the settings; not migrating {log_dir}")
+    for path in bare:
+        _write_table(path, pq.read_table(path), meta)
+    # every shard now carries what the legacy file said; it was ours (checked above)
+    legacy.unlink()
+    return len(bare)
 
 
 # --------------------------------------------------------------------------- reading

@@ -27,18 +27,18 @@ Resuming and scale-out
 A prompt is finished when its shard exists; re-running skips it, so a crash loses only the
 prompt in flight. :func:`run_worker` measures one list of prompt ids with its own env and is
 the unit of scale-out: ``explore(..., workers=N)`` splits the ids round-robin
-(:func:`split_round_robin`) over N spawned processes on this machine. A Ray task is a thin
-layer over the same function, with ``out_dir`` on a shared filesystem (or shards copied
-together afterwards: one file per prompt, so merging is copying)::
+(:func:`split_round_robin`) over N spawned processes on this machine, or over N Ray tasks
+with ``backend="ray"`` (:mod:`offline_data.ray_backend`; ``out_dir`` on storage every node
+can write, or shards copied together afterwards: one file per prompt, each carrying the
+settings, so merging is copying)::
 
-    import ray
-    from offline_data.explore import ExploreConfig, prompt_ids_of, run_worker, split_round_robin
+    from offline_data.explore import explore
 
-    config = ExploreConfig(strategy="dfs", max_scenarios=20, seed=0)
-    task = ray.remote(num_cpus=4)(run_worker)
-    shards = split_round_robin(prompt_ids_of(env_kwargs), n_tasks)
-    results = ray.get([task.remote(ids, env_kwargs, config, out_dir, worker=i, threads=4)
-                       for i, ids in enumerate(shards)])
+    explore(env_kwargs, "dfs", "logs/dfs", workers=16, threads=4, backend="ray")
+
+A Ray task whose worker process dies is run again and skips the prompts already written;
+when a worker fails for good, the others finish and :class:`ExploreFailed` says in one line
+what failed and that a re-run resumes.
 
 Every prompt's observation and random layer sets are seeded from ``(seed, prompt id)``, so the
 rows of a prompt do not depend on how the ids were split or in which order they ran.
@@ -61,11 +61,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from offline_data.dataset import META_FILE, read_meta, shard_path, write_meta, write_shard
+from offline_data.dataset import migrate_legacy_meta, read_meta, shard_path, write_shard
 
 __all__ = [
     "STRATEGIES",
     "ExploreConfig",
+    "ExploreFailed",
     "ExploreSummary",
     "Scored",
     "WorkerResult",
@@ -80,8 +81,8 @@ __all__ = [
 #: Exploration strategies of :func:`explore`.
 STRATEGIES = ("dfs", "random", "sweep")
 
-#: Version of ``meta.json``'s layout.
-META_FORMAT = 1
+#: Version of the settings' layout (:func:`offline_data.dataset.read_meta`); 2: stored in every shard.
+META_FORMAT = 2
 
 
 # --------------------------------------------------------------------------- search (pure)
@@ -291,6 +292,7 @@ class WorkerResult:
         skipped: Prompt ids whose shard already existed.
         rows: Rows written.
         seconds: Wall time of the call, env construction included.
+        threads: Torch intra-op threads the call measured with (read in its process).
     """
 
     worker: int
@@ -298,34 +300,38 @@ class WorkerResult:
     skipped: tuple[str, ...]
     rows: int
     seconds: float
+    threads: int
 
 
 @dataclass(frozen=True)
 class ExploreSummary:
     """What :func:`explore` did, over all workers.
 
+    The counts come from the log directory, not from adding up the workers' reports: a Ray
+    task retried after its worker died reports the prompts its first attempt wrote as
+    "already there", yet this run measured them.
+
     Attributes:
         out_dir: The log directory.
-        workers: One result per worker, in worker order.
+        workers: One result per worker (Ray: per task, its last attempt), in worker order.
+        done: Prompt ids measured in this run, in the order given.
+        skipped: Prompt ids whose shard existed before this run, in the order given.
+        rows: Rows in the shards of ``done``.
     """
 
     out_dir: Path
     workers: tuple[WorkerResult, ...]
+    done: tuple[str, ...]
+    skipped: tuple[str, ...]
+    rows: int
 
-    @property
-    def done(self) -> tuple[str, ...]:
-        """Prompt ids measured in this run."""
-        return tuple(pid for w in self.workers for pid in w.done)
 
-    @property
-    def skipped(self) -> tuple[str, ...]:
-        """Prompt ids that already had a shard."""
-        return tuple(pid for w in self.workers for pid in w.skipped)
+class ExploreFailed(RuntimeError):
+    """Some exploration workers failed; the prompts they finished are kept and a re-run resumes.
 
-    @property
-    def rows(self) -> int:
-        """Rows written in this run."""
-        return sum(w.rows for w in self.workers)
+    The message is one line: each failed worker with its error's first line, the prompts
+    logged so far, and the hint to re-run the same command.
+    """
 
 
 def _jsonable(value: Any) -> Any:
@@ -488,13 +494,13 @@ def _shard_readable(path: Path) -> bool:
 
 def _check_meta(out_dir: Path, settings: dict[str, Any]) -> None:
     """Refuse a log directory that was written with other settings."""
-    if not (out_dir / META_FILE).is_file():
+    try:
+        old = read_meta(out_dir).get("settings")
+    except FileNotFoundError:  # a new folder, or nothing finished in it yet
         return
-    old = read_meta(out_dir).get("settings")
     if old != settings:
         raise ValueError(
-            f"{out_dir} holds logs explored with other settings ({out_dir / META_FILE}: {old}); "
-            f"now {settings}. Use another --out directory."
+            f"{out_dir} holds logs explored with other settings ({old}); now {settings}. Use another --out directory."
         )
 
 
@@ -544,12 +550,12 @@ def run_worker(
     pending = [pid for pid in prompt_ids if not _shard_readable(shard_path(out_dir, pid))]
     pending_set = set(pending)
     skipped = tuple(pid for pid in prompt_ids if pid not in pending_set)
-    if not pending:
-        return WorkerResult(worker, (), skipped, 0, time.perf_counter() - t0)
-    if threads is not None:
-        from dynprune.metrics import fix_threads
+    from dynprune.metrics import fix_threads
 
-        fix_threads(threads)
+    # fix_threads(None) only reads the count
+    n_threads = fix_threads(threads)
+    if not pending:
+        return WorkerResult(worker, (), skipped, 0, time.perf_counter() - t0, n_threads)
 
     env = _make_env(env_kwargs)
     core = env.unwrapped
@@ -564,19 +570,16 @@ def run_worker(
     if unknown:
         env.close()
         raise ValueError(f"prompt ids {unknown[:5]} are not in the env's prompts ({len(by_id)} prompts)")
-    if not (out_dir / META_FILE).is_file():
-        write_meta(
-            out_dir,
-            {
-                "format": META_FORMAT,
-                "settings": settings,
-                "model_id": core.lm.model_id,
-                "num_layers": int(core.lm.geometry.num_layers),
-                "observation_names": list(core.observation_names),
-                "action_names": list(core.action_names),
-                "n_actions": int(core.action_space.n),
-            },
-        )
+    # every shard carries the settings (offline_data.dataset.read_meta)
+    meta = {
+        "format": META_FORMAT,
+        "settings": settings,
+        "model_id": core.lm.model_id,
+        "num_layers": int(core.lm.geometry.num_layers),
+        "observation_names": list(core.observation_names),
+        "action_names": list(core.action_names),
+        "n_actions": int(core.action_space.n),
+    }
     explorer = _PromptExplorer(core, config)
     done: list[str] = []
     n_rows = 0
@@ -588,7 +591,7 @@ def run_worker(
             core.prompts = [by_id[pid]]
             env.reset(seed=_prompt_seed(config.seed, pid))
             rows = explorer.rows(pid)
-            write_shard(shard_path(out_dir, pid), rows)
+            write_shard(shard_path(out_dir, pid), rows, meta)
             done.append(pid)
             n_rows += len(rows)
             if progress:
@@ -600,28 +603,46 @@ def run_worker(
     finally:
         core.prompts = all_prompts
         env.close()
-    return WorkerResult(worker, tuple(done), skipped, n_rows, time.perf_counter() - t0)
+    return WorkerResult(worker, tuple(done), skipped, n_rows, time.perf_counter() - t0, n_threads)
 
 
-def _run_ray(
-    ids: Sequence[str], env_kwargs: dict[str, Any], config: ExploreConfig, out_dir: Path, tasks: int, progress: bool
-) -> list[WorkerResult]:
-    """One Ray task per round-robin shard of prompt ids; each runs :func:`run_worker` unchanged."""
-    try:
-        import ray
-    except ImportError as e:
-        raise ModuleNotFoundError("backend='ray' needs Ray: pip install ray") from e
+def _first_line(text: str) -> str:
+    """The first non-empty line of an error message (Ray's carry a traceback below it)."""
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def describe_error(err: BaseException) -> str:
+    """``"TypeName: first line"`` of an exception, for one-line failure reports."""
+    return f"{type(err).__name__}: {_first_line(str(err))}"
+
+
+def _run_processes(
+    ids: Sequence[str], env_kwargs: dict[str, Any], config: ExploreConfig, out_dir: Path, workers: int,
+    threads: int | None, progress: bool,
+) -> tuple[list[WorkerResult], list[str]]:
+    """One spawned process per round-robin shard of prompt ids; returns the results and one line per failure."""
     from dynprune.models import PrunableLM
 
     if isinstance(env_kwargs.get("model"), PrunableLM):
-        raise ValueError("backend='ray' needs the model named by spec (each task loads its own), got a loaded model")
-    task = ray.remote(run_worker)
-    refs = [
-        task.remote(shard, env_kwargs, config, str(out_dir), worker=i, progress=progress)
-        for i, shard in enumerate(split_round_robin(ids, tasks))
-        if shard
-    ]
-    return list(ray.get(refs))
+        raise ValueError("workers > 1 need the model named by spec (each process loads its own), got a loaded model")
+    threads = threads if threads is not None else max(1, (os.cpu_count() or 1) // workers)
+    results: list[WorkerResult] = []
+    errors: list[str] = []
+    # spawn, not fork: a forked torch process with threads already started can deadlock
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [
+            (i, pool.submit(run_worker, shard, env_kwargs, config, out_dir, worker=i, threads=threads,
+                            progress=progress))
+            for i, shard in enumerate(split_round_robin(ids, workers))
+            if shard
+        ]
+        for i, future in futures:
+            try:
+                results.append(future.result())
+            except Exception as err:  # noqa: BLE001 - report every failed worker, keep the others' shards
+                errors.append(f"worker {i}: {describe_error(err)}")
+    return results, errors
 
 
 def explore(
@@ -638,12 +659,18 @@ def explore(
     adapters: str | os.PathLike[str] | None = None,
     progress: bool = False,
     backend: str = "processes",
+    threads: int | None = None,
+    retries: int = 3,
 ) -> ExploreSummary:
     """Explore prompts and log every measured configuration as Parquet shards in ``out_dir``.
 
+    Prompts whose shard is already in ``out_dir`` are skipped; the others are dealt
+    round-robin to the workers. A folder written before the settings moved into the shards
+    is migrated first (:func:`offline_data.dataset.migrate_legacy_meta`).
+
     Args:
         env_kwargs: Keyword arguments of ``gym.make("DynPrune-v0", ...)``. With ``workers > 1``
-            they must be picklable and name the model by spec (each process loads its own).
+            or Ray they must be picklable and name the model by spec (each process loads its own).
         strategy: ``"dfs"``, ``"random"`` or ``"sweep"`` (see the module docstring).
         out_dir: The log directory; re-running into it skips finished prompts.
         prompt_ids: Prompts to explore (default: every prompt of the env's source and split).
@@ -651,20 +678,28 @@ def explore(
         max_scenarios: DFS configurations per prompt.
         n_random: Random layer sets per prompt.
         seed: Seed of observations and random sets (combined with each prompt id).
-        workers: Processes (spawned); prompt ids are dealt round-robin.
+        workers: Processes (spawned), or Ray tasks; prompt ids are dealt round-robin.
         max_frac: Random: largest fraction of layers pruned in one set.
         adapters: Adapters file to attach to the model (pruned layers use their adapter).
         progress: Print one line per prompt.
         backend: ``"processes"`` (spawned processes on this machine) or ``"ray"``: one Ray task
-            per shard of prompt ids (Ray joins the cluster of ``ray.init`` / ``RAY_ADDRESS``, or
-            starts locally; ``out_dir`` must be on storage every node can write).
+            per shard of prompt ids (:mod:`offline_data.ray_backend`: the runtime of an earlier
+            ``ray.init``, else the cluster ``RAY_ADDRESS`` names, else a private one on this
+            machine bound to 127.0.0.1; ``out_dir`` must be on storage every node can write).
+        threads: Torch threads of each worker. Default: torch's choice with one in-process
+            worker, cores / workers with processes, 1 per Ray task (a Ray task reserves as many
+            CPUs as it runs threads).
+        retries: Ray: times a task is run again after its worker process died (a re-run skips
+            the prompts the dead attempt finished).
 
     Returns:
-        Per-worker results.
+        What was measured and skipped.
 
     Raises:
         ValueError: bad settings, or ``out_dir`` holds logs explored with other settings.
-        RuntimeError: a worker process failed (the others finish first; their shards stay).
+        ExploreFailed: a worker process (or Ray task) failed; the others finish first and every
+            finished prompt is kept, so a re-run resumes. With one in-process worker its error
+            is raised as is.
     """
     config = ExploreConfig(
         strategy=strategy, threshold=threshold, max_scenarios=max_scenarios, n_random=n_random,
@@ -674,40 +709,40 @@ def explore(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if backend not in ("processes", "ray"):
         raise ValueError(f"backend must be 'processes' or 'ray', got {backend!r}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 (or None for the default), got {threads}")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
     out_dir = Path(out_dir)
     _check_meta(out_dir, _settings(env_kwargs, config))
     ids = list(prompt_ids) if prompt_ids is not None else prompt_ids_of(env_kwargs)
     if len(set(ids)) != len(ids):
         raise ValueError("prompt ids must be unique")
     out_dir.mkdir(parents=True, exist_ok=True)
-    if backend == "ray":
-        return ExploreSummary(out_dir, tuple(_run_ray(ids, env_kwargs, config, out_dir, workers, progress)))
-    if workers == 1:
-        return ExploreSummary(out_dir, (run_worker(ids, env_kwargs, config, out_dir, progress=progress),))
-
-    from dynprune.models import PrunableLM
-
-    if isinstance(env_kwargs.get("model"), PrunableLM):
-        raise ValueError("workers > 1 need the model named by spec (each process loads its own), got a loaded model")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    shards = split_round_robin(ids, workers)
-    results: list[WorkerResult] = []
+    # after the settings check: only a folder of these very settings is rewritten
+    migrate_legacy_meta(out_dir)
+    skipped = tuple(pid for pid in ids if _shard_readable(shard_path(out_dir, pid)))
+    logged = set(skipped)
+    pending = [pid for pid in ids if pid not in logged]
     errors: list[str] = []
-    # spawn, not fork: a forked torch process with threads already started can deadlock
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [
-            pool.submit(run_worker, shard, env_kwargs, config, out_dir, worker=i, threads=threads, progress=progress)
-            for i, shard in enumerate(shards)
-            if shard
-        ]
-        for i, future in enumerate(futures):
-            try:
-                results.append(future.result())
-            except Exception as err:  # noqa: BLE001 - report every failed worker, keep the others' shards
-                errors.append(f"worker {i}: {type(err).__name__}: {err}")
+    if backend == "ray":
+        from offline_data.ray_backend import run_ray_tasks
+
+        results, errors = run_ray_tasks(pending, env_kwargs, config, out_dir, tasks=workers, threads=threads,
+                                        retries=retries, progress=progress)
+    elif workers == 1:
+        results = [run_worker(pending, env_kwargs, config, out_dir, threads=threads, progress=progress)]
+    else:
+        results, errors = _run_processes(pending, env_kwargs, config, out_dir, workers, threads, progress)
+    # counted from the folder: a retried Ray task reports what its dead attempt wrote as skipped
+    done = tuple(pid for pid in pending if _shard_readable(shard_path(out_dir, pid)))
     if errors:
-        raise RuntimeError(
-            "exploration workers failed (finished prompts are kept; re-run to continue): " + "; ".join(errors)
+        logged_now = len(skipped) + len(done)
+        raise ExploreFailed(
+            f"{len(errors)} exploration worker{'s' if len(errors) > 1 else ''} failed ({'; '.join(errors)}); "
+            f"finished prompts are kept ({logged_now} of {len(ids)} logged in {out_dir}): re-run to resume"
         )
-    return ExploreSummary(out_dir, tuple(results))
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.read_metadata(shard_path(out_dir, pid)).num_rows for pid in done)
+    return ExploreSummary(out_dir, tuple(results), done, skipped, rows)

@@ -8,6 +8,7 @@ import pytest
 
 from dynprune.cli import build_parser, main
 from dynprune.records import read_jsonl
+from offline_data.dataset import read_meta
 
 TINY = ["--model", "tiny-llama", "--max-new-tokens", "3", "--profile-tokens", "2", "--profile-repeats", "1",
         "--train-prompts", "6", "--test-prompts", "2", "--reward", "proxy", "--checkpoint-every", "4"]
@@ -96,7 +97,7 @@ def test_explore_budget_range_is_in_the_logs_settings_and_the_offline_run(tmp_pa
     assert run("explore", "--strategy", "sweep", "--out", str(logs), "--model", "tiny-llama", "--prompts", "1",
                "--max-new-tokens", "3", "--profile-tokens", "2", "--profile-repeats", "1",
                "--reward", "latency_budget", "--budget-range", "0.85", "1.1") == 0
-    meta = json.loads((logs / "meta.json").read_text())
+    meta = read_meta(logs)
     assert meta["settings"]["env"]["budget_range"] == [0.85, 1.1]
     run_dir = tmp_path / "run"
     assert run("offline", "--logs", str(logs), "--algo", "bc", "--run-dir", str(run_dir), "--steps", "2",

@@ -416,33 +416,6 @@ def test_shard_names_are_safe_and_distinct(tmp_path):
     assert shard_paths(tmp_path) == []
 
 
-def test_ray_backend_runs_run_worker_per_shard(dfs_logs, tmp_path, prompt_ids, monkeypatch):
-    """The Ray layer is one task per round-robin shard; a stand-in `ray` module runs them in-process."""
-    import sys
-    import types
-
-    calls = []
-
-    def remote(fn):
-        class Task:
-            @staticmethod
-            def remote(*args, **kwargs):
-                calls.append(args[0])
-                return fn(*args, **kwargs)
-
-        return Task
-
-    fake = types.SimpleNamespace(remote=remote, get=lambda refs: list(refs))
-    monkeypatch.setitem(sys.modules, "ray", fake)
-    summary = explore(TINY_ENV, "dfs", tmp_path, prompt_ids=prompt_ids, threshold=0.0, max_scenarios=4,
-                      workers=2, backend="ray")
-    assert calls == split_round_robin(prompt_ids, 2)
-    assert len(summary.workers) == 2
-    one, two = load_logs(dfs_logs), load_logs(tmp_path)
-    for column in ("prompt_id", "observation", "layers", "action", "fidelity", "ppl"):
-        assert one[column] == two[column]
-
-
 def test_ray_backend_without_ray_names_the_install(tmp_path, prompt_ids, monkeypatch):
     import sys
 

@@ -135,7 +135,8 @@ def test_logs_without_a_budget_field_are_refused(tmp_path):
 
 def test_old_shards_read_with_nulls_and_cannot_be_relabelled(budget_logs, tmp_path):
     """Shards written before prefix_fidelity / budget_s were logged still load; relabelling them says why not."""
-    (tmp_path / "meta.json").write_text((budget_logs / "meta.json").read_text())
+    # the old layout: settings in a file beside the shards
+    (tmp_path / "meta.json").write_text(json.dumps(read_meta(budget_logs)))
     for path in shard_paths(budget_logs):
         table = pq.read_table(path)
         table = table.drop_columns(list(OPTIONAL_COLUMNS))
