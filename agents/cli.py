@@ -41,7 +41,9 @@ def _env_kwargs(cfg: dict[str, Any], split: str) -> dict[str, Any]:
         "timing": cfg["timing"] if split == "train" else cfg["test_timing"],
         "max_new_tokens": cfg["max_new_tokens"],
         "telemetry": cfg["telemetry"],
-        "scenario": cfg["scenario"],
+        # None: the env's default ("mixed") with scenario telemetry; runs written before --scenario
+        # defaulted to None kept "mixed" whatever the telemetry, which the env now refuses beside live/replay
+        "scenario": None if cfg["telemetry"] != "scenario" and cfg.get("scenario") == "mixed" else cfg.get("scenario"),
         "device": cfg["device"],
         "profile": ProfileConfig(new_tokens=cfg["profile_tokens"], repeats=cfg["profile_repeats"]),
         # runs written before the option existed had no embedding in the observation
@@ -260,7 +262,7 @@ def _add_run_args(p: argparse.ArgumentParser, episodes: int, train_prompts: int 
     p.add_argument("--timing", choices=("profiled", "live"), default="profiled", help="training timing mode")
     p.add_argument("--test-timing", choices=("profiled", "live"), default="live")
     p.add_argument("--telemetry", choices=("scenario", "live", "replay"), default="scenario")
-    p.add_argument("--scenario", default="mixed")
+    p.add_argument("--scenario", default=None, help="load scenario(s), --telemetry scenario only (default: mixed)")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--train-prompts", type=int, default=train_prompts, help="random subset of the train split")
     p.add_argument("--test-prompts", type=int, default=test_prompts, help="random subset of the test split")

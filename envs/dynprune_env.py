@@ -35,6 +35,21 @@ def monitor_seed(seed: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(1)[0])
 
 
+def _budget_range(value: Any) -> tuple[float, float]:
+    """``(low, high)`` with ``0 < low <= high <= 2``, else a ``ValueError`` naming the value."""
+    try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError("a text, not two numbers")
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"budget_range must be two numbers (low, high) with 0 < low <= high <= 2, got {value!r}"
+        ) from None
+    if not 0 < lo <= hi <= 2:
+        raise ValueError(f"budget_range must satisfy 0 < low <= high <= 2, got {value!r}")
+    return lo, hi
+
+
 class DynPruneEnv(gym.Env):
     """
     ## Description
@@ -111,7 +126,7 @@ class DynPruneEnv(gym.Env):
     | reward              | "casrap"         | reward name or object                                       |
     | timing              | "profiled"       | "profiled" (latency profile + one forward) or "live"        |
     | telemetry           | "scenario"       | "scenario", "live" or "replay"                              |
-    | scenario            | "mixed"          | scenario name(s) for telemetry="scenario"                   |
+    | scenario            | None             | scenario name(s), telemetry="scenario" only (None: "mixed") |
     | trace               | None             | trace file for telemetry="replay"                           |
     | prompts_per_episode | 1                | prompts (steps) per episode                                 |
     | sequential          | False            | visit prompts in order (evaluation) instead of at random    |
@@ -144,7 +159,7 @@ class DynPruneEnv(gym.Env):
         reward: str | RewardFn = "casrap",
         timing: str = "profiled",
         telemetry: str = "scenario",
-        scenario: str | Sequence[str] | None = "mixed",
+        scenario: str | Sequence[str] | None = None,
         trace: str | None = None,
         prompts_per_episode: int = 1,
         sequential: bool = False,
@@ -163,9 +178,19 @@ class DynPruneEnv(gym.Env):
             raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
         if prompts_per_episode < 1:
             raise ValueError(f"prompts_per_episode must be >= 1, got {prompts_per_episode}")
-        lo, hi = budget_range
-        if not 0 < lo <= hi <= 2:
-            raise ValueError(f"budget_range must satisfy 0 < low <= high <= 2, got {budget_range}")
+        lo, hi = _budget_range(budget_range)
+        if telemetry != "scenario" and scenario is not None:
+            raise ValueError(
+                f"scenario={scenario!r} is only used with telemetry='scenario', got telemetry={telemetry!r}; "
+                "drop scenario= or set telemetry='scenario'"
+            )
+        if telemetry != "replay" and trace is not None:
+            raise ValueError(
+                f"trace={trace!r} is only used with telemetry='replay', got telemetry={telemetry!r}; "
+                "drop trace= or set telemetry='replay'"
+            )
+        if telemetry == "scenario" and scenario is None:
+            scenario = "mixed"
         if render_mode is not None:
             raise ValueError(f"DynPrune-v0 has no render modes, got {render_mode!r}")
         self.reward_fn = make_reward(reward)
@@ -185,6 +210,8 @@ class DynPruneEnv(gym.Env):
         if not self.prompts:
             raise ValueError(f"prompt source {prompts!r} (split {split!r}) has no prompts")
         self.lm = model if isinstance(model, PrunableLM) else load_model(model, device=device, dtype=dtype)
+        # A prompt too long for the context fails here, naming it, not when it is first drawn.
+        self.lm.check_prompts_fit(self.prompts, max_new_tokens)
         if self.lm.device.type == "cuda":
             self.monitor = make_monitor(telemetry, scenario=scenario if telemetry == "scenario" else None,
                                         trace=trace if telemetry == "replay" else None, device=str(self.lm.device))
