@@ -5,10 +5,12 @@ point group, so the engine's CLI never imports agents or envs (the arrows go one
 
 Run directory layout (``--run-dir runs/NAME``)::
 
+    dynprune-run.json    the marker: this folder is a run, and the names below are what it writes
+                         (--force deletes only those; a folder without it is never written or deleted)
     config.json          the arguments of the run (written first; a run is never overwritten without --force)
     metrics.jsonl        one StepRecord per training step, appended and fsynced as it happens
     train_log.jsonl      one line per episode: timesteps, reward, loss, epsilon
-    checkpoint.zip       latest model (+ checkpoint_replay.pkl) for --resume
+    checkpoint.zip       latest model (+ checkpoint_replay.pkl) for --resume (agents.checkpoint)
     agent.zip            the trained agent (+ agent.zip.agent.json sidecar)
     test/<agent>.jsonl   held-out evaluation records per agent; test/summary.json
     report/              plots and report.txt (``dynprune report``)
@@ -18,17 +20,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from dynprune.fileio import atomic_write_json
+from agents.checkpoint import CHECKPOINT, load_checkpoint, resume_seed, rewind_logs, save_checkpoint
+from dynprune.fileio import WRITE_ERRNOS, WriteFailed, atomic_write_json, describe_os_error
+from dynprune.runfolder import MARKER, RunMarker, open_run_folder, prepare_run_folder
 
-RUN_FILES = ("config.json", "metrics.jsonl", "train_log.jsonl", "checkpoint.zip", "agent.zip")
+#: What a train run writes (top-level names, glob patterns): ``--force`` deletes these and nothing else.
+RUN_OUTPUTS = ("config.json", "metrics.jsonl", "train_log.jsonl", "checkpoint.zip", "checkpoint_replay.pkl",
+               "agent.zip", "agent.zip.agent.json", "test", "report", ".*.tmp")
+#: Settings a resumed run may change (the rest must stay as in config.json).
+RESUME_MAY_CHANGE = ("episodes", "checkpoint_every", "test_prompts", "test_timing", "tensorboard")
 
 
 def _env_kwargs(cfg: dict[str, Any], split: str) -> dict[str, Any]:
@@ -81,18 +87,31 @@ class _RecordingCallback:
     """Builds an SB3 callback that logs step records, episode summaries and checkpoints."""
 
     @staticmethod
-    def make(run_dir: Path, checkpoint_every: int, progress: Any, agent_name: str) -> Any:
+    def make(run_dir: Path, checkpoint_every: int, progress: Any, agent_name: str, first_episode: int = 0) -> Any:
         from stable_baselines3.common.callbacks import BaseCallback
 
         from dynprune.records import append_record
 
         class Callback(BaseCallback):
+            def _on_training_start(self) -> None:
+                self.last_checkpoint = self.model.num_timesteps
+
+            def _on_rollout_start(self) -> None:
+                # Between env steps every step so far has its record, its stored transition and its
+                # gradient step, so a checkpoint here agrees with the logs (agents.checkpoint).
+                steps = self.model.num_timesteps
+                if steps // checkpoint_every > self.last_checkpoint // checkpoint_every:
+                    save_checkpoint(self.model, run_dir)
+                    self.last_checkpoint = steps
+
             def _on_step(self) -> bool:
                 for info, done, reward in zip(self.locals["infos"], self.locals["dones"], self.locals["rewards"],
                                               strict=True):
                     rec = dict(info.get("record", {}))
                     if rec:
                         rec["agent"] = agent_name
+                        # the env numbers episodes from 0 in every process; a resumed run goes on
+                        rec["episode"] = first_episode + int(rec["episode"])
                         append_record(run_dir / "metrics.jsonl", rec)
                     if done:
                         logger = self.model.logger.name_to_value
@@ -104,32 +123,56 @@ class _RecordingCallback:
                             "epsilon": float(self.model.exploration_rate),
                         })
                 progress.update(1)
-                if self.num_timesteps % checkpoint_every == 0:
-                    save_checkpoint(self.model, run_dir)
                 return True
 
         return Callback()
 
 
-def save_checkpoint(model: Any, run_dir: Path) -> None:
-    """Save model and replay buffer atomically (temporary file + rename)."""
-    tmp = run_dir / ".checkpoint.tmp.zip"
-    model.save(tmp)
-    os.replace(tmp, run_dir / "checkpoint.zip")
-    tmp_rb = run_dir / ".checkpoint_replay.tmp.pkl"
-    model.save_replay_buffer(tmp_rb)
-    os.replace(tmp_rb, run_dir / "checkpoint_replay.pkl")
+def _legacy_run(run_dir: Path) -> bool:
+    """A train run written before run markers: its config.json names an agent and episodes, and it has a checkpoint."""
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and {"agent", "episodes"} <= set(cfg) and (run_dir / CHECKPOINT).is_file()
 
 
-def _prepare_run_dir(run_dir: Path, force: bool, resume: bool) -> None:
-    taken = run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_FILES)
-    if taken and not (force or resume):
-        raise ValueError(f"run directory {run_dir} already holds a run; pass --force to overwrite or --resume")
-    if taken and force and not resume:
-        shutil.rmtree(run_dir)
-    if resume and not (run_dir / "config.json").is_file():
-        raise ValueError(f"nothing to resume in {run_dir}: no config.json")
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _resume_config(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The config of the run to resume, with the changes ``--resume`` allows; refuse any other change."""
+    try:
+        marker = open_run_folder(run_dir)
+    except ValueError:
+        if not _legacy_run(run_dir):
+            raise
+        marker = RunMarker(kind="train", outputs=RUN_OUTPUTS, created=time.strftime("%Y-%m-%d %H:%M:%S"))
+        atomic_write_json(run_dir / MARKER, marker.to_dict())
+    if marker.kind != "train":
+        raise ValueError(f"--run-dir {run_dir} holds a dynprune {marker.kind} run; only train runs resume")
+    path = run_dir / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} cannot be read ({err}); restore it, or start the run again with --force") from err
+    given = getattr(args, "given_options", set())
+    for key in sorted(given & set(cfg)):
+        value = getattr(args, key)
+        if value != cfg[key] and key not in RESUME_MAY_CHANGE:
+            option = "--" + key.replace("_", "-")
+            raise ValueError(
+                f"{option} {value!r} differs from this run's {cfg[key]!r} ({path}); a resumed run keeps its "
+                f"settings: drop {option}, or start a new run in another --run-dir"
+            )
+    return {**cfg, **{key: getattr(args, key) for key in given & set(RESUME_MAY_CHANGE)}}
+
+
+class _GivenStore(argparse.Action):
+    """argparse's plain ``store`` that also notes the option as given, so ``--resume`` can tell an
+    explicit ``--episodes 600`` from the default 600."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given_options = {*getattr(namespace, "given_options", ()), self.dest}
 
 
 def train(args: argparse.Namespace) -> int:
@@ -139,38 +182,60 @@ def train(args: argparse.Namespace) -> int:
     from agents.dqn import DoubleDQN, SB3Agent, make_dqn
 
     run_dir = Path(args.run_dir)
-    _prepare_run_dir(run_dir, args.force, args.resume)
     if args.resume:
-        cfg = json.loads((run_dir / "config.json").read_text())
+        if args.force:
+            raise ValueError("--force and --resume contradict each other: --force replaces the run, --resume goes on")
+        cfg = _resume_config(run_dir, args)
     else:
-        cfg = {k: v for k, v in vars(args).items() if k not in ("fn", "force", "resume", "run_dir", "verbose")}
+        prepare_run_folder(run_dir, "train", RUN_OUTPUTS, force=args.force, resume_hint=True)
+        cfg = {k: v for k, v in vars(args).items()
+               if k not in ("fn", "force", "resume", "run_dir", "verbose", "given_options")}
         cfg["created"] = time.strftime("%Y-%m-%d %H:%M:%S")
         atomic_write_json(run_dir / "config.json", cfg)
     env = _make_env(cfg, "train")
     print(f"[train] {cfg['agent']} on {env.unwrapped.lm.model_id}: {len(env.unwrapped.prompts)} train prompts, "
           f"{cfg['episodes']} episodes, reward={cfg['reward']}, timing={cfg['timing']}", flush=True)
-    done_steps = 0
-    if args.resume and (run_dir / "checkpoint.zip").is_file():
-        model = DoubleDQN.load(run_dir / "checkpoint.zip", env=env, device="cpu")
-        if (run_dir / "checkpoint_replay.pkl").is_file():
-            model.load_replay_buffer(run_dir / "checkpoint_replay.pkl")
+    done_steps, first_episode = 0, 0
+    if args.resume and (run_dir / CHECKPOINT).is_file():
+        model = load_checkpoint(DoubleDQN, run_dir, env)
         done_steps = model.num_timesteps
-        print(f"[train] resuming at step {done_steps}")
-    else:
+        if cfg["episodes"] < done_steps:
+            raise ValueError(f"--episodes {cfg['episodes']} is fewer than the {done_steps} steps this run has "
+                             f"trained; pass --episodes {done_steps} or more")
+        # new draws of prompts, scenarios and exploration from here (not a replay of step 0's)
+        model.set_random_seed(resume_seed(cfg["seed"], done_steps))
+        model.tensorboard_log = cfg.get("tensorboard")
+    if args.resume:
+        # records past the checkpoint (a kill, a full disk) are measured again: drop them
+        point = rewind_logs(run_dir, done_steps)
+        first_episode = point.next_episode
+        atomic_write_json(run_dir / "config.json", cfg)  # --episodes may have changed
+        print(f"[train] resuming at step {done_steps} (episode {first_episode})"
+              + (f"; dropped {point.dropped_records} records written after the checkpoint"
+                 if point.dropped_records else ""), flush=True)
+    if not done_steps:
         model = make_dqn(env, double=cfg["agent"] == "ddqn", seed=cfg["seed"],
                          learning_starts=min(64, max(8, cfg["episodes"] // 10)),
                          target_update_interval=max(10, cfg["episodes"] // 20))
     remaining = cfg["episodes"] - done_steps
     agent_name = cfg["agent"]
     interrupted = False
-    with tqdm(total=cfg["episodes"], initial=done_steps, desc="train", unit="ep", disable=None) as bar:
-        callback = _RecordingCallback.make(run_dir, cfg["checkpoint_every"], bar, agent_name)
-        try:
-            if remaining > 0:
-                model.learn(remaining, callback=callback, reset_num_timesteps=done_steps == 0)
-        except KeyboardInterrupt:
-            interrupted = True
-    save_checkpoint(model, run_dir)
+    if remaining <= 0:
+        print(f"[train] the run has its {cfg['episodes']} episodes; pass --episodes N (more) to train further")
+    try:
+        with tqdm(total=cfg["episodes"], initial=done_steps, desc="train", unit="ep", disable=None) as bar:
+            callback = _RecordingCallback.make(run_dir, cfg["checkpoint_every"], bar, agent_name, first_episode)
+            try:
+                if remaining > 0:
+                    model.learn(remaining, callback=callback, reset_num_timesteps=done_steps == 0)
+            except KeyboardInterrupt:
+                interrupted = True
+        save_checkpoint(model, run_dir)
+    except OSError as err:  # a read-only or full disk mid-run: the last checkpoint and its records are intact
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise WriteFailed(err, f"{describe_os_error(err)}; the run is kept up to its last checkpoint: once fixed, "
+                               f"continue with: dynprune train --run-dir {run_dir} --resume") from err
     if interrupted:
         print(f"\n[train] interrupted at step {model.num_timesteps}; checkpoint saved. "
               f"Continue with: dynprune train --run-dir {run_dir} --resume", file=sys.stderr)
@@ -197,9 +262,10 @@ def evaluate(run_dir: Path, cfg: dict[str, Any], lm: Any = None, progress: bool 
     for a, name in enumerate(core.action_names):
         agents["none" if a == 0 else f"static-{name}"] = StaticAgent(a, core.action_space.n)
     out_dir = run_dir / "test"
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    # the files an earlier evaluation wrote, not the folder: anything else a user put there stays
+    for old in [*out_dir.glob("*.jsonl"), out_dir / "summary.json"]:
+        old.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     records: list[Any] = []
     n = len(core.prompts)
     obs, info = env.reset(seed=cfg["seed"] + 1)
@@ -254,6 +320,7 @@ def main_job(args: argparse.Namespace) -> int:
 
 def _add_run_args(p: argparse.ArgumentParser, episodes: int, train_prompts: int | None,
                   test_prompts: int | None) -> None:
+    p.register("action", None, _GivenStore)  # plain options note that they were given (see _resume_config)
     p.add_argument("--agent", choices=("ddqn", "dqn"), default="ddqn", help="Double DQN or SB3's DQN")
     p.add_argument("--episodes", type=int, default=episodes, help="training episodes (one prompt each)")
     p.add_argument("--model", default="smollm2-135m")
@@ -274,8 +341,10 @@ def _add_run_args(p: argparse.ArgumentParser, episodes: int, train_prompts: int 
                    help="latency_budget reward: budget / full-model latency drawn from this range (default 0.8 1.2)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-    p.add_argument("--resume", action="store_true", help="continue a run from its checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run in --run-dir: delete the files it wrote (other files stay)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run from its checkpoint (--episodes N to extend it; other settings stay)")
 
 
 def add_commands(sub: Any) -> None:

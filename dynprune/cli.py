@@ -19,7 +19,11 @@ import json
 import logging
 import statistics
 import sys
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
+
+from dynprune.fileio import describe_os_error
 
 DEMO_PROMPT = "What is the capital of France? Answer in one sentence, then name one famous landmark there."
 
@@ -134,8 +138,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Calibrate importance and write it to the cache (or ``--out``)."""
+    from dynprune.fileio import check_writable
     from dynprune.importance import calibrate, importance_path, save_importance
+    from dynprune.models import cache_dir
 
+    # before minutes of calibration: the result must have somewhere to go
+    if args.out:
+        check_writable(Path(args.out).resolve().parent, "--out")
+    else:
+        check_writable(cache_dir() / "importance", "the cache ($DYNPRUNE_CACHE)")
     lm = _load(args)
     imp = calibrate(lm, n_prompts=args.n_prompts, seq_len=args.seq_len)
     path = save_importance(imp, args.out or importance_path(lm.model_id, args.n_prompts, args.seq_len))
@@ -216,8 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
-        print(f"dynprune {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        message = str(e)
+    except OSError as e:  # a read-only folder, a full disk, a name too long: one line with the path and the remedy
+        message = describe_os_error(e)
+    if args.verbose:
+        traceback.print_exc()
+    # one line: the error, the value it is about and what to do (a traceback only with -v)
+    print(f"dynprune {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

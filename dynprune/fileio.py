@@ -1,17 +1,98 @@
-"""Atomic file writes: a temporary file in the destination's folder, then ``os.replace``.
+"""Atomic file writes, and failed writes turned into one line a user can act on.
 
-A crash (or Ctrl-C) mid-write leaves either the old file or the new one, never a
+Atomic writes go to a temporary file in the destination's folder, then ``os.replace``:
+a crash (or Ctrl-C) mid-write leaves either the old file or the new one, never a
 half-written one. The temporary file gets the permissions a plain ``open`` would
 give (``mkstemp`` alone makes it private to the owner).
+
+:func:`check_writable` proves a folder takes files *before* a command spends minutes
+computing what it will write there; :func:`describe_os_error` and :class:`WriteFailed`
+give a failed write (read-only folder, full disk, name too long) one line naming the
+path and the remedy, which the ``dynprune`` command prints instead of a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+#: Longest part of a destination's name that goes into its temporary file's name: file
+#: systems allow 255 bytes per name, and the temporary name adds a dot, a random part and
+#: a suffix (about 14 bytes), so a destination whose own name fits always gets a temporary name.
+_TMP_NAME_PART = 64
+
+#: What to do about a failed write, by errno.
+_REMEDIES = {
+    errno.EACCES: "fix the folder's permissions or choose another folder",
+    errno.EPERM: "fix the folder's permissions or choose another folder",
+    errno.EROFS: "the file system is read-only; choose a folder on a writable disk",
+    errno.ENOSPC: "free disk space or choose a folder on another disk",
+    errno.EDQUOT: "free space within your disk quota or choose a folder on another disk",
+    errno.EFBIG: "the file exceeds the size this file system (or ulimit -f) allows; choose another disk",
+    errno.ENAMETOOLONG: "use a shorter file or folder name",
+}
+
+#: errnos that mean "this place does not take writes" (as opposed to a missing file or a bad path).
+WRITE_ERRNOS = frozenset(_REMEDIES) - {errno.ENAMETOOLONG}
+
+
+def describe_os_error(err: OSError, remedy: str | None = None) -> str:
+    """One line for a failed file operation: the reason, the path and what to do.
+
+    ``remedy`` replaces the default advice for the error's errno.
+
+    Example:
+        >>> describe_os_error(OSError(errno.ENOSPC, "No space left on device", "/runs/a/metrics.jsonl"))
+        'No space left on device: /runs/a/metrics.jsonl; free disk space or choose a folder on another disk'
+    """
+    if isinstance(err, WriteFailed):
+        return str(err)
+    reason = err.strerror or str(err)
+    where = f": {os.fsdecode(err.filename)}" if err.filename is not None else ""
+    advice = remedy or _REMEDIES.get(err.errno or -1)
+    line = f"{reason}{where}" + (f"; {advice}" if advice else "")
+    return " ".join(line.split())
+
+
+class WriteFailed(OSError):
+    """An ``OSError`` whose message is one line a user can act on; ``errno`` and ``filename`` are the cause's."""
+
+    def __init__(self, cause: OSError, message: str) -> None:
+        super().__init__(cause.errno, cause.strerror, cause.filename)
+        self.message = " ".join(message.split())
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def check_writable(folder: str | os.PathLike[str], what: str | None = None) -> Path:
+    """Create ``folder`` if needed and prove a file can be created in it; return it.
+
+    Call it before long work whose result goes there (calibration, training, exploration).
+
+    Args:
+        folder: The folder the command will write into.
+        what: How the user named it (``"--out"``, ``"the cache ($DYNPRUNE_CACHE)"``), for the message.
+
+    Raises:
+        WriteFailed: the folder cannot be created or written (read-only, full disk, permissions);
+            the message names the folder and what to do.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".dynprune-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        label = f"{what} {folder}" if what else str(folder)
+        advice = _REMEDIES.get(err.errno or -1, "choose another folder")
+        raise WriteFailed(err, f"{label} is not writable ({err.strerror or err}); {advice}") from err
+    return folder
 
 
 def _default_mode() -> int:
@@ -29,7 +110,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:_TMP_NAME_PART]}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     os.chmod(tmp, _default_mode())
     try:

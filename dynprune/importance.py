@@ -224,5 +224,11 @@ def load_or_calibrate(lm: PrunableLM) -> Importance:
             log.warning("ignoring damaged importance cache %s: %s", path, e)
     log.info("calibrating %s on %d x %d tokens", lm.model_id, DEFAULT_N_PROMPTS, DEFAULT_SEQ_LEN)
     imp = calibrate(lm)
-    save_importance(imp, path)
+    try:
+        save_importance(imp, path)
+    except OSError as e:  # a read-only or full cache must not throw away a calibration that succeeded
+        from dynprune.fileio import describe_os_error
+
+        log.warning("importance of %s not cached, it is calibrated again next time (%s)", lm.model_id,
+                    describe_os_error(e, "set $DYNPRUNE_CACHE to a writable folder to keep it"))
     return imp

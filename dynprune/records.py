@@ -34,6 +34,7 @@ from dynprune.types import StepRecord
 __all__ = [
     "GroupSummary",
     "append_record",
+    "keep_first_lines",
     "read_jsonl",
     "read_records",
     "record_from_dict",
@@ -115,6 +116,40 @@ def append_record(path: str | os.PathLike[str], record: StepRecord | Mapping[str
         fh.write(line)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def keep_first_lines(path: str | os.PathLike[str], keep: int) -> int:
+    """Cut a JSON Lines file after its first ``keep`` lines (blank lines not counted); return lines dropped.
+
+    Resuming a run from a checkpoint uses it to drop the records written after that
+    checkpoint (they are measured again), so no step is logged twice. A half-written
+    last line is dropped with the rest. The file is cut in place and fsync-ed; cutting
+    again to the same length is a no-op, so a crash during the cut is harmless.
+
+    Raises:
+        ValueError: ``keep`` is negative.
+    """
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep}")
+    path = Path(path)
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    kept, cut = 0, 0
+    while kept < keep:
+        end = data.find(b"\n", cut)
+        if end < 0:  # fewer whole lines than asked: keep them all, drop only a half-written tail
+            break
+        if data[cut:end].strip():
+            kept += 1
+        cut = end + 1
+    dropped = sum(1 for line in data[cut:].split(b"\n") if line.strip())
+    if cut < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(cut)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return dropped
 
 
 # --------------------------------------------------------------------------- reading

@@ -27,6 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: What an offline run writes (top-level names, glob patterns): ``--force`` deletes these and nothing else.
+OFFLINE_RUN_OUTPUTS = ("config.json", "train_log.jsonl", "agent.zip", "agent.zip.agent.json", "test", "report",
+                       ".*.tmp")
+
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from dynprune.runtime import ProfileConfig
@@ -52,6 +56,7 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_explore(args: argparse.Namespace) -> int:
     """``dynprune explore``: measure configurations per prompt and write Parquet shards."""
+    from dynprune.fileio import WRITE_ERRNOS, WriteFailed, describe_os_error
     from offline_data.dataset import check_logs
     from offline_data.explore import ExploreFailed, explore, prompt_ids_of
 
@@ -90,6 +95,11 @@ def cmd_explore(args: argparse.Namespace) -> int:
     except ExploreFailed as err:
         print(f"dynprune explore: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a full or read-only disk mid-run: every finished prompt's shard is whole
+        if isinstance(err, WriteFailed) or err.errno not in WRITE_ERRNOS:
+            raise
+        raise WriteFailed(err, f"{describe_os_error(err)}; finished prompts are kept in {args.out}: once fixed, "
+                               "re-run the same command to resume") from err
     # the thread counts each worker measured with, as read in its own process
     threads = sorted({w.threads for w in summary.workers if w.done})
     print(f"[explore] done: {len(summary.done)} prompts measured ({summary.rows} rows), "
@@ -187,10 +197,11 @@ def _quiet_d3rlpy() -> None:
 
 def cmd_offline(args: argparse.Namespace) -> int:
     """``dynprune offline``: train a d3rlpy agent on logged data into a run directory."""
-    from agents.cli import _prepare_run_dir, evaluate
+    from agents.cli import evaluate
     from agents.offline import train_offline
     from dynprune.fileio import atomic_write_json
     from dynprune.records import append_record
+    from dynprune.runfolder import prepare_run_folder
     from offline_data.dataset import load_logs, read_meta, to_mdp_dataset
 
     # read and check everything before touching the run directory
@@ -209,7 +220,7 @@ def cmd_offline(args: argparse.Namespace) -> int:
     mdp = to_mdp_dataset(ds, n_actions=int(meta["n_actions"]))
     cfg["transitions"] = int(mdp.transition_count)
     run_dir = Path(args.run_dir)
-    _prepare_run_dir(run_dir, args.force, resume=False)
+    prepare_run_folder(run_dir, "offline", OFFLINE_RUN_OUTPUTS, force=args.force)
     atomic_write_json(run_dir / "config.json", cfg)
     if not getattr(args, "verbose", False):
         _quiet_d3rlpy()
@@ -305,5 +316,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--relabel-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="range of the fresh budgets of --relabel-budgets (default: the logs' smallest and largest)")
     p.add_argument("--test", action="store_true", help="evaluate on the held-out prompts right after training")
-    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run in --run-dir: delete the files it wrote (other files stay)")
     p.set_defaults(fn=cmd_offline)

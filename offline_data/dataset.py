@@ -125,6 +125,9 @@ SHARD_PREFIX = "shard-"
 SHARD_SUFFIX = ".parquet"
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+#: Longest shard file name: file systems allow 255 bytes, and an atomic write's temporary name adds
+#: about 14 more to the part of the name it keeps (dynprune.fileio); room is left for both.
+_MAX_SHARD_NAME = 200
 
 
 # --------------------------------------------------------------------------- paths
@@ -134,11 +137,13 @@ def shard_path(log_dir: str | os.PathLike[str], prompt_id: str) -> Path:
     """The shard file of one prompt: ``<log_dir>/shard-<prompt id>.parquet``.
 
     Characters outside ``[A-Za-z0-9._-]`` become ``_`` and the name then gets a short hash of
-    the real id, so two ids never share a file and the name stays portable.
+    the real id, so two ids never share a file and the name stays portable. An id too long for a
+    file name is cut and gets the hash too (the shard's rows carry the whole id).
     """
     safe = _SAFE.sub("_", prompt_id)
-    if safe != prompt_id or safe.startswith("."):
-        safe = f"{safe.lstrip('.')}-{hashlib.sha1(prompt_id.encode()).hexdigest()[:8]}"
+    room = _MAX_SHARD_NAME - len(SHARD_PREFIX) - len(SHARD_SUFFIX)
+    if safe != prompt_id or safe.startswith(".") or len(safe) > room:
+        safe = f"{safe.lstrip('.')[: room - 9]}-{hashlib.sha1(prompt_id.encode()).hexdigest()[:8]}"
     return Path(log_dir) / f"{SHARD_PREFIX}{safe}{SHARD_SUFFIX}"
 
 

@@ -61,6 +61,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from dynprune.fileio import check_writable
 from offline_data.dataset import migrate_legacy_meta, read_meta, shard_path, write_shard
 
 __all__ = [
@@ -718,7 +719,7 @@ def explore(
     ids = list(prompt_ids) if prompt_ids is not None else prompt_ids_of(env_kwargs)
     if len(set(ids)) != len(ids):
         raise ValueError("prompt ids must be unique")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)  # before any model loads: a read-only or full folder fails now, not after a prompt
     # after the settings check: only a folder of these very settings is rewritten
     migrate_legacy_meta(out_dir)
     skipped = tuple(pid for pid in ids if _shard_readable(shard_path(out_dir, pid)))

@@ -19,24 +19,18 @@ metrics every ``--eval-every`` epochs), ``checkpoint.safetensors`` (at every eva
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 from typing import Any
+
+from dynprune.runfolder import prepare_run_folder
 
 # Literal copies, so building the ``dynprune`` parser does not import torch (a test checks they match).
 METHODS = ("fbc", "dpo", "orpo")  # agents.router.train.METHODS
 FEATURES = ("minilm", "tokens")  # agents.router.model.FEATURES
 TOPK_METHODS = ("none", "sinkhorn", "gumbel")  # agents.router.topk.TOPK_METHODS
-RUN_FILES = ("config.json", "train_log.jsonl", "router.safetensors", "checkpoint.safetensors")
-
-
-def _prepare(run_dir: Path, force: bool) -> None:
-    taken = run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_FILES)
-    if taken and not force:
-        raise ValueError(f"run directory {run_dir} already holds a router run; pass --force to overwrite")
-    if taken:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+#: What a router run writes (top-level names, glob patterns): ``--force`` deletes these and nothing else.
+RUN_OUTPUTS = ("config.json", "train_log.jsonl", "router.safetensors", "checkpoint.safetensors", "agent.agent.json",
+               "agent.router.safetensors", "test", "report", ".*.tmp")
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -58,7 +52,7 @@ def train_command(args: argparse.Namespace) -> int:
     config = make_config(args.method, **common, **extra)  # validates before any loading
     run_dir = Path(args.run_dir)
     data = load_router_data(args.logs, pairs=args.pairs)
-    _prepare(run_dir, args.force)
+    prepare_run_folder(run_dir, "router", RUN_OUTPUTS, force=args.force)
     features = None
     if args.init is not None:
         router, _ = load_router(args.init, num_layers=data.num_layers)
@@ -108,7 +102,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--logs", nargs="+", required=True, help="log folders of dynprune explore (dfs / random)")
     p.add_argument("--pairs", default=None, help="pairs file of dynprune prefs (default: derived from --logs)")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run in --run-dir: delete the files it wrote (other files stay)")
     p.add_argument("--features", choices=FEATURES, default="minilm",
                    help="minilm: sentence encoder; tokens: the light router on the served model's token embeddings")
     p.add_argument("--encoder", default=None, help="encoder folder (default: the embedded all-MiniLM-L6-v2)")

@@ -23,9 +23,12 @@ from pathlib import Path
 
 
 def _check_out(args: argparse.Namespace) -> None:
+    from dynprune.compress.folder import check_replaceable
+
     out = Path(args.out)
     if out.exists() and not args.force:
         raise ValueError(f"{out} already exists; pass --force to replace it")
+    check_replaceable(out)  # even with --force: only a folder compress wrote is replaced
 
 
 def _train_config(args: argparse.Namespace, **over: object):  # noqa: ANN202 - TrainConfig, imported lazily

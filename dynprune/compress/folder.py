@@ -171,8 +171,7 @@ def save_compressed(
     dest = Path(out)
     if dest.exists() and not force:
         raise FileExistsError(f"{dest} already exists; pass force=True (--force) to replace it")
-    if dest.exists() and not dest.is_dir():
-        raise ValueError(f"{dest} exists and is not a folder")
+    check_replaceable(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
@@ -194,6 +193,22 @@ def save_compressed(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def check_replaceable(dest: str | os.PathLike[str]) -> None:
+    """Refuse to replace ``dest`` unless it is missing, empty or a compressed folder (it holds the metadata file).
+
+    ``--force`` replaces the whole folder, so it must never be a folder this module did not write
+    (a Hugging Face model folder passed as ``--out`` would lose its weights).
+    """
+    dest = Path(dest)
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise ValueError(f"--out {dest} exists and is not a folder; choose a new folder")
+    if any(dest.iterdir()) and not (dest / METADATA_FILE).is_file():
+        raise ValueError(f"--out {dest} is not a compressed model folder (it has no {METADATA_FILE}); --force only "
+                         "replaces folders dynprune compress wrote: choose a new or empty folder")
 
 
 def _umask() -> int:
