@@ -9,7 +9,8 @@ Sub-commands:
     explore     log exploration data (DFS / random / sweep); prefs, offline: offline RL on it
     demo        load a model, run one prompt under a few plans, print latency / tokens/s / fidelity
     info        print a model's geometry and identity
-    calibrate   measure importance (block influence, heads, channels) and cache it
+    calibrate   measure importance (block influence, heads, channels) and cache it;
+                --latency fits the latency model of timing="modelled" instead
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Calibrate importance and write it to the cache (or ``--out``)."""
+    """Calibrate importance (or, with ``--latency``, fit the latency model) and write it to the cache (or ``--out``)."""
+    if args.latency:
+        return calibrate_latency_cmd(args)
     from dynprune.fileio import check_writable
     from dynprune.importance import calibrate, importance_path, save_importance
     from dynprune.models import cache_dir
@@ -153,6 +156,35 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     order = sorted(range(len(imp.block_influence)), key=lambda i: imp.block_influence[i])
     print(f"wrote {path}")
     print("layers by block influence (lowest first):", order)
+    return 0
+
+
+def calibrate_latency_cmd(args: argparse.Namespace) -> int:
+    """``dynprune calibrate --latency``: measure random plans interleaved with the full model, fit, cache, report."""
+    from dynprune.latency_model import (
+        DECODE_FEATURES,
+        PREFILL_FEATURES,
+        LatencyCalibration,
+        calibrate_latency,
+        latency_path,
+        save_latency_model,
+    )
+
+    lm = _load(args)
+    _ = lm.importance  # head and channel selection (cached) stays out of the timed runs
+    config = LatencyCalibration(points=args.points, repeats=args.repeats, seed=args.seed)
+    print(f"model: {lm}; fitting its latency model on {config.points} points x {config.repeats} interleaved "
+          "repeats ...", flush=True)
+    model, _ = calibrate_latency(lm, config, progress=lambda line: print(line, flush=True))
+    path = save_latency_model(model, args.out or latency_path(model.key))
+    print(f"wrote {path}")
+    for phase, names, coef in (("prefill", PREFILL_FEATURES, model.prefill_coef),
+                               ("decode step", DECODE_FEATURES, model.decode_coef)):
+        print(f"{phase}: " + ", ".join(f"{n}={c:.3g}" for n, c in zip(names, coef, strict=True)))
+    for label, err in (("fit points", model.fit_error), ("held-out points", model.holdout)):
+        if err is not None:
+            print(f"speed-up error on {err.n} {label}: median {err.median_abs_rel_error:.3f}, "
+                  f"p90 {err.p90_abs_rel_error:.3f}, max {err.max_abs_rel_error:.3f} (|predicted / measured - 1|)")
     return 0
 
 
@@ -194,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-prompts", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--out", default=None, help="output file (default: the cache)")
+    p.add_argument("--latency", action="store_true",
+                   help="fit (or refit) the latency model of timing='modelled' instead of importance")
+    p.add_argument("--points", type=int, default=48, help="--latency: measured (plan, lengths) points")
+    p.add_argument("--repeats", type=int, default=2, help="--latency: interleaved full/plan runs per point")
+    p.add_argument("--seed", type=int, default=0, help="--latency: seed of the random plans and lengths")
     p.set_defaults(fn=cmd_calibrate)
 
     from dynprune.adapters_cli import add_adapter_commands

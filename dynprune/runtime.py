@@ -6,8 +6,18 @@ and exploration. Its cost model (DESIGN.md, "Cost model of one environment step"
 - The full model's answer to a prompt does not depend on the agent: it is
   generated once per (prompt, generation settings) and cached (memory, and
   optionally a JSON-lines file) with the prompt's features.
-- ``timing="live"``: one timed greedy generation under the plan, plus one
-  teacher-forced pass for the perplexity of the full answer under the plan.
+- ``timing="modelled"`` (the default for training and sweeps): no generation and no
+  clock. Quality from one teacher-forced pass of the pruned model over prompt + full
+  answer, memoised exactly (:mod:`dynprune.quality_memo`: one pass per (model, adapters,
+  prompt, plan, settings), ever); speed from the calibrated latency model
+  (:mod:`dynprune.latency_model`) of this model, device, dtype and thread count, for the
+  full model and the plan at this prompt's and answer's lengths. Deterministic for a given
+  (prompt, plan); a repeated step is two dictionary lookups.
+- ``timing="live"`` (evaluation): the plan and the full model generate the same ``n``
+  tokens side by side, forward passes interleaved (:mod:`dynprune.paired_timing`), so the
+  speed-up compares timings taken under the same load (a baseline timed at the prompt's
+  first visit compared two loads as much as two models); perplexity from the memoised
+  teacher-forced pass.
 - ``timing="profiled"``: no generation. Quality comes from one teacher-forced
   pass of the pruned model over prompt + full answer (argmax agreement and
   perplexity); speed from a :class:`LatencyProfile` per (plan, prompt-length
@@ -24,7 +34,7 @@ first EOS), and ``speedup = T_full(n) / T_pruned(n) - 1``. A pruned model that s
 early or rambles on is neither rewarded nor punished for its answer's length; its
 quality is (fidelity is position-wise agreement with the full answer, a missing or
 extra token counting as a mismatch). Profiled mode predicts ``T(n)`` from the
-profile's prefill and per-token decode times.
+profile's prefill and per-token decode times; modelled mode from the latency model.
 """
 
 from __future__ import annotations
@@ -39,14 +49,26 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from dynprune.fncall import score_calls
+from dynprune.latency_model import LatencyModel, load_latency_model, load_or_calibrate_latency, plan_shapes
 from dynprune.metrics import fidelity, task_score
 from dynprune.models import PrunableLM
-from dynprune.plan import PruningPlan
-from dynprune.types import Baseline, Evaluation, GenerationResult, Prompt, PromptFeatures
+from dynprune.paired_timing import paired_generate
+from dynprune.plan import NO_PRUNING, PruningPlan
+from dynprune.quality_memo import QualityMemo, quality_key
+from dynprune.types import (
+    Baseline,
+    Evaluation,
+    GenerationResult,
+    PlanShapes,
+    Prompt,
+    PromptFeatures,
+    QualityMetrics,
+)
 
 log = logging.getLogger(__name__)
 
-TIMINGS = ("live", "profiled")
+TIMINGS = ("modelled", "live", "profiled")
+"""Timing modes: ``modelled`` (training, sweeps), ``live`` (evaluation), ``profiled`` (the older live profile)."""
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
@@ -213,6 +235,10 @@ class PlanEvaluator:
         profile: Latency-profile settings for ``timing="profiled"``.
         cache_file: Optional JSON-lines file caching baselines across runs (appended,
             one line per prompt, so a crash keeps every finished line).
+        memo: The quality memo: a :class:`QualityMemo`, a file for one, or None (memory only).
+        latency_model: For ``timing="modelled"``: a :class:`LatencyModel` or its JSON file;
+            None loads the cached one of this model, device, dtype and thread count (fitted
+            on first use, ``dynprune calibrate --latency``).
     """
 
     def __init__(
@@ -221,12 +247,24 @@ class PlanEvaluator:
         max_new_tokens: int = 32,
         profile: ProfileConfig | None = None,
         cache_file: str | Path | None = None,
+        memo: QualityMemo | str | Path | None = None,
+        latency_model: LatencyModel | str | Path | None = None,
     ) -> None:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.lm = lm
         self.max_new_tokens = max_new_tokens
         self.profile = LatencyProfile(lm, profile)
+        self.memo = memo if isinstance(memo, QualityMemo) else QualityMemo(memo)
+        self._latency_model = (
+            load_latency_model(latency_model) if isinstance(latency_model, (str, Path)) else latency_model
+        )
+        self._shapes: dict[PruningPlan, PlanShapes] = {}
+        self._kept: dict[PruningPlan, float] = {}
+        self._modelled_s: dict[tuple[PruningPlan, int, int], float] = {}
+        # (baseline key, plan) -> metrics: the in-process fast path in front of the memo's content key
+        self._quality: dict[tuple[str, PruningPlan], QualityMetrics] = {}
+        self.forward_passes = 0  # teacher-forced passes run (memo misses)
         self._baselines: dict[str, Baseline] = {}
         self.cache_file = Path(cache_file) if cache_file else None
         self.baseline_seconds = 0.0  # time spent on full-model work (cache misses)
@@ -340,31 +378,108 @@ class PlanEvaluator:
         self.baseline_seconds += time.perf_counter() - t0
         return base
 
+    # ------------------------------------------------------------ modelled parts
+    @property
+    def latency_model(self) -> LatencyModel:
+        """The latency model of ``timing="modelled"`` (the cached fit of this model, loaded on first use)."""
+        if self._latency_model is None:
+            self._latency_model = load_or_calibrate_latency(self.lm)
+        return self._latency_model
+
+    def shapes(self, plan: PruningPlan) -> PlanShapes:
+        """What ``plan`` leaves of the model (cached per plan)."""
+        hit = self._shapes.get(plan)
+        if hit is None:
+            hit = self._shapes[plan] = plan_shapes(self.lm, plan)
+        return hit
+
+    def _kept_fraction(self, plan: PruningPlan) -> float:
+        hit = self._kept.get(plan)
+        if hit is None:
+            hit = self._kept[plan] = plan.kept_fraction(self.lm.geometry)
+        return hit
+
+    def modelled_latency_s(self, plan: PruningPlan, base: Baseline) -> float:
+        """The latency model's seconds for ``plan`` generating the full answer's length after the prompt."""
+        key = (plan, len(base.prompt_ids), len(base.answer_ids))
+        hit = self._modelled_s.get(key)
+        if hit is None:
+            hit = self._modelled_s[key] = self.latency_model.latency_s(self.shapes(plan), key[1], key[2])
+        return hit
+
+    def quality(self, prompt: Prompt, plan: PruningPlan, base: Baseline | None = None) -> QualityMetrics:
+        """Teacher-forced quality of ``plan`` on ``prompt``: from the memo, else one forward pass (then memoised)."""
+        base = base or self.baseline(prompt)
+        fast = (self._key(prompt), plan)
+        hit = None if plan.adapters else self._quality.get(fast)  # adapters may be retrained: key by content
+        if hit is not None:
+            return hit
+        key = quality_key(self.lm, plan, base.prompt_ids, base.answer_ids, self.max_new_tokens)
+        hit = self.memo.get(key)
+        if hit is None:
+            with self.lm.apply(plan):
+                score = self.lm.score(base.prompt_ids, base.answer_ids)
+            self.forward_passes += 1
+            exact = score.agreement == 1.0
+            hit = QualityMetrics(
+                ppl=score.perplexity,
+                fidelity=score.agreement,
+                exact_match=float(exact),
+                prefix_fidelity=teacher_forced_prefix(score.argmax_ids, base.answer_ids),
+                # every argmax agrees: the pruned greedy answer is the full one, and so is its task score
+                task_score=base.task_score if exact else None,
+            )
+            self.memo.put(key, hit)
+        if not plan.adapters:
+            self._quality[fast] = hit
+        return hit
+
     # ------------------------------------------------------------- evaluation
     def evaluate(
-        self, prompt: Prompt, plan: PruningPlan, timing: str = "profiled", cpu_util: float | None = None
+        self, prompt: Prompt, plan: PruningPlan, timing: str = "modelled", cpu_util: float | None = None
     ) -> Evaluation:
         """Measure ``plan`` on ``prompt``; the empty plan is the full model by definition (speed-up 0)."""
         if timing not in TIMINGS:
             raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
         base = self.baseline(prompt)
         t0 = time.perf_counter()
-        kept = plan.kept_fraction(self.lm.geometry)
+        kept = self._kept_fraction(plan)
+        n = len(base.answer_ids)
         if plan.is_empty:
-            return Evaluation(timing, 0.0, base.latency_s, base.tokens_per_s, base.ppl, 1.0, 1.0,
+            latency = self.modelled_latency_s(NO_PRUNING, base) if timing == "modelled" else base.latency_s
+            return Evaluation(timing, 0.0, latency, n / latency, base.ppl, 1.0, 1.0,
                               base.task_score, base.text if timing == "live" else None, kept,
                               time.perf_counter() - t0)
+        if timing == "modelled":
+            q = self.quality(prompt, plan, base)
+            full_s = self.modelled_latency_s(NO_PRUNING, base)
+            plan_s = self.modelled_latency_s(plan, base)
+            return Evaluation(
+                timing="modelled",
+                speedup=full_s / plan_s - 1.0,
+                latency_s=plan_s,
+                tokens_per_s=n / plan_s,
+                ppl=q.ppl,
+                fidelity=q.fidelity,
+                exact_match=q.exact_match,
+                task_score=q.task_score,
+                text=None,
+                kept_fraction=kept,
+                seconds=time.perf_counter() - t0,
+                prefix_fidelity=q.prefix_fidelity,
+            )
         if timing == "live":
-            with self.lm.apply(plan):
-                gen, score = self.lm.generate_and_score(base.prompt_ids, len(base.answer_ids), base.answer_ids)
-            answer, text = self._until_eos(gen.output_ids)
+            # the full model is timed beside the plan (forward passes interleaved): one load, two models
+            run = paired_generate(self.lm, plan, base.prompt_ids, n)
+            answer, text = self._until_eos(run.pruned.output_ids)
             fid = fidelity(answer, base.answer_ids)
+            q = self.quality(prompt, plan, base)
             return Evaluation(
                 timing="live",
-                speedup=base.latency_s / gen.latency_s - 1.0,
-                latency_s=gen.latency_s,
-                tokens_per_s=gen.tokens_per_s,
-                ppl=score.perplexity,
+                speedup=run.speedup,
+                latency_s=run.pruned.latency_s,
+                tokens_per_s=run.pruned.tokens_per_s,
+                ppl=q.ppl,
                 fidelity=fid.token_agreement,
                 exact_match=fid.exact_match,
                 task_score=prompt_task_score(prompt, text) if base.task_score is not None else None,
@@ -374,9 +489,7 @@ class PlanEvaluator:
                 prefix_fidelity=fid.prefix_agreement,
             )
         cell = self.profile.cell(plan, base.prompt_ids, cpu_util)
-        with self.lm.apply(plan):
-            score = self.lm.score(base.prompt_ids, base.answer_ids)
-        n = len(base.answer_ids)
+        q = self.quality(prompt, plan, base)
         speedup = cell.speedup(n)
         pruned_latency = base.latency_s / (1.0 + speedup)
         return Evaluation(
@@ -384,12 +497,12 @@ class PlanEvaluator:
             speedup=speedup,
             latency_s=pruned_latency,
             tokens_per_s=n / pruned_latency,
-            ppl=score.perplexity,
-            fidelity=score.agreement,
-            exact_match=float(score.agreement == 1.0),
-            task_score=base.task_score if score.agreement == 1.0 else None,
+            ppl=q.ppl,
+            fidelity=q.fidelity,
+            exact_match=q.exact_match,
+            task_score=q.task_score,
             text=None,
             kept_fraction=kept,
             seconds=time.perf_counter() - t0,
-            prefix_fidelity=teacher_forced_prefix(score.argmax_ids, base.answer_ids),
+            prefix_fidelity=q.prefix_fidelity,
         )

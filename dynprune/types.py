@@ -8,6 +8,7 @@ dict or a long tuple. Fields that a machine may not have (a GPU, a battery) are
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,7 +246,7 @@ class StepRecord:
         action: Discrete action id.
         action_name: Name of the action-table entry.
         plan: ``PruningPlan.to_dict()`` of the applied plan.
-        timing: ``"live"`` or ``"profiled"``.
+        timing: ``"modelled"``, ``"live"`` or ``"profiled"``.
         baseline_latency_s, pruned_latency_s: Latency of the full and pruned model.
         baseline_tokens_per_s, pruned_tokens_per_s: Generation throughput.
         speedup: ``baseline_latency_s / pruned_latency_s - 1`` (0.2 = 20 % faster; negative = slower).
@@ -328,7 +329,8 @@ class Evaluation:
     """One plan measured on one prompt.
 
     Attributes:
-        timing: ``"live"`` (a timed generation) or ``"profiled"`` (latency profile + one forward pass).
+        timing: ``"modelled"`` (latency model + one memoised forward pass), ``"live"`` (the plan and the
+            full model timed side by side) or ``"profiled"`` (latency profile + one forward pass).
         speedup: ``T_full(n) / T_pruned(n) - 1``: both models timed generating the same ``n``
             tokens (the full model's answer length) after the same prompt.
         latency_s: Pruned latency for those tokens.
@@ -364,3 +366,135 @@ class Evaluation:
     kept_fraction: float
     seconds: float
     prefix_fidelity: float = 1.0
+
+    @property
+    def full_latency_s(self) -> float:
+        """The full model's latency this speed-up compares against: ``latency_s * (1 + speedup)``.
+
+        Live: the full model timed beside the plan; modelled: the latency model's prediction.
+        """
+        return self.latency_s * (1.0 + self.speedup)
+
+
+@dataclass(frozen=True)
+class PlanShapes:
+    """What a plan leaves of a model, in the quantities its latency depends on (``dynprune.latency_model``).
+
+    Attributes:
+        layers: Decoder layers that run (attention and FFN).
+        attn_params: Weights of the running layers' q, k, v and o projections.
+        ffn_params: Weights of the running layers' gate, up and down projections.
+        q_width: Sum over running layers of kept query heads x head dim.
+        kv_width: Sum over running layers of kept KV heads x head dim.
+        ragged_layers: Running layers whose kept query heads are unevenly spread over the kept KV
+            heads (their attention gathers K/V per query head).
+        ragged_width: Sum over those layers of kept query heads x head dim.
+        adapter_layers: Layers replaced by an adapter.
+        adapter_params: Weights of those adapters.
+    """
+
+    layers: int
+    attn_params: int
+    ffn_params: int
+    q_width: int
+    kv_width: int
+    ragged_layers: int = 0
+    ragged_width: int = 0
+    adapter_layers: int = 0
+    adapter_params: int = 0
+
+
+@dataclass(frozen=True)
+class QualityMetrics:
+    """Teacher-forced quality of one plan on one prompt: the pruned model over prompt + the full answer.
+
+    Deterministic for a (model, adapters, prompt, plan, generation settings): measured once and
+    memoised (``dynprune.quality_memo``).
+
+    Attributes:
+        ppl: Perplexity of the full model's answer under the pruned model.
+        fidelity: Share of answer positions where the pruned model's argmax is the answer's token.
+        exact_match: 1.0 when every argmax agrees (the pruned greedy answer is the full one).
+        prefix_fidelity: Share of the answer the pruned model reproduces before its first different token.
+        task_score: The full answer's task score when the pruned answer is the full one, else None.
+    """
+
+    ppl: float
+    fidelity: float
+    exact_match: float
+    prefix_fidelity: float
+    task_score: float | None = None
+
+
+@dataclass(frozen=True)
+class PairedRun:
+    """The full model and a plan timed token by token, interleaved, on the same prompt and answer length.
+
+    Attributes:
+        full: The full model's timed generation (its greedy answer, exactly ``n`` tokens).
+        pruned: The pruned model's timed generation (exactly ``n`` tokens, EOS ignored).
+        full_steps: Seconds of each of the full model's decode steps (after the prefill).
+        pruned_steps: The same for the plan; step ``j`` of both ran one after the other.
+    """
+
+    full: GenerationResult
+    pruned: GenerationResult
+    full_steps: tuple[float, ...] = ()
+    pruned_steps: tuple[float, ...] = ()
+
+    @property
+    def speedup(self) -> float:
+        """``T_full / T_pruned - 1`` of the two generations timed side by side."""
+        return self.full.latency_s / self.pruned.latency_s - 1.0
+
+
+@dataclass(frozen=True)
+class LatencyPoint:
+    """One (plan, prompt length, answer length) timed interleaved with the full model.
+
+    Attributes:
+        kind: What kind of plan (``layers``, ``heads``, ``ffn``, ``mixed``, ``adapters`` or a table name).
+        plan: ``PruningPlan.to_dict()`` of the plan.
+        full: Shapes of the full model.
+        shapes: Shapes of the plan.
+        prompt_tokens: Prompt length ``n``.
+        new_tokens: Tokens generated ``N`` (exactly; end-of-sequence ignored).
+        full_runs: ``(prefill seconds, decode seconds)`` of each full-model run.
+        plan_runs: The same for the plan; run ``r`` of both was taken side by side (forward
+            passes interleaved, ``dynprune.paired_timing``).
+        full_steps: Seconds of each decode step of each full-model run (empty if not recorded).
+        plan_steps: The same for the plan.
+    """
+
+    kind: str
+    plan: dict[str, Any]
+    full: PlanShapes
+    shapes: PlanShapes
+    prompt_tokens: int
+    new_tokens: int
+    full_runs: tuple[tuple[float, float], ...]
+    plan_runs: tuple[tuple[float, float], ...]
+    full_steps: tuple[tuple[float, ...], ...] = ()
+    plan_steps: tuple[tuple[float, ...], ...] = ()
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """``T_full / T_plan`` of each repeat (whole generations taken side by side)."""
+        return tuple(sum(f) / sum(p) for f, p in zip(self.full_runs, self.plan_runs, strict=True))
+
+    @property
+    def measured_ratio(self) -> float:
+        """The median of :attr:`ratios`: the point's measured speed-up as a ratio."""
+        return statistics.median(self.ratios)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyPoint:
+        """Inverse of ``dataclasses.asdict``."""
+        return cls(
+            kind=d["kind"], plan=dict(d["plan"]), full=PlanShapes(**d["full"]), shapes=PlanShapes(**d["shapes"]),
+            prompt_tokens=int(d["prompt_tokens"]), new_tokens=int(d["new_tokens"]),
+            full_runs=tuple((float(a), float(b)) for a, b in d["full_runs"]),
+            plan_runs=tuple((float(a), float(b)) for a, b in d["plan_runs"]),
+            full_steps=tuple(tuple(float(x) for x in run) for run in d.get("full_steps", ())),
+            plan_steps=tuple(tuple(float(x) for x in run) for run in d.get("plan_steps", ())),
+        )

@@ -104,7 +104,11 @@ class DynPruneEnv(gym.Env):
     ## Rewards
     ``reward="casrap"`` (default), ``"accuracy_efficiency"``, ``"latency_budget"``,
     ``"proxy"`` (deterministic), or any :class:`dynprune.rewards.RewardFn`.
-    Speed-up is per generated token against the full model on the same prompt.
+    Speed-up is per generated token against the full model on the same prompt. With
+    ``timing="modelled"`` (default) it comes from the calibrated latency model of this model,
+    device, dtype and thread count (``dynprune calibrate --latency``) and quality from one
+    memoised teacher-forced pass: the reward of a (prompt, action, load, budget) is deterministic.
+    With ``timing="live"`` (evaluation) the plan and the full model are timed side by side.
 
     ## Starting State
     ``reset`` draws a load scenario (``telemetry="scenario"``), a latency budget
@@ -124,7 +128,7 @@ class DynPruneEnv(gym.Env):
     | max_new_tokens      | 32               | answer length of the full and pruned model                  |
     | action_table        | "default"        | "default" or a list of ActionEntry / dicts                  |
     | reward              | "casrap"         | reward name or object                                       |
-    | timing              | "profiled"       | "profiled" (latency profile + one forward) or "live"        |
+    | timing              | "modelled"       | "modelled" (latency model + memoised forward), "live" or "profiled" |
     | telemetry           | "scenario"       | "scenario", "live" or "replay"                              |
     | scenario            | None             | scenario name(s), telemetry="scenario" only (None: "mixed") |
     | trace               | None             | trace file for telemetry="replay"                           |
@@ -133,6 +137,8 @@ class DynPruneEnv(gym.Env):
     | budget_range        | (0.8, 1.2)       | budget / full latency under the load (x budget_scale)       |
     | cache_file          | None             | JSON-lines file caching full-model answers across runs      |
     | profile             | None             | ``ProfileConfig`` of the latency profile                    |
+    | memo_file           | None             | JSON file of the quality memo (teacher-forced metrics) across runs |
+    | latency_model       | None             | ``LatencyModel`` or its file (default: the cached fit)      |
     | prompt_embedding    | 0                | N > 0 appends N projected prompt-embedding coordinates      |
     | device, dtype       | "auto"           | passed to ``load_model``                                    |
 
@@ -157,7 +163,7 @@ class DynPruneEnv(gym.Env):
         max_new_tokens: int = 32,
         action_table: str | Sequence[ActionEntry | dict[str, Any]] = "default",
         reward: str | RewardFn = "casrap",
-        timing: str = "profiled",
+        timing: str = "modelled",
         telemetry: str = "scenario",
         scenario: str | Sequence[str] | None = None,
         trace: str | None = None,
@@ -166,6 +172,8 @@ class DynPruneEnv(gym.Env):
         budget_range: tuple[float, float] = (0.8, 1.2),
         cache_file: str | None = None,
         profile: ProfileConfig | None = None,
+        memo_file: str | None = None,
+        latency_model: Any = None,
         prompt_embedding: int = 0,
         device: str = "auto",
         dtype: str = "auto",
@@ -215,7 +223,8 @@ class DynPruneEnv(gym.Env):
         if self.lm.device.type == "cuda":
             self.monitor = make_monitor(telemetry, scenario=scenario if telemetry == "scenario" else None,
                                         trace=trace if telemetry == "replay" else None, device=str(self.lm.device))
-        self.evaluator = PlanEvaluator(self.lm, max_new_tokens, profile=profile, cache_file=cache_file)
+        self.evaluator = PlanEvaluator(self.lm, max_new_tokens, profile=profile, cache_file=cache_file,
+                                       memo=memo_file, latency_model=latency_model)
         self._plans: dict[int, PruningPlan] = {}
 
         self.observation_names: tuple[str, ...] = TELEMETRY_FIELDS + PROMPT_FIELDS
@@ -312,12 +321,14 @@ class DynPruneEnv(gym.Env):
         # which the agent observes. (It was relative to the unloaded full model: under busy_cpu (x1.6) no
         # plan of the table could meet any budget of the default range, and on 23 of 24 held-out prompts of
         # benchmarks/results/offline_rl_budget.json no action met it.)
-        budget_s = base.latency_s * factor * self._budget_rel if self._budget_rel is not None else None
+        # the full model's latency this step's speed-up compares against (modelled: predicted; live: timed beside)
+        full_s = ev.full_latency_s
+        budget_s = full_s * factor * self._budget_rel if self._budget_rel is not None else None
         outcome = Outcome(
             speedup=ev.speedup,
             baseline_ppl=base.ppl,
             pruned_ppl=ev.ppl,
-            fidelity=ev.prefix_fidelity,  # the same in live and profiled timing (see Evaluation)
+            fidelity=ev.prefix_fidelity,  # the same in every timing (see Evaluation)
             task_score=ev.task_score,
             kept_fraction=ev.kept_fraction,
             latency_s=ev.latency_s * factor,
@@ -391,9 +402,9 @@ class DynPruneEnv(gym.Env):
             action_name=action_name or (self.action_names[action] if action >= 0 else plan.describe()),
             plan=plan.to_dict(),
             timing=ev.timing,
-            baseline_latency_s=base.latency_s * factor,
+            baseline_latency_s=ev.full_latency_s * factor,
             pruned_latency_s=ev.latency_s * factor,
-            baseline_tokens_per_s=base.tokens_per_s / factor,
+            baseline_tokens_per_s=len(base.answer_ids) / ev.full_latency_s / factor,
             pruned_tokens_per_s=ev.tokens_per_s / factor,
             speedup=ev.speedup,
             baseline_ppl=base.ppl,
@@ -413,11 +424,9 @@ class DynPruneEnv(gym.Env):
     def action_records(self) -> list[StepRecord]:
         """The record of every action on the current prompt and state, without stepping (sweeps, oracle).
 
-        In live timing the full model is timed again first, so every ratio of the sweep is
-        against a baseline measured moments before it.
+        In live timing every action's plan is timed beside the full model (forward passes
+        interleaved), so every ratio of the sweep compares two timings taken under one load.
         """
-        if self.timing == "live":
-            self.evaluator.retime_baseline(self._prompt)
         return [self._record(a)[0] for a in range(self.action_space.n)]
 
     def step(self, action: Any):  # noqa: ANN201
