@@ -667,6 +667,8 @@ class PrunableLM:
 
     def check_token_ids(self, ids: Any, what: str = "prompt", allow_empty: bool = False) -> list[int]:
         """``ids`` as a list of ints, each a row of the embedding table; else a ``ValueError`` naming the bad one."""
+        if isinstance(ids, (torch.Tensor, np.ndarray)) and (ids.ndim == 1 or (ids.ndim == 2 and ids.shape[0] == 1)):
+            ids = ids.reshape(-1).tolist()
         if ids is None or isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
             raise ValueError(f"{what} must be a text or a sequence of token ids, got {type(ids).__name__}")
         out: list[int] = []
@@ -890,6 +892,21 @@ class PrunableLM:
                     f"plan replaces layer {layer} by an adapter but none is loaded for it "
                     f"(adapter slots filled: {sorted(self.adapters)})"
                 )
+
+    def new_cache(self, plan: PruningPlan | None = None) -> Any:
+        """An empty ``DynamicCache`` laid out for ``plan`` (default: the applied plan, or none).
+
+        One slot per kept attention layer, each of that layer's own type (a
+        ``DynamicSlidingWindowLayer`` for a sliding-window layer): use it only while the same
+        plan is applied. A cache made for another layout gives a kept layer another layer's
+        window and slot (Qwen2/3 sliding layouts: wrong sizes or logits).
+        """
+        from transformers import DynamicCache
+
+        if plan is None or plan == self._active:
+            return DynamicCache(config=self.model.config)
+        with self.apply(plan):
+            return DynamicCache(config=self.model.config)
 
     @property
     def active_plan(self) -> PruningPlan | None:

@@ -161,6 +161,24 @@ def test_generation_through_the_window_matches_a_physically_pruned_copy(kind, wi
         assert score.nll == pytest.approx(ref_nll, abs=1e-5), (kind, skip)  # scored in float32
 
 
+def test_a_cache_made_for_a_plan_outside_apply_fits_it():
+    """``lm.new_cache(plan)`` lays the cache out for the plan's kept layers (paired timing makes it early)."""
+    from dynprune.generation import forward_with_cache
+
+    lm = _tiny("qwen2")
+    plan, prompt, n = PruningPlan(skip=(1,)), PROMPT[:6], 12
+    cache = lm.new_cache(plan)
+    assert lm.model.config.num_hidden_layers == LAYERS  # made without leaving the plan in place
+    out, step = [], torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(n):
+            with lm.apply(plan):
+                out.append(int(forward_with_cache(lm.model, step, cache)[0, -1].argmax()))
+            step = torch.tensor([[out[-1]]])
+    ref = physically_pruned(lm, (1,), {})
+    assert out == _ref_logits(ref, prompt + out[:-1])[len(prompt) - 1:].argmax(-1).tolist()
+
+
 def test_a_layer_layout_that_cannot_be_kept_is_refused_at_load(tmp_path):
     """A config listing sliding layers without a window: refused at load, naming the setting."""
     config = Qwen2Config(
