@@ -107,12 +107,18 @@ class _RecordingCallback:
             def _on_step(self) -> bool:
                 for info, done, reward in zip(self.locals["infos"], self.locals["dones"], self.locals["rewards"],
                                               strict=True):
-                    rec = dict(info.get("record", {}))
+                    text = info.get("record", "")
+                    rec = json.loads(text) if text else {}
                     if rec:
                         rec["agent"] = agent_name
                         # the env numbers episodes from 0 in every process; a resumed run goes on
                         rec["episode"] = first_episode + int(rec["episode"])
                         append_record(run_dir / "metrics.jsonl", rec)
+                        # TensorBoard (--tensorboard): means over each SB3 log interval
+                        self.logger.record_mean("dynprune/reward", float(rec["reward"]))
+                        self.logger.record_mean("dynprune/speedup", float(rec["speedup"]))
+                        self.logger.record_mean("dynprune/prefix_fidelity", float(rec["prefix_fidelity"]))
+                    progress.update(1, float(reward) if done else None)
                     if done:
                         logger = self.model.logger.name_to_value
                         append_record(run_dir / "train_log.jsonl", {
@@ -122,7 +128,6 @@ class _RecordingCallback:
                             "loss": logger.get("train/loss"),
                             "epsilon": float(self.model.exploration_rate),
                         })
-                progress.update(1)
                 return True
 
         return Callback()
@@ -177,9 +182,8 @@ class _GivenStore(argparse.Action):
 
 def train(args: argparse.Namespace) -> int:
     """Train an agent; Ctrl-C saves a checkpoint and keeps every finished record."""
-    from tqdm import tqdm
-
     from agents.dqn import DoubleDQN, SB3Agent, make_dqn
+    from dynprune.progress import Progress
 
     run_dir = Path(args.run_dir)
     if args.resume:
@@ -216,14 +220,15 @@ def train(args: argparse.Namespace) -> int:
     if not done_steps:
         model = make_dqn(env, double=cfg["agent"] == "ddqn", seed=cfg["seed"],
                          learning_starts=min(64, max(8, cfg["episodes"] // 10)),
-                         target_update_interval=max(10, cfg["episodes"] // 20))
+                         target_update_interval=max(10, cfg["episodes"] // 20),
+                         tensorboard_log=cfg.get("tensorboard"))
     remaining = cfg["episodes"] - done_steps
     agent_name = cfg["agent"]
     interrupted = False
     if remaining <= 0:
         print(f"[train] the run has its {cfg['episodes']} episodes; pass --episodes N (more) to train further")
     try:
-        with tqdm(total=cfg["episodes"], initial=done_steps, desc="train", unit="ep", disable=None) as bar:
+        with Progress(cfg["episodes"], "train", "episodes", initial=done_steps) as bar:
             callback = _RecordingCallback.make(run_dir, cfg["checkpoint_every"], bar, agent_name, first_episode)
             try:
                 if remaining > 0:
@@ -248,11 +253,11 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(run_dir: Path, cfg: dict[str, Any], lm: Any = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate the trained agent and the baselines on held-out prompts; write test/*.jsonl."""
     import numpy as np
-    from tqdm import tqdm
 
     from agents.base import load_agent
     from agents.baselines import RandomAgent, StaticAgent
     from dynprune.plots import format_table
+    from dynprune.progress import Progress
     from dynprune.records import append_record, record_from_dict, summarise
 
     env = _make_env(cfg, "test", lm=lm)
@@ -270,7 +275,8 @@ def evaluate(run_dir: Path, cfg: dict[str, Any], lm: Any = None, progress: bool 
     n = len(core.prompts)
     obs, info = env.reset(seed=cfg["seed"] + 1)
     # Every action is measured once per prompt (live), so all agents are compared on the same measurements.
-    for i in tqdm(range(n), desc="test", unit="prompt", disable=None if progress else True):
+    bar = Progress(n, "test", "prompts", value_name=f"{cfg['agent']} reward", enabled=progress)
+    for i in range(n):
         table = core.action_records()
         rewards = np.array([r.reward for r in table])
         picks = {name: int(agent.act(obs, info)) for name, agent in agents.items()}
@@ -280,8 +286,10 @@ def evaluate(run_dir: Path, cfg: dict[str, Any], lm: Any = None, progress: bool 
             rec.update(agent=name, episode=i, step=0)
             append_record(out_dir / f"{name}.jsonl", rec)
             records.append(record_from_dict(rec))
+        bar.update(1, table[picks[cfg["agent"]]].reward)
         if i + 1 < n:
             obs, info = env.reset()
+    bar.close()
     summary = summarise(records, by="agent")
     atomic_write_json(out_dir / "summary.json", summary)
     print(format_table(summary))
@@ -340,6 +348,8 @@ def _add_run_args(p: argparse.ArgumentParser, episodes: int, train_prompts: int 
     p.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="latency_budget reward: budget / full-model latency drawn from this range (default 0.8 1.2)")
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="write TensorBoard logs (SB3's and the episodes' reward, speed-up, prefix fidelity) under DIR")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true",
                    help="replace the run in --run-dir: delete the files it wrote (other files stay)")

@@ -36,7 +36,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from agents.base import action_count, read_sidecar, sidecar_path, write_sidecar
+from agents.base import action_count, find_sidecar, read_sidecar, write_sidecar
 
 __all__ = ["ALGOS", "D3rlpyAgent", "train_offline"]
 
@@ -224,7 +224,7 @@ class D3rlpyAgent:
         kind, kwargs = read_sidecar(path)
         if kind != cls.kind:
             raise ValueError(f"sidecar of {path!s} holds a {kind!r} agent, expected {cls.kind!r}")
-        zip_path = sidecar_path(path).parent / kwargs["model_file"]
+        zip_path = find_sidecar(path).parent / kwargs["model_file"]
         with tempfile.TemporaryDirectory(prefix="d3rlpy-load-") as tmp:
             with zipfile.ZipFile(zip_path) as zf:
                 if LEARNABLE_NAME not in zf.namelist():
