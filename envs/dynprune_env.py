@@ -201,6 +201,8 @@ class DynPruneEnv(gym.Env):
             scenario = "mixed"
         if render_mode is not None:
             raise ValueError(f"DynPrune-v0 has no render modes, got {render_mode!r}")
+        if isinstance(profile, dict):  # a JSON env spec (Minari's recover_environment) carries it as a dict
+            profile = ProfileConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in profile.items()})
         self.reward_fn = make_reward(reward)
         self.table = make_table(action_table)
         self.timing = timing
