@@ -11,6 +11,7 @@ Sub-commands:
     info        print a model's geometry and identity
     calibrate   measure importance (block influence, heads, channels) and cache it;
                 --latency fits the latency model of timing="modelled" instead
+    table       build / inspect a reward table (every (prompt, action) measured once) for DynPruneTable-v0
 """
 
 from __future__ import annotations
@@ -188,6 +189,37 @@ def calibrate_latency_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table_build(args: argparse.Namespace) -> int:
+    """``dynprune table build``: measure every (prompt, action) once (modelled timing) into a Parquet table."""
+    from dynprune.latency_model import load_latency_model
+    from dynprune.table import build_table
+    from dynprune.tasks import load_prompts
+
+    lm = _load(args)
+    _ = lm.importance
+    if args.adapters:
+        from dynprune.adapters import attach_adapters, load_adapters
+
+        attach_adapters(lm, load_adapters(args.adapters, lm))
+    prompts = load_prompts(args.prompts, split=None if args.split == "all" else args.split)
+    if args.limit is not None:
+        prompts = prompts[: args.limit]
+    latency = load_latency_model(args.latency_model) if args.latency_model else None
+    build_table(lm, prompts, args.out, max_new_tokens=args.max_new_tokens, prompts_source=args.prompts,
+                cache_file=args.cache_file, memo_file=args.memo, latency_model=latency, flush_every=args.flush_every,
+                progress=lambda line: print(line, flush=True))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_table_info(args: argparse.Namespace) -> int:
+    """``dynprune table info FILE``: what a table holds (model, prompts per split, mean per action)."""
+    from dynprune.table import read_table, table_summary
+
+    print(json.dumps(table_summary(read_table(args.file)), indent=2))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report of a run directory."""
     from pathlib import Path
@@ -232,6 +264,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2, help="--latency: interleaved full/plan runs per point")
     p.add_argument("--seed", type=int, default=0, help="--latency: seed of the random plans and lengths")
     p.set_defaults(fn=cmd_calibrate)
+
+    p = sub.add_parser("table", help="reward tables: every (prompt, action) measured once (DynPruneTable-v0)")
+    tsub = p.add_subparsers(dest="table_command", required=True)
+    t = tsub.add_parser("build", help="measure every action on every prompt (modelled timing) into a Parquet file; "
+                                      "resumes an unfinished file")
+    _add_model_args(t)
+    t.add_argument("--out", required=True, help="Parquet file to write (an existing one of the same settings resumes)")
+    t.add_argument("--prompts", default="dynprune", help="prompt source (see dynprune.tasks)")
+    t.add_argument("--split", default="all", help="train, test or all (the split of each prompt is stored)")
+    t.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (as DynPrune-v0's)")
+    t.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    t.add_argument("--adapters", default=None, help="adapters file: layer actions replace layers by their adapters")
+    t.add_argument("--latency-model", default=None, help="latency model file (default: the cached fit)")
+    t.add_argument("--cache-file", default=None, help="JSON-lines cache of the full model's answers")
+    t.add_argument("--memo", default=None, help="quality memo file (teacher-forced metrics)")
+    t.add_argument("--flush-every", type=int, default=10, help="rewrite the file every N prompts")
+    t.set_defaults(fn=cmd_table_build)
+    t = tsub.add_parser("info", help="print what a reward table holds")
+    t.add_argument("file")
+    t.set_defaults(fn=cmd_table_info)
 
     from dynprune.adapters_cli import add_adapter_commands
 

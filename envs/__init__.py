@@ -11,6 +11,9 @@ that registers these ids right after ``gymnasium`` is first imported.
 from gymnasium.envs.registration import register, registry
 
 ENV_IDS = ("DynPrune-v0", "DynPruneLayers-v0")
+"""Environments around a loaded model (``model=`` argument)."""
+TABLE_ENV_IDS = ("DynPruneTable-v0",)
+"""Environments served from a reward table (``table=`` argument; no model)."""
 
 
 def register_envs() -> None:
@@ -19,6 +22,8 @@ def register_envs() -> None:
         register(id="DynPrune-v0", entry_point="envs.dynprune_env:DynPruneEnv")
     if "DynPruneLayers-v0" not in registry:
         register(id="DynPruneLayers-v0", entry_point="envs.layers_env:DynPruneLayersEnv")
+    if "DynPruneTable-v0" not in registry:
+        register(id="DynPruneTable-v0", entry_point="envs.table_env:DynPruneTableEnv")
 
 
 register_envs()
