@@ -247,6 +247,8 @@ def train(args: argparse.Namespace) -> int:
         return 130
     SB3Agent(model, name=agent_name).save(run_dir / "agent.zip")
     print(f"[train] done: {run_dir / 'agent.zip'}")
+    if args.resume and remaining > 0 and (run_dir / "test" / "summary.json").is_file():
+        print(f"[train] {run_dir / 'test'} holds the agent before this resume: run dynprune test (and report) again")
     return 0
 
 
@@ -334,8 +336,9 @@ def _add_run_args(p: argparse.ArgumentParser, episodes: int, train_prompts: int 
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--device", default="auto")
     p.add_argument("--reward", default="casrap")
-    p.add_argument("--timing", choices=("profiled", "live"), default="profiled", help="training timing mode")
-    p.add_argument("--test-timing", choices=("profiled", "live"), default="live")
+    p.add_argument("--timing", choices=("modelled", "live", "profiled"), default="modelled",
+                   help="training timing: modelled (latency model + memoised quality, deterministic), live or profiled")
+    p.add_argument("--test-timing", choices=("live", "modelled", "profiled"), default="live")
     p.add_argument("--telemetry", choices=("scenario", "live", "replay"), default="scenario")
     p.add_argument("--scenario", default=None, help="load scenario(s), --telemetry scenario only (default: mixed)")
     p.add_argument("--max-new-tokens", type=int, default=24)
@@ -367,7 +370,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("test", help="evaluate a trained agent against none / static / random / oracle")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--test-prompts", type=int, default=None)
-    p.add_argument("--test-timing", choices=("profiled", "live"), default=None)
+    p.add_argument("--test-timing", choices=("live", "modelled", "profiled"), default=None)
     p.set_defaults(fn=test)
 
     p = sub.add_parser("main", help="the README's main job: train, test and report on the embedded model")

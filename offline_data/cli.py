@@ -271,7 +271,8 @@ def add_commands(sub: Any) -> None:
                    help="Ray: runs of a task again after its worker process died (it skips the prompts already logged)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reward", default="casrap")
-    p.add_argument("--timing", choices=("profiled", "live"), default="profiled")
+    p.add_argument("--timing", choices=("modelled", "live", "profiled"), default="modelled",
+                   help="modelled (latency model + memoised quality, deterministic), live or profiled")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--telemetry", choices=("scenario", "live", "replay"), default="scenario")
     p.add_argument("--scenario", default=None, help="load scenario(s), --telemetry scenario only (default: mixed)")
@@ -308,7 +309,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4)")
     p.add_argument("--device", default="cpu:0", help="torch device of the learner (d3rlpy style)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-timing", choices=("profiled", "live"), default="live", help="timing of dynprune test")
+    p.add_argument("--test-timing", choices=("live", "modelled", "profiled"), default="live",
+                   help="timing of dynprune test")
     p.add_argument("--test-prompts", type=int, default=None, help="random subset of the test split for dynprune test")
     p.add_argument("--relabel-budgets", type=int, default=None, metavar="K",
                    help="latency_budget logs: learn from every row under K budgets (the logged one and K-1 fresh "

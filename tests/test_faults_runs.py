@@ -423,6 +423,28 @@ def test_other_force_commands_refuse_a_model_folder(tmp_path, capsys):
         assert folder_bytes(folder) == files, name
 
 
+def test_run_written_before_markers_resumes_but_is_not_forced(run_copy, capsys):
+    """A guard for runs of earlier versions (no marker): --resume adopts them, --force does not delete them."""
+    from dynprune.runfolder import MARKER
+
+    (run_copy / MARKER).unlink()
+    files = folder_bytes(run_copy)
+    assert run("train", "--run-dir", run_copy, "--episodes", "4", "--force", *TINY) == 2
+    assert "not a dynprune run" in one_line_error(capsys.readouterr().err, "train")
+    assert folder_bytes(run_copy) == files
+    assert run("train", "--run-dir", run_copy, "--resume", "--episodes", "10") == 0
+    assert (run_copy / MARKER).is_file()
+    assert_run_log(run_copy, 10)
+
+
+def test_a_marker_cannot_name_the_whole_folder():
+    from dynprune.runfolder import RunMarker
+
+    for pattern in ("*", "..", "../x", "a/b", "*.*", ""):
+        with pytest.raises(ValueError, match="pattern"):
+            RunMarker(kind="train", outputs=(pattern,))
+
+
 def test_resume_on_a_folder_that_is_not_a_run(tmp_path, capsys):
     folder = tmp_path / "hf-model"
     files = hf_folder(folder)
@@ -442,7 +464,7 @@ def test_damaged_checkpoint_is_a_one_line_error(run_copy, capsys, damage):
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     else:
         path = run_copy / "checkpoint_replay.pkl"
-        path.write_bytes(b"\x80\x04garbage" + os.urandom(64))
+        path.write_bytes(b"\x80\x04garbage" + bytes(range(64)))
     records = (run_copy / "metrics.jsonl").read_bytes()
     assert run("train", "--run-dir", run_copy, "--resume", "--episodes", "12") == 2
     line = one_line_error(capsys.readouterr().err, "train")
