@@ -8,6 +8,7 @@ model's forward with transformers' own ``DynamicCache``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import math
@@ -134,7 +135,7 @@ def decode_and_score(
 ) -> tuple[list[int], float, float, ScoreResult]:
     """Generate exactly ``n_tokens`` greedy tokens (timed), then score ``target_ids`` after the prompt.
 
-    The scoring reuses the generation's KV cache, cropped back to the prompt, so the
+    The scoring reuses the generation's KV cache, put back to the prompt's state, so the
     prompt is run once for both: the scoring pass costs ``len(target_ids)`` tokens, not
     ``len(prompt) + len(target_ids)``. Only the generation is timed. Returns
     ``(output_ids, prefill_s, decode_s, score)``.
@@ -144,16 +145,17 @@ def decode_and_score(
     device = next(model.parameters()).device
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     cache = DynamicCache(config=model.config)
-    if hasattr(cache, "activate_past_recording"):
-        # Sliding-window layers (Mistral, Qwen2/3 windows) drop states older than the window, and once
-        # prompt + answer pass it ``crop`` cannot roll back (transformers cache_utils:
-        # DynamicSlidingWindowLayer.crop raises); recording keeps them until the crop below. The
-        # states attention sees, and so the logits, are the same.
-        cache.activate_past_recording()
     out: list[int] = []
     with Timer(device) as prefill:
         first_logits = forward_with_cache(model, ids, cache, logits_to_keep=1)[0, -1]
         token = int(first_logits.argmax(-1))
+    # The prompt's cache, kept for the scoring pass. Decode steps replace each layer's tensors
+    # (transformers cache_utils: DynamicLayer.update concatenates, a sliding-window layer slices
+    # the result) and never write into them, so shallow copies of the layers are an exact snapshot.
+    # ``cache.crop`` cannot do this for sliding-window layers (Mistral, Qwen2/3 windows) once
+    # prompt + answer pass the window: it raises, and with past recording transformers 5.17
+    # returns more states than the mask covers.
+    prompt_layers = [copy.copy(layer) for layer in cache.layers]
     with Timer(device) as rest:
         out.append(token)
         while len(out) < n_tokens:
@@ -163,9 +165,7 @@ def decode_and_score(
             out.append(token)
     t0 = Timer(device)
     with t0:
-        fed = len(out) - 1  # the last generated token was never fed to the model
-        if fed:
-            cache.crop(-fed)
+        cache.layers = prompt_layers  # back to the prompt alone
         target = torch.tensor(list(target_ids), dtype=torch.long, device=device)
         rows = [first_logits[None].float()]
         if len(target_ids) > 1:
