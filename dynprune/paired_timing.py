@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache
 
 from dynprune.generation import forward_with_cache
 from dynprune.metrics import Timer
@@ -32,7 +31,8 @@ class _Stream:
 
     def __init__(self, lm: PrunableLM, plan: PruningPlan | None) -> None:
         self.lm, self.plan = lm, plan
-        self.cache = DynamicCache(config=lm.model.config)
+        # laid out for the plan's kept layers (each slot of its layer's own type: sliding windows)
+        self.cache = lm.new_cache(plan)
         self.out: list[int] = []
         self.prefill_s = 0.0
         self.steps: list[float] = []
