@@ -152,7 +152,9 @@ def run_ray_tasks(
         # repeat; a dead worker process (killed, out of memory) is what a retry is for
         task = ray.remote(run_worker).options(num_cpus=threads, max_retries=retries, retry_exceptions=False)
         refs = [
-            (i, task.remote(shard, env_kwargs, config, str(out_dir), worker=i, threads=threads, progress=progress))
+            # absolute: a task's working directory need not be this process's
+            (i, task.remote(shard, env_kwargs, config, str(Path(out_dir).resolve()), worker=i, threads=threads,
+                            progress=progress))
             for i, shard in shards
         ]
         results: list[WorkerResult] = []
