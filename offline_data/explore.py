@@ -353,7 +353,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _settings(env_kwargs: dict[str, Any], config: ExploreConfig) -> dict[str, Any]:
-    """The part of ``meta.json`` that must match for two runs to share a log directory."""
+    """The part of the logs' settings (:func:`offline_data.dataset.read_meta`) that must match to share a folder."""
     # a JSON round trip so that freshly built settings compare equal to ones read back
     return json.loads(json.dumps({"env": _jsonable(env_kwargs), "explore": asdict(config)}))
 
