@@ -48,12 +48,15 @@ def _config(kind: str, window: int | None) -> object:
     return cls(use_sliding_window=True, sliding_window=window, max_window_layers=2, **common)
 
 
-def _tiny(kind: str, window: int | None = WINDOW) -> PrunableLM:
+def _tiny(
+    kind: str, window: int | None = WINDOW, device: str = "cpu", dtype: torch.dtype = torch.float64
+) -> PrunableLM:
     config = _config(kind, window)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    return PrunableLM(model.double().eval().requires_grad_(False), TOKENIZER, name=f"tiny-{kind}")
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return PrunableLM(model, TOKENIZER, name=f"tiny-{kind}")
 
 
 class Residual(nn.Module):
@@ -80,7 +83,7 @@ def physically_pruned(lm: PrunableLM, skip: tuple[int, ...], adapters: dict[int,
     config.num_hidden_layers = len(kept)
     if getattr(config, "layer_types", None) is not None:
         config.layer_types = [config.layer_types[i] for i in kept]
-    ref = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").double().eval()
+    ref = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(lm.device, lm.dtype).eval()
     state = {}
     for key, value in lm.model.state_dict().items():
         if key.startswith("model.layers."):
@@ -102,7 +105,7 @@ def physically_pruned(lm: PrunableLM, skip: tuple[int, ...], adapters: dict[int,
 
 def _ref_logits(ref: nn.Module, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
-        return ref(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+        return ref(input_ids=torch.tensor([ids], device=ref.device), use_cache=False).logits[0]
 
 
 KINDS = [("qwen2", WINDOW), ("qwen3", WINDOW), ("mistral", WINDOW)]
@@ -159,6 +162,24 @@ def test_generation_through_the_window_matches_a_physically_pruned_copy(kind, wi
         logprobs = torch.log_softmax(_ref_logits(ref, prompt + target[:-1])[len(prompt) - 1:], -1)
         ref_nll = float(-logprobs.gather(1, torch.tensor(target)[:, None]).mean())
         assert score.nll == pytest.approx(ref_nll, abs=1e-5), (kind, skip)  # scored in float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("kind", "window"), GEN_KINDS, ids=[f"{k}-w{w}" for k, w in GEN_KINDS])
+def test_sliding_window_plans_on_cuda(kind, window, dtype):
+    """On the GPU the pruned model and the physically pruned copy run the same kernels: equal logits and tokens."""
+    lm = _tiny(kind, window, device="cuda", dtype=dtype)
+    prompt, n = PROMPT[:6], 14
+    for skip in [(0,), (1,), (2,), (0, 3), (1, 2)]:
+        ref = physically_pruned(lm, skip, {})
+        with lm.apply(PruningPlan(skip=skip)):
+            got = lm.logits(PROMPT)[0]
+            out = list(lm.generate(prompt, max_new_tokens=n, ignore_eos=True).output_ids)
+            gen, _ = lm.generate_and_score(prompt, n, list(range(70, 70 + n)))
+        assert torch.equal(got, _ref_logits(ref, PROMPT)), (kind, skip)
+        assert out == _ref_logits(ref, prompt + out[:-1])[len(prompt) - 1:].argmax(-1).tolist(), (kind, skip)
+        assert list(gen.output_ids) == out
 
 
 def test_a_cache_made_for_a_plan_outside_apply_fits_it():
