@@ -118,6 +118,8 @@ def cmd_minari(args: argparse.Namespace) -> int:
     s = episodes_summary(args.dataset_id)
     print(f"[minari] {args.dataset_id}: {s['episodes']} one-step episodes, "
           f"mean reward {s['mean_reward']:+.3f} -> {path}")
+    print(f"[minari] minari.load_dataset({args.dataset_id!r}).recover_environment() builds the logged env; "
+          f"for d3rlpy read it with offline_data.to_d3rlpy({args.dataset_id!r}) (not d3rlpy.datasets.get_minari)")
     return 0
 
 

@@ -69,6 +69,12 @@ def test_a_log_folder_is_one_parquet_dataset_for_pyarrow_pandas_and_datasets(swe
     assert len(frame) == n and sorted(frame["action"]) == sorted(list(range(N_ACTIONS)) * 3)
     ds = datasets.load_dataset("parquet", data_dir=str(sweep_logs), cache_dir=str(tmp_path / "cache"))
     assert ds["train"].num_rows == n and ds["train"].features == LOG_FEATURES
+    # a worker killed mid-write leaves a hidden temporary file (dynprune.fileio.atomic_path): all three skip it
+    killed = tmp_path / "killed"
+    shutil.copytree(sweep_logs, killed)
+    (killed / ".shard-qa-9999.parquet.x1y2.tmp").write_bytes(b"PAR1 half a shard")
+    assert pads.dataset(killed, format="parquet").to_table().num_rows == len(pd.read_parquet(killed)) == n
+    assert datasets.load_dataset("parquet", data_dir=str(killed), cache_dir=str(tmp_path / "c2"))["train"].num_rows == n
     # the settings travel inside every shard
     for path in shard_paths(sweep_logs):
         assert json.loads(pq.read_schema(path).metadata[META_KEY]) == read_meta(sweep_logs)
