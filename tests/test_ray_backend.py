@@ -23,6 +23,9 @@ import pytest  # noqa: E402
 
 ray = pytest.importorskip("ray")
 
+# Ray's start and each worker's torch import take seconds: 68 s for the file at load average 12 on 2 cores
+pytestmark = pytest.mark.slow
+
 from dynprune.cli import main  # noqa: E402
 from offline_data.dataset import load_logs, read_meta, shard_paths  # noqa: E402
 
@@ -151,13 +154,15 @@ def test_spent_retries_end_in_one_line_and_a_rerun_resumes(ray_started, referenc
     lines = [line for line in err.splitlines() if line.startswith("dynprune explore: error:")]
     assert len(lines) == 1, err
     assert "worker 0: WorkerCrashedError" in lines[0] and lines[0].endswith("re-run to resume")
-    assert f"1 of {N_PROMPTS} logged" in lines[0]
-    assert shard_paths(out) == [killed["shard"]]
-    # the re-run picks up after the logged prompt (resuming is the same on either backend; this
+    logged = len(shard_paths(out))  # the killed prompt's and, on a slow machine, perhaps one more
+    assert killed["shard"] in shard_paths(out) and logged < N_PROMPTS
+    assert f"{logged} of {N_PROMPTS} logged" in lines[0]
+    # the re-run picks up after the logged prompts (resuming is the same on either backend; this
     # one runs in this process, sparing a Ray worker start)
     assert explore_cli(out) == 0
     printed = capsys.readouterr().out
-    assert f"{N_PROMPTS - 1} prompts measured ({(N_PROMPTS - 1) * 10} rows), 1 already logged" in printed
+    rest = N_PROMPTS - logged
+    assert f"{rest} prompts measured ({rest * 10} rows), {logged} already logged" in printed
     assert killed["shard"].stat().st_mtime_ns == killed["mtime_ns"]
     assert_same_rows(out, reference)
 
