@@ -38,9 +38,12 @@ import pytest
 from dynprune.cli import main
 from dynprune.records import read_jsonl
 
+# profiled timing: the faults do not depend on how latency is timed, and it needs no latency model fitted first
 TINY = ["--model", "tiny-llama", "--max-new-tokens", "3", "--profile-tokens", "2", "--profile-repeats", "1",
-        "--train-prompts", "6", "--test-prompts", "2", "--reward", "proxy", "--checkpoint-every", "4"]
-EXPLORE = ["--model", "tiny-llama", "--max-new-tokens", "3", "--profile-tokens", "2", "--profile-repeats", "1"]
+        "--train-prompts", "6", "--test-prompts", "2", "--reward", "proxy", "--checkpoint-every", "4",
+        "--timing", "profiled"]
+EXPLORE = ["--model", "tiny-llama", "--max-new-tokens", "3", "--profile-tokens", "2", "--profile-repeats", "1",
+           "--timing", "profiled"]
 REPO = Path(__file__).resolve().parents[1]
 
 
