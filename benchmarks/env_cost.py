@@ -6,14 +6,17 @@ Three measurements on one loaded model, all in the same run:
    step, DESIGN.md: full generation, pruned generation, prompt perplexity and both
    answers' perplexity, nothing cached; :func:`benchmarks.env_throughput.naive_step`)
    beside ``DynPrune-v0`` steps (``reset`` + ``step``: every episode is one prompt)
-   with ``timing="live"`` and ``timing="profiled"``. First a **cold** pass per mode
-   over the prompts (every full-model baseline and latency-profile cell is a miss),
-   then, profiled only, ``profile_rounds - 1`` **pooling** passes (a new profile cell
-   is measured again on its next uses until it has ``min_rounds`` rounds), then
-   ``repeats`` **steady** blocks (the same prompts and actions again: caches warm)
-   with the three modes interleaved in each repeat (order rotated), so each repeat
-   gives a ratio against a naive block measured moments before or after; median and
-   min-max over repeats.
+   with ``timing="live"`` (plan and full model timed side by side), ``"profiled"`` and
+   ``"modelled"`` (latency model + quality memo; the latency model is loaded or fitted
+   before any timing). First a **cold** pass per mode over the prompts (every full-model
+   baseline, latency-profile cell and memo entry is a miss), then, profiled only,
+   ``profile_rounds - 1`` **pooling** passes (a new profile cell is measured again on its
+   next uses until it has ``min_rounds`` rounds), then ``repeats`` **steady** blocks (the
+   same prompts and actions again: caches warm) with the four modes interleaved in each
+   repeat (order rotated), so each repeat gives a ratio against a naive block measured
+   moments before or after; median and min-max over repeats. A modelled block runs its
+   prompts ``modelled_passes`` times (one pass takes about a millisecond: too short to time
+   alone). Target: a repeated modelled step >= 1000x the naive step.
 2. **Exploration configurations/s.** ``env.unwrapped.action_records()`` (every action
    of the table on one prompt, as ``dynprune explore --strategy sweep`` does) on
    prompts the envs have not seen (cold baselines, as in a sweep), live and profiled
@@ -25,14 +28,18 @@ Three measurements on one loaded model, all in the same run:
    the latency profile's ``cell`` (lookup or measurement), ``lm.apply`` (enter = apply,
    exit = restore), ``lm.generate`` (its own prefill and decode clocks, CUDA events on
    a GPU; the rest is tokenizer work), ``lm.generate_and_score`` (prefill, decode; the
-   rest is scoring the full answer on the same KV cache), ``lm.score`` and
-   ``lm.text_perplexity`` (scoring), and the monitor's ``snapshot`` (telemetry). The
+   rest is scoring the full answer on the same KV cache), the live step's paired
+   generation (both models' prefill and decode clocks; the rest, putting the plan in place
+   and taking it out between passes, is ``paired_switch``), ``lm.score`` and
+   ``lm.text_perplexity`` (scoring), the quality memo (``quality_lookup``; a miss runs
+   the teacher-forced pass: ``scoring``), the latency model (``latency_model``), and the
+   monitor's ``snapshot`` (telemetry). The
    outermost wrapped call owns its time (a generation inside a baseline miss counts to
    the baseline miss); ``other`` is the step's time outside every wrapped call (reward,
    observation, records, Gymnasium wrappers).
 
 Run:
-    python -m benchmarks.env_cost                         # embedded SmolLM2-135M, ~10 min on 2 shared cores
+    python -m benchmarks.env_cost                         # embedded SmolLM2-135M, ~15 min on 2 shared cores
     python -m benchmarks.env_cost --telemetry scenario    # the training default (no live telemetry)
     python -m benchmarks.env_cost --device cuda           # CUDA-event timing, NVML telemetry
     python -m benchmarks.env_cost --smoke --out /tmp/ec.json
@@ -67,11 +74,14 @@ from dynprune.runtime import ProfileConfig
 from dynprune.types import Prompt
 
 DEFAULT_OUT = "benchmarks/results/env_cost.json"
-MODES = ("naive", "live", "profiled")
+MODES = ("naive", "live", "profiled", "modelled")
+TIMINGS = ("live", "profiled", "modelled")
 PHASES = (
-    "baseline_miss", "baseline_hit", "baseline_retime", "profile_measure", "profile_lookup", "apply", "restore",
-    "prefill", "decode", "scoring", "tokenizer", "telemetry", "other",
+    "baseline_miss", "baseline_hit", "baseline_retime", "profile_measure", "profile_lookup", "quality_lookup",
+    "latency_model", "apply", "restore", "prefill", "decode", "paired_switch", "scoring", "tokenizer", "telemetry",
+    "other",
 )
+TARGETS = {"modelled_over_naive": 1000.0}
 
 
 @dataclass
@@ -82,8 +92,8 @@ class Args:
     """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N (CUDA: CUDA-event timing, NVML telemetry)"""
-    threads: int | None = None
-    """torch CPU threads (none: torch's default)"""
+    threads: int | None = 1
+    """torch CPU threads (none: torch's default); 1 on a CPU shared with other jobs"""
     prompts: int = 6
     """test prompts the step blocks cycle over (one step each per block)"""
     repeats: int = 3
@@ -103,6 +113,8 @@ class Args:
     """interleaved full/pruned runs per latency-profile measurement"""
     profile_rounds: int = 3
     """measurement rounds pooled per profile cell before it is trusted (ProfileConfig.min_rounds)"""
+    modelled_passes: int = 200
+    """passes over the step prompts per steady modelled block (one pass is too short to time alone)"""
     seed: int = 0
     """seed of the prompt subset and the action sequence"""
     out: str = DEFAULT_OUT
@@ -114,11 +126,11 @@ class Args:
         if self.smoke:
             self.model, self.prompts, self.repeats, self.explore_prompts = "tiny-llama", 2, 2, 2
             self.max_new_tokens, self.profile_tokens, self.profile_repeats = min(self.max_new_tokens, 4), 2, 1
-            self.profile_rounds = 2
+            self.profile_rounds, self.modelled_passes = 2, 20
             if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
                 self.out = str(Path(tempfile.gettempdir()) / "env_cost_smoke.json")
         for name in ("prompts", "repeats", "explore_prompts", "max_new_tokens", "profile_tokens", "profile_repeats",
-                     "profile_rounds"):
+                     "profile_rounds", "modelled_passes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.telemetry not in ("live", "scenario"):
@@ -215,12 +227,31 @@ def instrument_lm(lm: PrunableLM, clock: PhaseClock) -> None:
     lm.apply = apply  # type: ignore[method-assign]
 
 
+def instrument_paired(clock: PhaseClock) -> None:
+    """Time the live step's paired generation (``dynprune.runtime.paired_generate``, in this process only)."""
+    import dynprune.runtime as runtime
+
+    def paired(result: Any, dt: float) -> dict[str, float]:
+        # both models' own clocks; the rest is putting the plan in place and out between passes
+        pre = result.full.prefill_s + result.pruned.prefill_s
+        dec = result.full.decode_s + result.pruned.decode_s
+        return {"prefill": pre, "decode": dec, "paired_switch": max(0.0, dt - pre - dec)}
+
+    runtime.paired_generate = clock.timed(runtime.paired_generate, paired)
+
+
 def instrument_env(env: gym.Env, clock: PhaseClock) -> None:
-    """Time the env's baseline cache, latency profile and telemetry (instance attributes only)."""
+    """Time the env's baseline cache, latency profile, quality memo, latency model and telemetry (instance only)."""
     inner = env.unwrapped
     ev = inner.evaluator
     hits = {"n": ev.cache_hits}
     measured = {"n": ev.profile.measurements}
+    passes = {"n": ev.forward_passes}
+
+    def quality_kind(result: Any, dt: float) -> dict[str, float]:
+        miss = ev.forward_passes > passes["n"]  # a memo miss runs the teacher-forced pass
+        passes["n"] = ev.forward_passes
+        return {"scoring" if miss else "quality_lookup": dt}
 
     def baseline_kind(result: Any, dt: float) -> dict[str, float]:
         hit = ev.cache_hits > hits["n"]
@@ -239,6 +270,8 @@ def instrument_env(env: gym.Env, clock: PhaseClock) -> None:
     ev.baseline = clock.timed(ev.baseline, baseline_kind)
     ev.retime_baseline = clock.timed(ev.retime_baseline, retime_kind)
     ev.profile.cell = clock.timed(ev.profile.cell, cell_kind)
+    ev.quality = clock.timed(ev.quality, quality_kind)
+    ev.modelled_latency_s = clock.timed(ev.modelled_latency_s, lambda r, dt: {"latency_model": dt})
     inner.monitor.snapshot = clock.timed(inner.monitor.snapshot, lambda r, dt: {"telemetry": dt})
 
 
@@ -280,12 +313,12 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     from matplotlib.figure import Figure
 
     bars = [("naive", result["steps"]["naive"]["breakdown"])]
-    for mode in ("live", "profiled"):
+    for mode in TIMINGS:
         bars.append((f"{mode}\ncold", result["steps"][mode]["cold"]["breakdown"]))
         if "pooling" in result["steps"][mode]:
             bars.append((f"{mode}\npooling", result["steps"][mode]["pooling"]["breakdown"]))
         bars.append((f"{mode}\nsteady", result["steps"][mode]["steady"]["breakdown"]))
-    for mode in ("live", "profiled"):
+    for mode in TIMINGS:
         bars.append((f"sweep {mode}\n(per config)", result["exploration"][mode]["breakdown_per_config"]))
     fig = Figure(figsize=(11, 5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -337,8 +370,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     step_prompts, sweep_prompts = picked[: args.prompts], picked[args.prompts:]
     rng = np.random.default_rng(args.seed + 1)
     actions = [int(a) for a in rng.integers(1, len(DEFAULT_TABLE), size=args.prompts)]  # never "none"
+    # the latency model of modelled timing: loaded from the cache (or fitted, minutes) before any timing
+    from dynprune.latency_model import LatencyCalibration, load_or_calibrate_latency
+
+    small = LatencyCalibration(points=10, repeats=1, prompt_tokens=(4, 32), new_tokens=(2, 4)) if args.smoke else None
+    latency = load_or_calibrate_latency(lm, small, progress=lambda line: print("  " + line, flush=True))
     clock = PhaseClock()
     instrument_lm(lm, clock)
+    instrument_paired(clock)
     profile = ProfileConfig(new_tokens=args.profile_tokens, repeats=args.profile_repeats,
                             min_rounds=args.profile_rounds)
 
@@ -346,37 +385,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         env = gym.make(
             "envs:DynPrune-v0", model=lm, prompts=prompts, split=None, timing=timing, telemetry=args.telemetry,
             reward=args.reward, max_new_tokens=args.max_new_tokens, sequential=True, profile=profile,
+            latency_model=latency,
         )
         instrument_env(env, clock)
         return env
 
-    envs = {t: make_env(t, step_prompts) for t in ("live", "profiled")}
-    sweeps = {t: make_env(t, sweep_prompts) for t in ("live", "profiled")}
+    envs = {t: make_env(t, step_prompts) for t in TIMINGS}
+    sweeps = {t: make_env(t, sweep_prompts) for t in TIMINGS}
     naive_plans = [envs["live"].unwrapped.plan(a) for a in actions]
     lm.warmup()
     load_start = machine_load(threads)
     machine = machine_info(lm.device)
 
-    def run_block(mode: str) -> tuple[list[float], list[dict[str, float]]]:
-        """One pass over the step prompts in ``mode``: per-step seconds and phases."""
+    def run_block(mode: str, passes: int = 1) -> tuple[list[float], list[dict[str, float]]]:
+        """``passes`` passes over the step prompts in ``mode``: per-step seconds and phases."""
         times, phases = [], []
         clock.take(0.0)
-        for i, prompt in enumerate(step_prompts):
-            t0 = time.perf_counter()
-            if mode == "naive":
-                naive_step(lm, prompt.text, naive_plans[i], args.max_new_tokens)
-            else:
-                env = envs[mode]
-                env.reset(seed=args.seed if i == 0 else None)  # sequential: prompt i
-                env.step(actions[i])
-            dt = time.perf_counter() - t0
-            times.append(dt)
-            phases.append(clock.take(dt))
+        for _ in range(passes):
+            for i, prompt in enumerate(step_prompts):
+                t0 = time.perf_counter()
+                if mode == "naive":
+                    naive_step(lm, prompt.text, naive_plans[i], args.max_new_tokens)
+                else:
+                    env = envs[mode]
+                    env.reset(seed=args.seed if i == 0 else None)  # sequential: prompt i
+                    env.step(actions[i])
+                dt = time.perf_counter() - t0
+                times.append(dt)
+                phases.append(clock.take(dt))
         return times, phases
 
     steps: dict[str, Any] = {}
-    # cold pass: every baseline and profile cell missing (prompt features cleared: they are per-prompt work)
-    for mode in ("live", "profiled"):
+    # cold pass: every baseline, profile cell and memo entry missing (prompt features cleared: per-prompt work)
+    for mode in TIMINGS:
         lm._features.clear()
         print(f"cold {mode} pass over {args.prompts} prompts ...", flush=True)
         times, phases = run_block(mode)
@@ -401,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in range(args.repeats):
         for j in range(len(MODES)):
             mode = MODES[(r + j) % len(MODES)]  # rotate: each mode runs early and late equally often
-            times, phases = run_block(mode)
+            times, phases = run_block(mode, args.modelled_passes if mode == "modelled" else 1)
             block_rate[mode].append(len(times) / sum(times))
             block_phases[mode].extend(phases)
             block_times[mode].extend(times)
@@ -410,7 +451,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     naive_rates = block_rate["naive"]
     steps["naive"] = {"steps_per_s": summary(naive_rates), "step_s": summary(block_times["naive"]),
                       "breakdown": with_means(breakdown(block_phases["naive"]), len(block_phases["naive"]))}
-    for mode in ("live", "profiled"):
+    for mode in TIMINGS:
         steps[mode]["steady"] = {
             "steps_per_s": summary(block_rate[mode]),
             "over_naive": summary([a / b for a, b in zip(block_rate[mode], naive_rates, strict=True)]),
@@ -422,13 +463,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if part in steps[mode]:
                 steps[mode][part]["over_naive"] = steps[mode][part]["steps_per_s"] / statistics_median(naive_rates)
 
-    # exploration: every action on each unseen prompt, live and profiled interleaved per prompt
+    # exploration: every action on each unseen prompt, the timings interleaved per prompt (order rotated)
     n_actions = len(DEFAULT_TABLE)
-    sweep_rate: dict[str, list[float]] = {"live": [], "profiled": []}
-    sweep_phases: dict[str, list[dict[str, float]]] = {"live": [], "profiled": []}
+    sweep_rate: dict[str, list[float]] = {t: [] for t in TIMINGS}
+    sweep_phases: dict[str, list[dict[str, float]]] = {t: [] for t in TIMINGS}
     for i in range(len(sweep_prompts)):
         lm._features.clear()  # each timing pays this prompt's features, as a sweep would
-        for mode in (("live", "profiled") if i % 2 == 0 else ("profiled", "live")):
+        for mode in (TIMINGS[(i + j) % len(TIMINGS)] for j in range(len(TIMINGS))):
             env = sweeps[mode]
             clock.take(0.0)
             t0 = time.perf_counter()
@@ -454,8 +495,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "breakdown_per_config": with_means(breakdown(sweep_phases[mode], unit=n_actions),
                                                n_actions * len(sweep_phases[mode])),
         }
-        for mode in ("live", "profiled")
+        for mode in TIMINGS
     }
+    ratio = steps["modelled"]["steady"]["over_naive"]["median"]
     load_end = machine_load(threads)
     cuda = lm.device.type == "cuda"
     result = {
@@ -470,6 +512,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sweep_prompt_ids": [p.id for p in sweep_prompts],
         "steps": steps,
         "exploration": exploration,
+        "modelled_over_naive": ratio,
+        "targets": TARGETS,
+        "met": {"modelled_over_naive": ratio >= TARGETS["modelled_over_naive"]},
         "notes": (
             "A step is env.reset + env.step (one-step episodes). steps_per_s of steady blocks: median/min/max over "
             "repeats; over_naive: per-repeat ratio to the naive block of the same repeat. cold: the first pass "
@@ -479,6 +524,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "configs_per_s_after_pooling over the prompts after the first profile_rounds. "
             "breakdown: seconds by phase (outermost wrapped call owns its time; 'other' = reward, observation, "
             "records, wrappers); ms_per_unit median/min/max over steps (per configuration for sweeps). "
+            "modelled: timing='modelled' (latency model + quality memo); its steady block runs the step prompts "
+            "modelled_passes times; modelled_over_naive: the median over repeats of its steady steps/s over the "
+            "naive block's of the same repeat. live: the plan and the full model timed side by side (paired). "
             + ("Measured on a GPU (NVML telemetry when live)." if cuda
                else "Measured on CPU; nothing CUDA was measured in this run.")
         ),
@@ -501,7 +549,7 @@ def print_table(result: dict[str, Any]) -> None:
     s = result["steps"]
     n = s["naive"]["steps_per_s"]
     print(f"\nnaive: {n['median']:.3f} steps/s ({n['min']:.3f}-{n['max']:.3f})")
-    for mode in ("live", "profiled"):
+    for mode in TIMINGS:
         st, cold = s[mode]["steady"], s[mode]["cold"]
         print(f"{mode}: steady {st['steps_per_s']['median']:.3f} steps/s, x naive {st['over_naive']['median']:.2f} "
               f"({st['over_naive']['min']:.2f}-{st['over_naive']['max']:.2f}); cold {cold['steps_per_s']:.3f} "
@@ -511,10 +559,11 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"sweep {mode}: {c['median']:.2f} configs/s ({c['min']:.2f}-{c['max']:.2f}), "
               f"x naive {e['over_naive_steps_per_s']['median']:.2f}; by prompt "
               + ", ".join(f"{r:.2f}" for r in e["configs_per_s_by_prompt"]))
-    for label, b in (("live steady", s["live"]["steady"]["breakdown"]),
-                     ("profiled steady", s["profiled"]["steady"]["breakdown"])):
+    for label, b in ((f"{t} steady", s[t]["steady"]["breakdown"]) for t in TIMINGS):
         parts = sorted(b.items(), key=lambda kv: -kv[1]["share"])
         print(f"{label}: " + ", ".join(f"{k} {v['share']:.0%}" for k, v in parts))
+    print(f"modelled step over naive step: x{result['modelled_over_naive']:.0f} "
+          f"(target >= {result['targets']['modelled_over_naive']:.0f})")
 
 
 if __name__ == "__main__":

@@ -517,24 +517,52 @@ def random_plan(
     return PruningPlan(adapters=chosen, modules={i: slots[i] for i in chosen}, name=name, geometry=g)
 
 
+def _whole(lm: PrunableLM, plan: PruningPlan | None, ids: Sequence[int], new_tokens: int) -> tuple[float, float]:
+    """One timed generation of exactly ``new_tokens`` tokens, alone: (prefill seconds, decode seconds)."""
+    if plan is None:
+        g = lm.generate(ids, new_tokens, ignore_eos=True)
+    else:
+        with lm.apply(plan):
+            g = lm.generate(ids, new_tokens, ignore_eos=True)
+    return g.prefill_s, g.decode_s
+
+
+PROTOCOLS = ("paired", "whole")
+
+
 def measure_point(
     lm: PrunableLM, plan: PruningPlan, prompt_tokens: int, new_tokens: int, repeats: int,
-    rng: np.random.Generator, kind: str = "", full_shapes: PlanShapes | None = None,
+    rng: np.random.Generator, kind: str = "", full_shapes: PlanShapes | None = None, protocol: str = "paired",
 ) -> LatencyPoint:
-    """Time ``plan`` and the full model on one random prompt of ``prompt_tokens`` tokens, side by side.
+    """Time ``plan`` and the full model on one random prompt of ``prompt_tokens`` tokens, ``repeats`` times.
 
-    Each repeat is one paired generation of ``new_tokens`` tokens (``dynprune.paired_timing``:
-    the two models' forward passes alternate, so both see the same load). One short untimed
-    run of the plan first keeps its first-call costs out.
+    ``protocol="paired"`` (calibration): each repeat is one paired generation of ``new_tokens``
+    tokens (``dynprune.paired_timing``: the two models' forward passes alternate, so both see
+    the same load). ``"whole"``: each repeat times the two models' whole generations one after
+    the other (the order alternates), as a deployment runs one model at a time. One short
+    untimed run of the plan first keeps its first-call costs out.
     """
     from dynprune.paired_timing import paired_generate
 
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     g = lm.geometry
     if prompt_tokens + new_tokens > g.max_position:
         raise ValueError(f"{prompt_tokens} + {new_tokens} tokens exceed the context {g.max_position}")
     # token values do not change the work; a fixed random prompt keeps the run reproducible
     ids = [lm.bos_id] + [int(t) for t in rng.integers(0, g.vocab_size, size=prompt_tokens - 1)]
     paired_generate(lm, plan, ids[: min(8, len(ids))], 2)
+    if protocol == "whole":
+        full_runs, plan_runs = [], []
+        for r in range(repeats):
+            if r % 2 == 0:
+                full_runs.append(_whole(lm, None, ids, new_tokens))
+                plan_runs.append(_whole(lm, plan, ids, new_tokens))
+            else:
+                plan_runs.append(_whole(lm, plan, ids, new_tokens))
+                full_runs.append(_whole(lm, None, ids, new_tokens))
+        return LatencyPoint(kind or plan.name, plan.to_dict(), full_shapes or plan_shapes(lm, PruningPlan()),
+                            plan_shapes(lm, plan), prompt_tokens, new_tokens, tuple(full_runs), tuple(plan_runs))
     runs = [paired_generate(lm, plan, ids, new_tokens) for _ in range(repeats)]
     return LatencyPoint(
         kind=kind or plan.name,

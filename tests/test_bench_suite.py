@@ -102,7 +102,7 @@ def test_env_cost_smoke(tmp_path: Path) -> None:
     assert {"args", "machine", "load", "steps", "exploration", "cuda_measured", "notes"} <= set(data)
     steps = data["steps"]
     assert steps["naive"]["steps_per_s"]["n"] == 2  # one naive block per repeat
-    for mode in ("live", "profiled"):
+    for mode in ("live", "profiled", "modelled"):
         assert steps[mode]["steady"]["over_naive"]["n"] == 2
         assert steps[mode]["cold"]["steps_per_s"] > 0
         # the cold pass computes every baseline; the steady blocks find them cached
@@ -114,7 +114,14 @@ def test_env_cost_smoke(tmp_path: Path) -> None:
             assert set(b) <= set(PHASES)
             assert sum(v["share"] for v in b.values()) == pytest.approx(1.0)
     live_phases = set(steps["live"]["steady"]["breakdown"])
-    assert {"prefill", "decode", "apply", "restore", "telemetry", "scoring"} <= live_phases
+    assert {"prefill", "decode", "paired_switch", "telemetry", "quality_lookup"} <= live_phases  # timed side by side
+    # modelled: the teacher-forced pass once per (prompt, plan) in the cold pass, then memo and model lookups only
+    assert "scoring" in steps["modelled"]["cold"]["breakdown"]
+    modelled = set(steps["modelled"]["steady"]["breakdown"])
+    assert {"quality_lookup", "latency_model", "baseline_hit"} <= modelled
+    assert not {"scoring", "prefill", "decode", "apply"} & modelled
+    assert data["modelled_over_naive"] == steps["modelled"]["steady"]["over_naive"]["median"] > 1
+    assert set(data["met"]) == set(data["targets"]) == {"modelled_over_naive"}
     # profiled: cells measured in the cold pass, pooled once more (smoke: 2 rounds), then only looked up
     assert "profile_measure" in steps["profiled"]["cold"]["breakdown"]
     assert steps["profiled"]["pooling"]["passes"] == 1
@@ -122,11 +129,11 @@ def test_env_cost_smoke(tmp_path: Path) -> None:
     assert steps["profiled"]["steady"]["profile_measurements_in_steady_state"] == 0
     assert "profile_measure" not in steps["profiled"]["steady"]["breakdown"]
     assert "decode" not in steps["profiled"]["steady"]["breakdown"]  # no generation in a trusted profiled step
-    for mode in ("live", "profiled"):
+    for mode in ("live", "profiled", "modelled"):
         e = data["exploration"][mode]
         assert e["configs_per_s"]["n"] == 2 and e["overall_configs_per_s"] > 0
         assert len(e["configs_per_s_by_prompt"]) == 2 and e["configs_per_s_after_pooling"] is None
-    assert "baseline_retime" in data["exploration"]["live"]["breakdown_per_config"]
+    assert "paired_switch" in data["exploration"]["live"]["breakdown_per_config"]
     assert (tmp_path / "ec.png").stat().st_size > 0
 
 

@@ -338,3 +338,38 @@ def test_modelled_env_same_seed_same_rewards_embedded(private_cache: Path) -> No
     first = _modelled_env_rewards(lm, 11, actions, **kw)
     second = _modelled_env_rewards(lm, 11, actions, **kw)
     assert first == second and len(set(first)) > 3
+
+
+# ----------------------------------------------------------------------------- benchmarks (smoke)
+
+
+def test_latency_model_benchmark_smoke(tmp_path: Path, private_cache: Path) -> None:
+    from benchmarks.latency_model import TARGETS, main
+
+    out = tmp_path / "lm.json"
+    result = main(["--smoke", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["held_out"]["points"] == 9 + 4 == len(data["held_out"]["rows"])  # table plans + one per kind
+    assert {r["kind_group"] for r in data["held_out"]["rows"]} == {"table", "layers", "heads", "ffn", "mixed"}
+    for key in ("median_abs_rel_error", "p90_abs_rel_error"):
+        assert data["held_out"][key] == result["held_out"][key] >= 0
+    assert data["held_out_paired"]["n"] == 13 and data["profiled"]["n"] == 2
+    assert set(data["met"]) == set(TARGETS) and data["latency_model"]["holdout"]["n"] >= 1
+    row = data["held_out"]["rows"][0]
+    assert len(row["ratios"]) == 3 and row["measured_ratio"] == sorted(row["ratios"])[1]
+    assert row["abs_rel_error"] == pytest.approx(abs(row["predicted_ratio"] / row["measured_ratio"] - 1))
+    assert "load_average_1m_during" in data["load"]
+
+
+def test_live_honesty_benchmark_smoke(tmp_path: Path, private_cache: Path) -> None:
+    from benchmarks.live_honesty import main
+
+    out = tmp_path / "lh.json"
+    main(["--smoke", "--out", str(out), "--busy", "1"])
+    data = json.loads(out.read_text())
+    assert data["before"]["n"] == data["after"]["n"] == len(data["rows"]) == 3
+    assert data["background"]["processes"] == 1 and data["background"]["switches"] >= 1
+    for r in data["rows"]:
+        assert r["after_abs_error"] == pytest.approx(abs(r["after_speedup"] - r["reference_speedup"]))
+        assert len(r["reference_runs"]) == 2
+    assert set(data["met"]) == {"after_median_abs_error"}

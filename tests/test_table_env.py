@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -157,3 +158,18 @@ def test_table_build_resumes(tiny_lm32, latency, tmp_path: Path) -> None:
         np.testing.assert_array_equal(resumed.actions[col], fresh.actions[col])
     with pytest.raises(ValueError, match="max_new_tokens"):
         build_table(tiny_lm32, prompts, out, max_new_tokens=MAX_NEW + 1, latency_model=latency, progress=None)
+
+
+def test_table_env_benchmark_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.table_env import main
+
+    monkeypatch.setenv("DYNPRUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "te.json"
+    main(["--smoke", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["steps_per_s"] == data["speed"]["one_prompt_episodes"]["steps_per_s"]["median"] > 0
+    assert data["speed"]["ten_prompt_episodes"]["steps_per_cpu_s"]["n"] == 2
+    assert set(data["met"]) == {"steps_per_s"} and data["table"]["timing"] == "modelled"
+    ddqn = data["ddqn"]
+    assert ddqn["steps"] == 300 and sum(ddqn["ddqn_actions"].values()) == ddqn["prompts"] * ddqn["passes"]
+    assert ddqn["mean_reward"]["oracle"] >= max(v for k, v in ddqn["mean_reward"].items() if k != "oracle")

@@ -1,0 +1,211 @@
+"""How fast is DynPruneTable-v0, and does a Double DQN learn something on it?
+
+``DynPruneTable-v0`` serves DynPrune-v0's observations and rewards from a reward table
+(``dynprune table build``): a step is a lookup. This benchmark measures:
+
+1. **Steps per second** of ``gym.make("DynPruneTable-v0", ...)`` as a user gets it (Gymnasium's
+   wrappers included), one-prompt episodes (``reset`` + ``step`` per step, the training setting)
+   and ten-prompt episodes, random actions drawn beforehand; ``blocks`` blocks, median and
+   min-max; wall clock and process CPU time (the machine is shared: CPU time says what the env
+   costs, wall time what it got). Target: >= 20,000 steps/s.
+2. **Double DQN on the table** (``agents.dqn.make_dqn``): trained ``ddqn_steps`` steps on the
+   train split, then its greedy action on every test-split prompt under ``eval_episodes`` seeded
+   draws of load and budget, against every static action, random and the oracle, all scored on
+   the table (modelled rewards: the agent is not tested live here).
+
+Run:
+    python -m benchmarks.table_env                            # the shipped SmolLM2-135M table
+    python -m benchmarks.table_env --smoke --out /tmp/te.json   # builds a tiny table first
+
+Writes ``benchmarks/results/table_env.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import envs  # noqa: F401 - registers the ids
+from benchmarks.utils import machine_info, parse_args, summary, write_json
+
+try:  # benchmarks.utils has it once the benchmark-harness refactor is in
+    from benchmarks.utils import machine_load  # type: ignore[attr-defined]
+except ImportError:
+    from benchmarks.speed_limit import machine_load
+
+DEFAULT_OUT = "benchmarks/results/table_env.json"
+TARGETS = {"steps_per_s": 20_000}
+
+
+@dataclass
+class Args:
+    """Table env: DynPruneTable-v0 steps/s, and a Double DQN trained on the table."""
+
+    table: str = "smollm2-135m"
+    """reward table: a file, or the name of a table shipped in envs/tables/"""
+    reward: str = "casrap"
+    """reward of the env"""
+    steps: int = 200_000
+    """steps per speed block"""
+    blocks: int = 5
+    """speed blocks per episode length (median and min-max over blocks)"""
+    ddqn_steps: int = 30_000
+    """Double DQN training steps on the train split (0: skip)"""
+    eval_episodes: int = 20
+    """seeded passes over the test split (each draws load and budget anew) for the held-out scores"""
+    seed: int = 0
+    """seed of the actions, the agent and the evaluation"""
+    out: str = DEFAULT_OUT
+    """JSON file to write"""
+    smoke: bool = False
+    """quick check: builds a table of a few prompts on tiny-llama, short blocks, short training"""
+
+    def __post_init__(self) -> None:
+        if self.smoke:
+            self.steps, self.blocks, self.ddqn_steps, self.eval_episodes = 2_000, 2, 300, 2
+            if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
+                self.out = str(Path(tempfile.gettempdir()) / "table_env_smoke.json")
+        for name in ("steps", "blocks", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def smoke_table(folder: Path) -> Path:
+    """A small table on tiny-llama (both splits), built by the same code as the shipped one."""
+    import torch
+
+    from dynprune.latency_model import LatencyCalibration, calibrate_latency
+    from dynprune.models import load_model
+    from dynprune.table import build_table
+    from dynprune.tasks import load_prompts
+
+    torch.set_num_threads(1)
+    lm = load_model("tiny-llama", device="cpu")
+    every = load_prompts("dynprune", split=None)
+    prompts = [p for p in every if p.split == "train"][:6] + [p for p in every if p.split == "test"][:4]
+    lat, _ = calibrate_latency(lm, LatencyCalibration(points=8, repeats=1, prompt_tokens=(4, 32), new_tokens=(2, 4)))
+    return build_table(lm, prompts, folder / "smoke.parquet", max_new_tokens=4, latency_model=lat, progress=None)
+
+
+def speed(table: str, reward: str, steps: int, blocks: int, per_episode: int, seed: int) -> dict[str, Any]:
+    """Steps/s of the made env over ``blocks`` blocks of ``steps`` steps (reset when an episode ends)."""
+    env = gym.make("DynPruneTable-v0", table=table, reward=reward, prompts_per_episode=per_episode)
+    actions = np.random.default_rng(seed).integers(0, env.action_space.n, size=steps).tolist()
+    env.reset(seed=seed)
+    wall, cpu = [], []
+    for _ in range(blocks):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for a in actions:
+            _, _, terminated, truncated, _ = env.step(a)
+            if terminated or truncated:
+                env.reset()
+        wall.append(steps / (time.perf_counter() - t0))
+        cpu.append(steps / max(time.process_time() - c0, 1e-9))
+    return {"steps_per_s": summary(wall), "steps_per_cpu_s": summary(cpu), "prompts_per_episode": per_episode}
+
+
+def held_out_scores(model: Any, table: str, reward: str, episodes: int, seed: int) -> dict[str, Any]:
+    """Mean reward per agent on the test split: the trained agent, every static action, random, oracle."""
+    env = gym.make("DynPruneTable-v0", table=table, reward=reward, split="test", sequential=True)
+    core = env.unwrapped
+    n_prompts, n_actions = len(core.prompt_ids), core.action_space.n
+    rng = np.random.default_rng(seed)
+    totals: dict[str, list[float]] = {"ddqn": [], "random": [], "oracle": []}
+    totals.update({f"static-{name}": [] for name in core.action_names})
+    picks: list[int] = []
+    for e in range(episodes):
+        obs, _ = env.reset(seed=seed + 1 + e)  # a seeded pass: prompts in order, load and budgets drawn anew
+        for i in range(n_prompts):
+            if i:
+                obs, _ = env.reset()
+            rewards = core.action_rewards()
+            act = int(model.predict(obs, deterministic=True)[0]) if model is not None else 0
+            picks.append(act)
+            totals["ddqn"].append(float(rewards[act]))
+            totals["random"].append(float(rewards[int(rng.integers(n_actions))]))
+            totals["oracle"].append(float(rewards.max()))
+            for a, name in enumerate(core.action_names):
+                totals[f"static-{name}"].append(float(rewards[a]))
+    means = {k: statistics.fmean(v) for k, v in totals.items()}
+    best_static = max((k for k in means if k.startswith("static-")), key=means.get)
+    counts = np.bincount(picks, minlength=n_actions)
+    return {"prompts": n_prompts, "passes": episodes, "mean_reward": means, "best_static": best_static,
+            "ddqn_minus_best_static": means["ddqn"] - means[best_static],
+            "ddqn_actions": {name: int(c) for name, c in zip(core.action_names, counts, strict=True)}}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; write and return the JSON."""
+    import torch
+
+    args = parse_args(Args, argv)
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    table = args.table
+    tmp = None
+    if args.smoke:
+        tmp = Path(tempfile.mkdtemp(prefix="table-env-smoke-"))
+        table = str(smoke_table(tmp))
+    load_start = machine_load(1)
+    machine = machine_info("cpu")
+    print(f"(1) speed: {args.blocks} blocks x {args.steps} steps ...", flush=True)
+    one = speed(table, args.reward, args.steps, args.blocks, 1, args.seed)
+    ten = speed(table, args.reward, args.steps, args.blocks, 10, args.seed)
+    print(f"  one-prompt episodes: {one['steps_per_s']['median']:.0f} steps/s "
+          f"({one['steps_per_cpu_s']['median']:.0f} per CPU second); ten-prompt episodes: "
+          f"{ten['steps_per_s']['median']:.0f} steps/s", flush=True)
+    ddqn: dict[str, Any] | None = None
+    if args.ddqn_steps:
+        from agents.dqn import make_dqn
+
+        print(f"(2) Double DQN: {args.ddqn_steps} steps on the train split ...", flush=True)
+        env = gym.make("DynPruneTable-v0", table=table, reward=args.reward, split="train")
+        model = make_dqn(env, double=True, seed=args.seed)
+        t0 = time.perf_counter()
+        model.learn(args.ddqn_steps)
+        train_s = time.perf_counter() - t0
+        ddqn = {"steps": args.ddqn_steps, "train_s": train_s,
+                **held_out_scores(model, table, args.reward, args.eval_episodes, args.seed)}
+        print(f"  trained in {train_s:.0f} s; held-out mean reward: ddqn {ddqn['mean_reward']['ddqn']:+.3f}, "
+              f"best static ({ddqn['best_static']}) {ddqn['mean_reward'][ddqn['best_static']]:+.3f}, "
+              f"oracle {ddqn['mean_reward']['oracle']:+.3f}, random {ddqn['mean_reward']['random']:+.3f}", flush=True)
+    load_end = machine_load(1)
+    from dynprune.table import read_table
+    from envs.table_env import table_path
+
+    meta = read_table(table_path(table)).meta
+    result = {
+        "args": dataclasses.asdict(args),
+        "machine": machine,
+        "load": {"start": load_start, "end": load_end},
+        "table": {"file": str(table_path(table)), "model_id": meta["model_id"],
+                  "max_new_tokens": meta["max_new_tokens"], "timing": meta.get("timing")},
+        "steps_per_s": one["steps_per_s"]["median"],
+        "speed": {"one_prompt_episodes": one, "ten_prompt_episodes": ten},
+        "ddqn": ddqn,
+        "targets": TARGETS,
+        "met": {"steps_per_s": one["steps_per_s"]["median"] >= TARGETS["steps_per_s"]},
+        "notes": (
+            "steps_per_s: median over blocks of gym.make('DynPruneTable-v0') steps per wall-clock second, one-prompt "
+            "episodes (every step also resets), random actions drawn beforehand, 1 torch thread; steps_per_cpu_s: the "
+            "same per second of this process's CPU time (the machine is shared with other jobs). ddqn: agents.dqn "
+            "make_dqn defaults, trained on the table's train split; held-out scores on the test split from the table "
+            "(modelled rewards), eval_episodes seeded passes each drawing load scenarios and budgets anew."
+        ),
+        "wall_s": time.perf_counter() - t_start,
+    }
+    path = write_json(result, args.out)
+    print(f"steps/s {result['steps_per_s']:.0f} (target >= {TARGETS['steps_per_s']}); wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
