@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, str] = {
     "memory": "benchmarks.memory",
     "compress": "benchmarks.compress",
     "router": "benchmarks.router",
+    "gpu": "benchmarks.gpu",  # measures nothing without CUDA unless --smoke or --models is given
     "pareto": "benchmarks.pareto",  # last: it draws the compress and router results beside its own points
 }
 """Benchmark name -> module with a ``main(argv)``; ``all`` runs them in this order."""
