@@ -6,6 +6,7 @@ Sub-commands:
     test        evaluate a trained agent against none / static / random / oracle on held-out prompts
     report      write report.txt and plots of a run directory
     adapters    train layer adapters by distillation (``dynprune adapters train``)
+    heal        train LoRA healing that runs only under pruned plans (``dynprune heal --out DIR``)
     explore     log exploration data (DFS / random / sweep); prefs, offline: offline RL on it
     demo        load a model, run one prompt under a few plans, print latency / tokens/s / fidelity
     info        print a model's geometry and identity
@@ -288,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dynprune.adapters_cli import add_adapter_commands
 
     add_adapter_commands(sub)
+
+    from dynprune.healing_cli import add_heal_command
+
+    add_heal_command(sub)
 
     p = sub.add_parser("report", help="write report.txt and the plots of a run directory")
     p.add_argument("run_dir")

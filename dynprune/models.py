@@ -29,13 +29,14 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from dynprune.generation import decode, decode_and_score, teacher_forced
+from dynprune.healing import apply_swaps
 from dynprune.plan import PruningPlan
 from dynprune.pruning import (
     FFNSlice,
@@ -49,6 +50,9 @@ from dynprune.pruning import (
     build_layer_stack,
 )
 from dynprune.types import GenerationResult, Importance, ModelGeometry, Prompt, PromptFeatures, ScoreResult
+
+if TYPE_CHECKING:
+    from dynprune.healing import PlanHealing
 
 log = logging.getLogger(__name__)
 
@@ -565,6 +569,8 @@ class PrunableLM:
         # ``load_model`` passes the identity it computed (cached for folders); else every weight is hashed.
         self.model_id = model_id if model_id is not None else f"{name}@{fingerprint(model)}"
         self.adapters: dict[int, nn.Module] = {}
+        # Plan-conditional LoRA (dynprune.healing): swapped in by apply() under pruned plans only.
+        self.healing: PlanHealing | None = None
         self._importance: Importance | None = None
         self._profiles: dict[tuple[str, int, int], HeadSlice | FFNSlice] = {}
         self._stacks: dict[tuple[Any, ...], LayerStack] = {}
@@ -908,6 +914,21 @@ class PrunableLM:
         with self.apply(plan):
             return DynamicCache(config=self.model.config)
 
+    def set_healing(self, healing: PlanHealing | None) -> None:
+        """Heal pruned plans with ``healing`` from now on (None: serve them unhealed).
+
+        Raises ``ValueError`` when the healing was trained for another model (naming both identities).
+        """
+        if self._active is not None:
+            raise RuntimeError("set healing outside lm.apply(...)")
+        if healing is not None:
+            healing.check_model(self)
+        self.healing = healing
+
+    def healing_label(self, plan: PruningPlan) -> str | None:
+        """``"<name>@<fingerprint>:<group>"`` of the healing ``apply(plan)`` puts in place, or None."""
+        return None if self.healing is None else self.healing.label(plan)
+
     @property
     def active_plan(self) -> PruningPlan | None:
         """The plan currently applied, or None."""
@@ -920,7 +941,9 @@ class PrunableLM:
         Nothing is copied or reloaded: layer changes swap the decoder's layer list,
         head / FFN changes swap in sliced projections built once per (layer, kept
         count) and cached. After the block the model holds its original modules, so
-        its logits equal the original's bit for bit. Plans do not nest.
+        its logits equal the original's bit for bit. Plans do not nest. With healing set
+        (:meth:`set_healing`), a pruned plan also swaps in its group's LoRA'd projections
+        (``dynprune.healing``); the empty plan swaps nothing.
         """
         if self._active is not None:
             raise RuntimeError(f"plan {self._active.describe()!r} is already applied; plans do not nest")
@@ -940,8 +963,15 @@ class PrunableLM:
             i: m if (m := plan.module_for(i)) is not None else self.adapters[i] for i in plan.adapters
         }
         stack = self.layer_stack(plan.skip, adapters) if plan.skip or plan.adapters else None
+        # Healing (pruned plans only): healed slices replace the plan's, LoRA'd projections swap in.
+        patch = self.healing.patch(self, plan) if self.healing is not None else None
+        if patch is not None:
+            heads = [(layer, patch.heads.get(layer, hs)) for layer, hs in heads]
+            ffn = [(layer, patch.ffn.get(layer, fs)) for layer, fs in ffn]
         undo: list[Any] = []
         try:
+            if patch is not None:
+                undo.append(apply_swaps(patch.swaps))
             for layer, hs in heads:
                 undo.append(apply_head_slice(self._layers[layer].self_attn, hs))
             for layer, fs in ffn:

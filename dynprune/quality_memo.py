@@ -7,8 +7,9 @@ after that, in memory and optionally on disk.
 
 The key is a SHA-256 of everything the metrics depend on: the model's identity
 (``model_id``: name and a weight fingerprint), its dtype and device type (argmaxes can differ
-between them), the bytes of every adapter the plan uses, the plan's layers / heads / channels,
-the prompt's token ids and the full answer's token ids (which pin the chat template and the
+between them), the bytes of every adapter the plan uses, the healing active under the plan
+(its weights' fingerprint and group, ``dynprune.healing``; absent when none is), the plan's
+layers / heads / channels, the prompt's token ids and the full answer's token ids (which pin the chat template and the
 generation settings), and the answer-length limit.
 
 On disk the memo is one JSON file written atomically (temporary file + rename, after merging
@@ -71,6 +72,9 @@ def quality_key(
         "answer": list(answer_ids),
         "max_new_tokens": int(max_new_tokens),
     }
+    healing = lm.healing.key_for(plan) if getattr(lm, "healing", None) is not None else None
+    if healing is not None:  # only then: keys of unhealed plans stay what they were
+        spec["healing"] = healing
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 

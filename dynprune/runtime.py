@@ -263,7 +263,7 @@ class PlanEvaluator:
         self._kept: dict[PruningPlan, float] = {}
         self._modelled_s: dict[tuple[PruningPlan, int, int], float] = {}
         # (baseline key, plan) -> metrics: the in-process fast path in front of the memo's content key
-        self._quality: dict[tuple[str, PruningPlan], QualityMetrics] = {}
+        self._quality: dict[tuple[str, PruningPlan, str | None], QualityMetrics] = {}
         self.forward_passes = 0  # teacher-forced passes run (memo misses)
         self._baselines: dict[str, Baseline] = {}
         self.cache_file = Path(cache_file) if cache_file else None
@@ -410,7 +410,7 @@ class PlanEvaluator:
     def quality(self, prompt: Prompt, plan: PruningPlan, base: Baseline | None = None) -> QualityMetrics:
         """Teacher-forced quality of ``plan`` on ``prompt``: from the memo, else one forward pass (then memoised)."""
         base = base or self.baseline(prompt)
-        fast = (self._key(prompt), plan)
+        fast = (self._key(prompt), plan, self.lm.healing_label(plan))  # healing attached later: another entry
         hit = None if plan.adapters else self._quality.get(fast)  # adapters may be retrained: key by content
         if hit is not None:
             return hit

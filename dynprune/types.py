@@ -262,6 +262,8 @@ class StepRecord:
         terminated: The episode ended at this step (e.g. CASRAP early termination).
         observation: The observation the agent acted on.
         agent: Name of the agent that chose the action.
+        healing: The plan-conditional healing active in the step (``"<name>@<fingerprint>:<group>"``,
+            ``dynprune.healing``), or None: no healing, or the ``none`` action (never healed).
     """
 
     episode: int
@@ -292,6 +294,7 @@ class StepRecord:
     agent: str = ""
     prefix_fidelity: float | None = None
     budget_s: float | None = None
+    healing: str | None = None
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,7 @@ class DynPruneEnv(gym.Env):
     | memo_file           | None             | JSON file of the quality memo (teacher-forced metrics) across runs |
     | latency_model       | None             | ``LatencyModel`` or its file (default: the cached fit)      |
     | prompt_embedding    | 0                | N > 0 appends N projected prompt-embedding coordinates      |
+    | healing             | None             | healing folder (``dynprune heal``): LoRA active under pruned plans only |
     | device, dtype       | "auto"           | passed to ``load_model``                                    |
 
     ```python
@@ -175,6 +176,7 @@ class DynPruneEnv(gym.Env):
         memo_file: str | None = None,
         latency_model: Any = None,
         prompt_embedding: int = 0,
+        healing: str | None = None,
         device: str = "auto",
         dtype: str = "auto",
         render_mode: str | None = None,
@@ -222,6 +224,10 @@ class DynPruneEnv(gym.Env):
         self.lm = model if isinstance(model, PrunableLM) else load_model(model, device=device, dtype=dtype)
         # A prompt too long for the context fails here, naming it, not when it is first drawn.
         self.lm.check_prompts_fit(self.prompts, max_new_tokens)
+        if healing is not None:  # refuses a healing trained for another model, naming both identities
+            from dynprune.healing import attach_healing
+
+            attach_healing(self.lm, healing)
         if self.lm.device.type == "cuda":
             self.monitor = make_monitor(telemetry, scenario=scenario if telemetry == "scenario" else None,
                                         trace=trace if telemetry == "replay" else None, device=str(self.lm.device))
@@ -420,6 +426,7 @@ class DynPruneEnv(gym.Env):
             observation=tuple(float(x) for x in self._obs),
             prefix_fidelity=ev.prefix_fidelity,
             budget_s=outcome.budget_s,
+            healing=self.lm.healing_label(plan),
         )
         return record, ev, base, outcome
 

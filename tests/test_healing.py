@@ -1,0 +1,230 @@
+"""Plan-conditional healing on tiny-llama: it heals pruned plans, leaves the full model bit-exact,
+restores exactly, and refuses a model it was not trained for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynprune.healing import (
+    HealingConfig,
+    LoRALinear,
+    PlanHealing,
+    attach_healing,
+    load_healing,
+    read_info,
+)
+from dynprune.healing_train import HealTrainConfig, batched_generate, train_healing
+from dynprune.models import PrunableLM, tiny_llama
+from dynprune.plan import NO_PRUNING, PruningPlan
+from dynprune.types import Prompt
+
+IDS = list(range(3, 60))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DYNPRUNE_CACHE", str(tmp_path / "cache"))
+
+
+def _kl(lm: PrunableLM, plan: PruningPlan, ids: list[int], start: int = 1) -> float:
+    """Exact mean KL(original || plan) of the next-token distributions predicting ``ids[start:]`` (full vocabulary)."""
+    ref = torch.log_softmax(lm.logits(ids)[0, start - 1 : -1].double(), -1)
+    with lm.apply(plan):
+        got = torch.log_softmax(lm.logits(ids)[0, start - 1 : -1].double(), -1)
+    return float((ref.exp() * (ref - got)).sum(-1).mean())
+
+
+def _random_healing(lm: PrunableLM, config: HealingConfig | None = None) -> PlanHealing:
+    healing = PlanHealing.for_model(lm, config)
+    with torch.no_grad():
+        for pair in healing.pairs.values():
+            pair.B.normal_(0.0, 0.05)
+    healing.clear_cache()
+    return healing
+
+
+def _prompts(n: int) -> list[Prompt]:
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+    return [Prompt(id=f"p{i}", text=f"{words[i % 8]} {words[(3 * i + 1) % 8]} number {i}", split="train")
+            for i in range(n)]
+
+
+ONE_PLAN_TABLE = ({"name": "layers-25%", "kind": "layers", "amount": 0.25},)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_lm32: PrunableLM) -> tuple[Path, PlanHealing, object]:
+    """Healing trained on tiny-llama for one layer plan (validation texts repeat training texts)."""
+    out = tmp_path_factory.mktemp("heal") / "tiny-heal"
+    # every text twice: the held-out validation prompts repeat training texts, so the validation KL
+    # measures the training objective (a random model has nothing to generalise)
+    prompts = [p for p in _prompts(12) for p in (p, Prompt(id=p.id + "b", text=p.text, split="train"))]
+    config = HealTrainConfig(max_new_tokens=12, sampled=0, steps=40, batch_size=8, lr=5e-3, warmup=2,
+                             eval_every=20, table=ONE_PLAN_TABLE, val_fraction=0.25)
+    healing, report = train_healing(tiny_lm32, out, config, HealingConfig(rank=4), prompts=prompts, progress=False)
+    return out, healing, report
+
+
+def test_training_lowers_kl_of_the_pruned_plan(trained: tuple, tiny_lm32: PrunableLM) -> None:
+    out, healing, report = trained
+    first, best = report.validations[0]["plans"]["layers-25%"]["kl"], report.best_val_kl["layers"]
+    assert report.best_step["layers"] > 0 and best < 0.8 * first
+    plan = PruningPlan.from_dict(read_info(out).plans["layers-25%"])
+    # the KL the training lowers: over the original's greedy answer to a training prompt
+    prompt = tiny_lm32.encode_prompt(_prompts(1)[0].text)
+    ids = [*prompt, *batched_generate(tiny_lm32, [prompt], 12)[0]]
+    before = _kl(tiny_lm32, plan, ids, len(prompt))
+    attach_healing(tiny_lm32, out)
+    try:
+        after = _kl(tiny_lm32, plan, ids, len(prompt))
+        assert tiny_lm32.healing_label(plan) == f"tiny-heal@{tiny_lm32.healing.fingerprint}:layers"
+        assert tiny_lm32.healing_label(NO_PRUNING) is None
+    finally:
+        tiny_lm32.set_healing(None)
+    assert after < before
+    assert report.steps == 40 and report.stopped == "steps"
+    assert {p.name for p in out.iterdir()} == {"healing.json", "lora.safetensors"}
+
+
+def test_none_is_the_original_bit_for_bit(tiny_lm32: PrunableLM) -> None:
+    ref = tiny_lm32.logits(IDS)
+    tiny_lm32.set_healing(_random_healing(tiny_lm32))
+    try:
+        with tiny_lm32.apply(NO_PRUNING):
+            assert torch.equal(tiny_lm32.logits(IDS), ref)
+            assert tiny_lm32.healing_label(NO_PRUNING) is None
+        assert torch.equal(tiny_lm32.logits(IDS), ref)
+    finally:
+        tiny_lm32.set_healing(None)
+
+
+@pytest.mark.parametrize("grouping,placement", [("kind", "all"), ("shared", "cut")])
+def test_restore_is_exact_with_healing_active(tiny_lm32: PrunableLM, grouping: str, placement: str) -> None:
+    lm = tiny_lm32
+    ref = lm.logits(IDS)
+    originals = [(m, name, getattr(m, name)) for layer in lm._layers for m in (layer.self_attn, layer.mlp)
+                 for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+                 if hasattr(m, name)]
+    healing = _random_healing(lm, HealingConfig(grouping=grouping, placement=placement))
+    lm.set_healing(healing)
+    plans = [PruningPlan(skip=[1]), PruningPlan(heads={0: 5, 2: 3}), PruningPlan(ffn={1: 50, 3: 100}),
+             PruningPlan(skip=[2], heads={0: 6}, ffn={1: 60})]
+    try:
+        for plan in plans:
+            for merged in (True, False):
+                healing.merged = merged
+                unhealed = None
+                with lm.apply(plan):
+                    healed = lm.logits(IDS)
+                lm.set_healing(None)
+                with lm.apply(plan):
+                    unhealed = lm.logits(IDS)
+                lm.set_healing(healing)
+                assert not torch.allclose(healed, unhealed)  # the healing did act under the plan
+                assert torch.equal(lm.logits(IDS), ref)
+                assert all(getattr(m, name) is orig for m, name, orig in originals)
+        with pytest.raises(RuntimeError, match="boom"), lm.apply(plans[0]):
+            raise RuntimeError("boom")
+        assert torch.equal(lm.logits(IDS), ref)
+        # merged serving computes what the trained (unmerged) modules compute
+        healing.merged = False
+        with lm.apply(plans[3]):
+            assert isinstance(lm._layers[0].mlp.down_proj, LoRALinear)
+            unmerged = lm.logits(IDS)
+        healing.merged = True
+        with lm.apply(plans[3]):
+            merged = lm.logits(IDS)
+        assert torch.allclose(merged, unmerged, atol=1e-4)
+    finally:
+        lm.set_healing(None)
+
+
+def test_folder_for_another_model_is_refused(trained: tuple, tiny_lm32: PrunableLM) -> None:
+    out, healing, _ = trained
+    model, tokenizer = tiny_llama(torch.float32, seed=1)
+    other = PrunableLM(model, tokenizer, name="tiny-llama-seed1")
+    with pytest.raises(ValueError) as err:
+        load_healing(out, other)
+    assert tiny_lm32.model_id in str(err.value) and other.model_id in str(err.value)
+    with pytest.raises(ValueError, match="not for this model"):
+        other.set_healing(healing)
+    with pytest.raises(ValueError, match="not a healing folder"):
+        load_healing(out.parent, tiny_lm32)
+
+
+def _record(info: dict) -> dict:
+    """The step's record from an env info (a JSON string, or a dict in older versions)."""
+    rec = info["record"]
+    return json.loads(rec) if isinstance(rec, str) else rec
+
+
+def test_env_records_which_healing_was_active(trained: tuple, tiny_lm32: PrunableLM) -> None:
+    import gymnasium as gym
+
+    from dynprune.records import record_from_dict
+
+    out, _, _ = trained
+    env = gym.make("DynPrune-v0", model=tiny_lm32, prompts=_prompts(3), split=None, reward="proxy",
+                   max_new_tokens=4, healing=str(out),
+                   action_table=[{"name": "none", "kind": "none"}, *ONE_PLAN_TABLE,
+                                 {"name": "ffn-25%", "kind": "ffn", "amount": 0.25}])
+    try:
+        env.reset(seed=0)
+        labels = []
+        for action in (0, 1, 2):
+            _, _, _, _, info = env.step(action)
+            labels.append(_record(info)["healing"])
+            env.reset()
+        assert labels[0] is None  # the none action is never healed
+        assert labels[1] == tiny_lm32.healing_label(env.unwrapped.plan(1)) and labels[1].endswith(":layers")
+        assert labels[2] is None  # the ffn group was not trained: served unhealed
+        old = dict(_record(info))
+        del old["healing"]  # a log written before the field existed still reads
+        assert record_from_dict(old).healing is None
+    finally:
+        env.close()
+        tiny_lm32.set_healing(None)
+
+
+def test_memo_key_names_the_active_healing(tiny_lm32: PrunableLM) -> None:
+    from dynprune.quality_memo import quality_key
+
+    plan, answer = PruningPlan(skip=[1]), [5, 6, 7]
+    plain = quality_key(tiny_lm32, plan, IDS, answer, 8)
+    tiny_lm32.set_healing(_random_healing(tiny_lm32))
+    try:
+        assert quality_key(tiny_lm32, plan, IDS, answer, 8) != plain
+        assert quality_key(tiny_lm32, NO_PRUNING, IDS, answer, 8) == quality_key(
+            tiny_lm32.__class__(tiny_lm32.model, tiny_lm32.tokenizer, model_id=tiny_lm32.model_id), NO_PRUNING,
+            IDS, answer, 8)
+    finally:
+        tiny_lm32.set_healing(None)
+    assert quality_key(tiny_lm32, plan, IDS, answer, 8) == plain
+
+
+def test_batched_generate_matches_single_decoding(tiny_lm32: PrunableLM) -> None:
+    lm = tiny_lm32
+    prompts = [lm.encode_prompt(p.text) for p in _prompts(5)]
+    for plan in (NO_PRUNING, PruningPlan(skip=[1])):
+        with lm.apply(plan):
+            batched = batched_generate(lm, prompts, 6, batch_size=3)
+            for ids, answer in zip(prompts, batched, strict=True):
+                g = lm.generate(ids, 6)
+                stopped = g.produced > len(g.output_ids)
+                assert answer == g.output_ids + ((min(lm.eos_ids),) if stopped else ())
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="grouping"):
+        HealingConfig(grouping="per-layer")
+    with pytest.raises(ValueError, match="targets"):
+        HealingConfig(targets=("q_proj", "lm_head"))
+    with pytest.raises(ValueError, match="kind_weights"):
+        HealTrainConfig(kind_weights=(0.0, 0.0, 0.0))
+    assert HealTrainConfig.from_dict(HealTrainConfig(extra_layer_ks=(4, 1)).to_dict()).extra_layer_ks == (1, 4)
+    assert HealingConfig.from_dict(HealingConfig(targets=("o_proj", "q_proj")).to_dict()).targets == (
+        "q_proj", "o_proj")
