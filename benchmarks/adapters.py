@@ -31,40 +31,43 @@ and prints a table.
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import math
 import statistics
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks.utils import machine_info, parse_args, write_json
-from dynprune.adapters import AdapterConfig, attach_adapters, plot_adapter_mse, save_adapters, train_adapters
-from dynprune.metrics import fix_threads
-from dynprune.models import cache_dir, load_model
+from benchmarks import harness
+from benchmarks.utils import adapters_file, rotated, seeded_subset
+from dynprune.adapters import (
+    AdapterConfig,
+    AdapterReport,
+    attach_adapters,
+    plot_adapter_mse,
+    save_adapters,
+    train_adapters,
+)
+from dynprune.models import PrunableLM
 from dynprune.plan import PruningPlan
 from dynprune.runtime import PlanEvaluator
 from dynprune.selection import layers_plan
 from dynprune.tasks import load_prompts
-from dynprune.types import Evaluation, Prompt
+from dynprune.types import Evaluation
 
-DEFAULT_OUT = "benchmarks/results/adapters.json"
 MODES = ("skip", "adapters")
 
 
 @dataclass
-class Args:
-    """Adapters vs skipping: per-layer MSE, then fidelity, perplexity and speed-up on held-out prompts."""
+class Args(harness.Args):
+    """Adapters vs skipping: per-layer MSE, then fidelity, perplexity and speed-up on held-out prompts.
 
-    model: str = "smollm2-135m"
-    """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N"""
-    threads: int | None = None
-    """torch CPU threads (none: torch's default, all cores it sees)"""
+    ``seed`` seeds the adapters' training and the test subset.
+    """
+
+    out: str = "benchmarks/results/adapters.json"
+    """JSON file to write; the MSE plot goes beside it as <stem>_mse.png"""
     bottleneck: int = 64
     """width of each adapter's bottleneck"""
     epochs: int = 4
@@ -81,51 +84,30 @@ class Args:
     """answer length limit of the full model and of the live generations"""
     live_prompts: int = 10
     """how many of the test prompts also get a live generation per plan (generated-text fidelity, speed-up)"""
-    seed: int = 0
-    """seed of the adapters' training and of the test subset"""
-    out: str = DEFAULT_OUT
-    """JSON file to write; the MSE plot goes beside it as <stem>_mse.png"""
     adapters_out: str | None = None
     """adapters file (none: <dynprune cache>/adapters/<model>-b<bottleneck>-e<epochs>-n-s-seed.safetensors)"""
-    smoke: bool = False
-    """quick check: tiny-llama, 2 epochs, 8 windows, 4 test prompts, 2 live ones; needs --out"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.smoke:
-            if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
-                raise ValueError("--smoke needs --out PATH (the real results file is not overwritten by a smoke run)")
-            self.model = "tiny-llama"
             self.epochs, self.n_prompts, self.seq_len = 2, 8, 32
             self.test_prompts, self.live_prompts = 4, 2
             self.max_new_tokens = min(self.max_new_tokens, 8)
-        for name in ("bottleneck", "epochs", "test_prompts", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_positive("bottleneck", "epochs", "test_prompts", "max_new_tokens")
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1 (or none for L/4), got {self.k}")
         if not 0 <= self.live_prompts <= self.test_prompts:
             raise ValueError(f"live_prompts must be in 0..test_prompts ({self.test_prompts}), got {self.live_prompts}")
 
-
-def default_adapters_file(model_id: str, args: Args) -> Path:
-    """The cache file these settings' adapters go to (``--adapters-out`` none); benchmarks/pareto.py reads it."""
-    safe = model_id.replace("/", "_").replace("@", "-")
-    stem = f"{safe}-b{args.bottleneck}-e{args.epochs}-n{args.n_prompts}-s{args.seq_len}-seed{args.seed}"
-    return cache_dir() / "adapters" / f"{stem}.safetensors"
+    def adapter_config(self) -> AdapterConfig:
+        """The distillation settings of these flags."""
+        return AdapterConfig(bottleneck=self.bottleneck, epochs=self.epochs, n_prompts=self.n_prompts,
+                             seq_len=self.seq_len, seed=self.seed)
 
 
 def gmean(values: list[float]) -> float:
     """Geometric mean (``inf`` if any value is infinite)."""
     return math.exp(statistics.fmean(math.log(v) for v in values))
-
-
-def held_out_prompts(n: int, seed: int) -> list[Prompt]:
-    """``n`` prompts of the shipped test split, drawn without replacement by a seeded RNG, in source order."""
-    pool = load_prompts("dynprune", split="test")
-    if n > len(pool):
-        raise ValueError(f"test_prompts {n} exceeds the {len(pool)} prompts of the test split")
-    picked = np.random.default_rng(seed).choice(len(pool), size=n, replace=False)
-    return [pool[int(i)] for i in sorted(picked)]
 
 
 def row(
@@ -153,15 +135,9 @@ def row(
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(Args, argv)
-    fix_threads(args.threads)
-    t_start = time.perf_counter()
-    out = Path(args.out)
-    plot_path = out.with_name(f"{out.stem}_mse.png")
-    print(f"loading {args.model} ...", flush=True)
-    lm = load_model(args.model, device=args.device)
-    print(f"model: {lm}", flush=True)
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """Train the adapters, then compare them with skipping, teacher-forced and live, on held-out prompts."""
+    assert lm is not None
     print("importance (calibrated once, then cached) ...", flush=True)
     imp, g = lm.importance, lm.geometry
     L = g.num_layers
@@ -169,19 +145,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if k_main >= L:
         raise ValueError(f"k must be below the model's {L} layers, got {k_main}")
     ks = sorted({k_main, max(1, k_main // 2)}, reverse=True)
-    machine = machine_info(lm.device)  # after loading: load average reflects the quiet-or-not machine
 
     # 1. adapters for every layer, distilled on the training split (default_texts); test prompts unseen
-    config = AdapterConfig(
-        bottleneck=args.bottleneck, epochs=args.epochs, n_prompts=args.n_prompts, seq_len=args.seq_len, seed=args.seed
-    )
+    config = args.adapter_config()
     print(f"(1) training adapters: {L} layers, {args.epochs} epochs x {args.n_prompts} windows ...", flush=True)
     report = train_adapters(lm, config=config)
-    default_file = default_adapters_file(lm.model_id, args)
-    adapters_file = save_adapters(report.adapters, args.adapters_out or default_file, lm.model_id, args.bottleneck)
-    plot_adapter_mse(report, plot_path)
+    saved = save_adapters(report.adapters, args.adapters_out or adapters_file(lm.model_id, config), lm.model_id,
+                          args.bottleneck)
     attach_adapters(lm, report.adapters)
-    print(f"    {report.seconds:.1f} s; adapters -> {adapters_file}", flush=True)
+    print(f"    {report.seconds:.1f} s; adapters -> {saved}", flush=True)
 
     # the same lowest-influence layers, skipped or replaced by their adapters
     plans = {
@@ -189,7 +161,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for k in ks
         for mode in MODES
     }
-    prompts = held_out_prompts(args.test_prompts, args.seed)
+    pool = load_prompts("dynprune", split="test")
+    if args.test_prompts > len(pool):
+        raise ValueError(f"test_prompts {args.test_prompts} exceeds the {len(pool)} prompts of the test split")
+    prompts = seeded_subset(pool, args.test_prompts, args.seed)
     live_prompts = prompts[: args.live_prompts]
     ev = PlanEvaluator(lm, args.max_new_tokens)
     ev.warmup()
@@ -208,8 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     live: dict[tuple[int, str], list[Evaluation]] = {key: [] for key in plans}
     for j, p in enumerate(live_prompts):
         # rotate the plan order per prompt so no plan always runs first after the previous prompt
-        keys = list(plans)
-        for key in keys[j % len(keys) :] + keys[: j % len(keys)]:
+        for key in rotated(list(plans), j):
             live[key].append(ev.evaluate(p, plans[key], "live"))
 
     rows = [row(k, plans[k, mode], mode, profiled[k, mode], live[k, mode], base_ppl) for k in ks for mode in MODES]
@@ -236,14 +210,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for k in ks
         for mode in MODES
     ]
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine,
+    return {
         "model_id": lm.model_id,
         "model": {"spec": args.model, "num_layers": L, "hidden_size": g.hidden_size, "dtype": str(lm.dtype)},
         "training": report.to_dict(),
-        "adapters_file": str(adapters_file),
-        "plot": str(plot_path),
+        "adapters_file": str(saved),
+        "plot": str(harness.sibling(args.out, "_mse.png")),
         "test": {
             "split": "test",
             "prompt_ids": [p.id for p in prompts],
@@ -265,18 +237,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "(median; 1.0 = no gain; T_full from the one baseline generation). claim: at k (L/4 by default) the "
             "adapters have a higher fidelity_mean and a lower ppl_ratio_gmean than skipping."
         ),
-        "wall_s": time.perf_counter() - t_start,
     }
-    path = write_json(result, out)
-    print_table(result)
-    print(f"wrote {path} and {plot_path}")
-    return result
+
+
+def plot_mse(result: dict[str, Any], path: Path) -> Path:
+    """The per-layer MSE chart of the result's training report."""
+    return plot_adapter_mse(AdapterReport.from_json(json.dumps(result["training"])), path)
 
 
 def print_table(result: dict[str, Any]) -> None:
-    """Human-readable summary of a result dict."""
-    m, t = result["machine"], result["training"]
-    print(f"\n{result['model_id']} on {m['device_name']}, {m['torch_threads']} threads, {m['date']}")
+    """The adapters' MSE per layer, then fidelity, perplexity and live speed-up per (k, mode)."""
+    t = result["training"]
     print(f"adapters: {t['steps']} steps in {t['seconds']:.1f} s; held-out MSE per layer (skip -> adapter):")
     print(
         "  "
@@ -299,6 +270,11 @@ def print_table(result: dict[str, Any]) -> None:
             f"{f(r['live_exact_match'], '.2f'):>9}{f(r['live_speedup_median'], '.3f'):>8}  {r['layers']}"
         )
     print(f"\nclaim: {result['claim']}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run, write the JSON and the MSE plot, print the table; return the result."""
+    return harness.run(harness.parse_args(Args, argv), measure, table=print_table, files={"_mse.png": plot_mse})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """``dynprune bench NAME|all``: run the benchmark scripts from the ``dynprune`` command.
 
 Every benchmark is a module of this package with a ``main(argv)`` that parses its own
-flags (an ``Args`` dataclass through :func:`benchmarks.utils.parse_args`) and writes one
-JSON file given by ``--out``. This module only dispatches:
+flags (an ``Args`` dataclass, a subclass of :class:`benchmarks.harness.Args`) and writes one
+JSON file given by ``--out`` (see :mod:`benchmarks.harness`). This module only dispatches:
 
     dynprune bench speed_limit                         # benchmarks/results/speed_limit.json
     dynprune bench speed_limit --repeats 5             # flags after the name go to the script
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import sys
 import tempfile
 import time
@@ -84,25 +83,15 @@ def script_argv(module: Any, name: str, extra: Sequence[str], smoke: bool, devic
     return argv
 
 
-def call_main(module: Any, argv: list[str]) -> Any:
-    """Call the script's ``main`` with ``argv``; a ``main(args: Args)`` gets the parsed dataclass."""
-    main = module.main
-    params = list(inspect.signature(main).parameters.values())
-    if params and params[0].name == "args" and hasattr(module, "Args"):
-        from benchmarks.utils import parse_args
-
-        return main(parse_args(module.Args, argv))
-    return main(argv)
-
-
 def out_path(argv: Sequence[str], module: Any) -> str | None:
-    """Where the script writes its JSON: the ``--out`` of ``argv``, else the module's default."""
+    """Where the script writes its JSON: the ``--out`` of ``argv``, else the default of its ``Args.out``."""
     for i, a in enumerate(argv):
         if a == "--out" and i + 1 < len(argv):
             return argv[i + 1]
         if a.startswith("--out="):
             return a.split("=", 1)[1]
-    return getattr(module, "DEFAULT_OUT", None)
+    fields = getattr(getattr(module, "Args", None), "__dataclass_fields__", {})
+    return fields["out"].default if "out" in fields else getattr(module, "DEFAULT_OUT", None)
 
 
 def run(names: Sequence[str], extra: Sequence[str] = (), smoke: bool = False, device: str | None = None,
@@ -125,7 +114,7 @@ def run(names: Sequence[str], extra: Sequence[str] = (), smoke: bool = False, de
         argv = script_argv(module, name, extra, smoke, device, folder, strict_device=len(names) == 1)
         print(f"== bench {name}: {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
-        call_main(module, argv)
+        module.main(argv)
         written[name] = out_path(argv, module)
         print(f"== bench {name}: {time.perf_counter() - t0:.1f} s, wrote {written[name]}", flush=True)
     return written

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.utils import machine_info, parse_args, write_json
+from benchmarks import harness
+from benchmarks.utils import write_json
 from dynprune.compress.evaluate import EvalConfig, evaluate, reference, time_pair
 from dynprune.compress.healing import TrainConfig
 from dynprune.compress.pipeline import (
@@ -50,24 +52,21 @@ from dynprune.compress.pipeline import (
     compress_sparsity,
 )
 from dynprune.compress.sparsity import SparsityConfig
-from dynprune.metrics import fix_threads
-from dynprune.models import load_model
+from dynprune.models import PrunableLM
 
-DEFAULT_OUT = "benchmarks/results/compress.json"
 ALL = ("last", "angular", "block_influence", "heal-ce", "heal-kd", "distill", "magnitude", "wanda", "2:4",
        "fp16", "bf16", "int8", "nf4")  # fmt: skip
 
 
 @dataclass
-class Args:
-    """Static compression baselines: size, speed-up, perplexity and fidelity against the full model."""
+class Args(harness.Args):
+    """Static compression baselines: size, speed-up, perplexity and fidelity against the full model.
 
-    model: str = "smollm2-135m"
-    """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N"""
-    threads: int | None = None
-    """torch CPU threads (none: torch's default, all cores it sees)"""
+    ``seed`` seeds the train / validation split and the LoRA initialisation.
+    """
+
+    out: str = "benchmarks/results/compress.json"
+    """JSON file to write; the Pareto chart goes beside it as <stem>.png"""
     k: int | None = None
     """layers removed by the angular / block-influence rows, healing and distillation (none: L/10)"""
     sparsity: float = 0.5
@@ -102,20 +101,12 @@ class Args:
     """tokens per timed generation"""
     methods: str = ",".join(ALL)
     """comma-separated rows to run (source always runs)"""
-    seed: int = 0
-    """seed of the train / validation split and LoRA initialisation"""
-    out: str = DEFAULT_OUT
-    """JSON file to write; the Pareto chart goes beside it as <stem>.png"""
     plot_only: bool = False
     """redraw the chart from the existing --out JSON without measuring anything"""
-    smoke: bool = False
-    """quick check: tiny-llama, a few training steps, small evaluation; needs --out"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.smoke:
-            if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
-                raise ValueError("--smoke needs --out PATH (the real results file is not overwritten by a smoke run)")
-            self.model = "tiny-llama"
             self.heal_steps, self.distill_steps, self.eval_every = 6, 6, 3
             self.heal_lr, self.distill_lr = 2e-3, 1e-3
             self.seq_len, self.eval_prompts, self.max_new_tokens = 32, 2, 4
@@ -124,9 +115,7 @@ class Args:
         unknown = [m for m in self.method_list if m not in ALL]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; expected a comma-separated subset of {ALL}")
-        for name in ("heal_steps", "distill_steps", "eval_every", "repeats", "timing_tokens", "eval_prompts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_positive("heal_steps", "distill_steps", "eval_every", "repeats", "timing_tokens", "eval_prompts")
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1 (or none for L/10), got {self.k}")
 
@@ -160,11 +149,9 @@ def _row(method: str, label: str, c: Compressed, ev: dict[str, Any], seconds: fl
     return row
 
 
-def run(args: Args) -> dict[str, Any]:
-    """Run every requested row; return the result dict (also written to ``args.out``)."""
-    fix_threads(args.threads)
-    t_start = time.perf_counter()
-    lm = load_model(args.model, device=args.device)
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """Compress a copy of the model by every requested method and measure each against the source."""
+    assert lm is not None
     n = lm.geometry.num_layers
     k = args.k if args.k is not None else max(1, n // 10)
     _ = lm.importance  # calibrate (or load the cached calibration) before any timing
@@ -228,9 +215,7 @@ def run(args: Args) -> dict[str, Any]:
 
     aa_spread = [rows[0]["speedup"]["min"], rows[0]["speedup"]["max"]]
     sparse = [r for r in rows if r["method"] in ("magnitude", "wanda", "2:4")]
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine_info(lm.device),
+    return {
         "model_id": lm.model_id,
         "k": k,
         "block_influence_layers": rows_layers(rows, "ShortGPT"),
@@ -253,11 +238,7 @@ def run(args: Args) -> dict[str, Any]:
             "times the full model against itself (A/A) to show the noise floor. Perplexity over non-overlapping "
             f"{args.seq_len}-token windows of the test split; training windows from the train split."
         ),
-        "seconds": time.perf_counter() - t_start,
     }
-    write_json(result, args.out)
-    plot(rows, Path(args.out).with_suffix(".png"), lm.name)
-    return result
 
 
 def pareto_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -284,7 +265,7 @@ def rows_layers(rows: Sequence[dict[str, Any]], prefix: str) -> list[int]:
     return next((r["removed_layers"] for r in rows if r["label"].startswith(prefix)), [])
 
 
-def plot(rows: Sequence[dict[str, Any]], path: Path, model: str) -> Path:
+def plot(result: dict[str, Any], path: Path) -> Path:
     """Pareto chart: fidelity to the full model against speed-up (median, min-max bars) and against size.
 
     Fidelity (teacher-forced argmax agreement with the full model on held-out windows) is the
@@ -298,7 +279,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, model: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-    for r in rows:
+    for r in result["rows"]:
         s, y = r["speedup"], r["teacher_forced_agreement"]
         axes[0].errorbar(s["median"], y, xerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]],
                          fmt="o", capsize=3, alpha=0.8)  # fmt: skip
@@ -311,21 +292,11 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, model: str) -> Path:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("fidelity: teacher-forced agreement with the full model")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Static compression baselines on {model} (upper right is better)")
+    fig.suptitle(f"Static compression baselines on {result['args']['model']} (upper right is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def replot(path: str | Path) -> Path:
-    """Redraw the chart of an existing results JSON (no measurement); add its ``pareto_points`` when missing."""
-    import json
-
-    data = json.loads(Path(path).read_text())
-    if "pareto_points" not in data:  # results written before the field existed: derived from the same rows
-        write_json({**data, "pareto_points": pareto_points(data["rows"])}, path)
-    return plot(data["rows"], Path(path).with_suffix(".png"), data["args"]["model"])
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -342,17 +313,14 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse flags, run, print the table; return the result."""
-    args = parse_args(Args, argv)
+    """Parse the flags, run (or, with --plot-only, reread the JSON), write JSON and chart, print the table."""
+    args = harness.parse_args(Args, argv)
+    files = {".png": plot}
     if args.plot_only:
-        import json
-
-        print(f"wrote {replot(args.out)}")
-        return json.loads(Path(args.out).read_text())
-    result = run(args)
-    print_table(result)
-    print(f"wrote {result['args']['out']} ({result['seconds']:.0f} s)")
-    return result
+        data = json.loads(Path(args.out).read_text())
+        data.setdefault("pareto_points", pareto_points(data["rows"]))  # results written before the field existed
+        return harness.save(data, args.out, table=print_table, files=files)
+    return harness.run(args, measure, table=print_table, files=files)
 
 
 if __name__ == "__main__":

@@ -30,70 +30,45 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from benchmarks.utils import machine_info, parse_args, summary, write_json
-from dynprune.metrics import fix_threads
-from dynprune.models import PrunableLM, load_model
+from benchmarks import harness
+from benchmarks.utils import naive_step, summary
+from dynprune.models import PrunableLM
 from dynprune.runtime import PlanEvaluator, ProfileConfig
 
-DEFAULT_OUT = "benchmarks/results/env_throughput.json"
 TARGETS = {"live_over_naive": 2.0, "profiled_over_naive": 10.0, "profiled_median_rel_error": 0.10}
 
 
 @dataclass
-class Args:
+class Args(harness.Args):
     """Env throughput: naive vs live vs profiled steps, and the profile's timing error."""
 
-    model: str = "smollm2-135m"
-    """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N"""
-    threads: int | None = None
-    """torch CPU threads (default: torch's choice)"""
+    out: str = "benchmarks/results/env_throughput.json"
     prompts: int = 6
     """distinct test prompts the steps cycle over"""
     steps: int = 24
     """steps per mode (the same (prompt, action) sequence in every mode)"""
     max_new_tokens: int = 32
     """answer length"""
-    seed: int = 0
-    """seed of the prompt subset and the action sequence"""
-    out: str = DEFAULT_OUT
-    """output JSON"""
-    smoke: bool = False
-    """tiny-llama, few steps (for the test suite); needs --out"""
 
     def __post_init__(self) -> None:
-        if self.smoke and self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
-            raise ValueError("--smoke needs --out PATH (the real results file is not overwritten by a smoke run)")
+        super().__post_init__()
+        if self.smoke:
+            self.prompts, self.steps, self.max_new_tokens = 2, 4, 4
+        self.require_positive("prompts", "steps", "max_new_tokens")
 
 
-def naive_step(lm: PrunableLM, text: str, plan, max_new_tokens: int) -> None:  # noqa: ANN001
-    """The uncached step: full generation, pruned generation, prompt ppl, ppl of both answers."""
-    ids = lm.encode_prompt(text, max_new_tokens=max_new_tokens)
-    full = lm.generate(ids, max_new_tokens)
-    lm.text_perplexity(text)
-    with lm.apply(plan):
-        pruned = lm.generate(ids, max_new_tokens)
-        if pruned.output_ids:
-            lm.score(ids, list(pruned.output_ids))
-    if full.output_ids:
-        lm.score(ids, list(full.output_ids))
-
-
-def main(args: Args) -> dict:
-    """Run the benchmark; return and write the JSON."""
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """The same (prompt, action) sequence stepped naively, live and profiled; the profile's error against live."""
     from dynprune.actions import DEFAULT_TABLE, entry_plan
     from dynprune.tasks import load_prompts
 
-    t_start = time.perf_counter()
-    if args.smoke:
-        args.model, args.prompts, args.steps, args.max_new_tokens = "tiny-llama", 2, 4, 4
-    fix_threads(args.threads)
-    lm = load_model(args.model, device=args.device)
+    assert lm is not None
     rng = np.random.default_rng(args.seed)
     pool = load_prompts("dynprune", split="test")
     prompts = [pool[i] for i in rng.choice(len(pool), size=args.prompts, replace=False)]
@@ -143,9 +118,7 @@ def main(args: Args) -> dict:
         r["speedup_over_naive"] = r["steps_per_s"] / naive_rate
         r["steady_speedup_over_naive"] = (r["steady_steps_per_s"] or 0.0) / naive_rate
     errors = [abs(predicted[k] - measured[k]) / measured[k] for k in measured if k in predicted]
-    out = {
-        "args": asdict(args),
-        "machine": machine_info(lm.device),
+    return {
         "model_id": lm.model_id,
         "results": results,
         "profiled_vs_live_tokens_per_s": {
@@ -160,9 +133,12 @@ def main(args: Args) -> dict:
             "profiled_median_rel_error": statistics.median(errors) <= TARGETS["profiled_median_rel_error"],
         },
     }
-    out["wall_s"] = time.perf_counter() - t_start
-    write_json(out, args.out)
-    print(f"model {lm.model_id}, {args.steps} steps over {args.prompts} prompts, {args.max_new_tokens} new tokens")
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """Steps per second of each mode against the naive step, and the profile's timing error."""
+    a, results = result["args"], result["results"]
+    print(f"{a['steps']} steps over {a['prompts']} prompts, {a['max_new_tokens']} new tokens")
     print(f"{'mode':<9} {'steps/s':>8} {'steady/s':>9} {'x naive':>8} {'steady x':>9} {'baseline share':>15}")
     for mode in ("naive", "live", "profiled"):
         r = results[mode]
@@ -171,13 +147,16 @@ def main(args: Args) -> dict:
             f"{r.get('speedup_over_naive', 1.0):>8.2f} {r.get('steady_speedup_over_naive', 1.0):>9.2f} "
             f"{r.get('baseline_share', 1.0):>15.2f}"
         )
-    e = out["profiled_vs_live_tokens_per_s"]
+    e = result["profiled_vs_live_tokens_per_s"]
     print(
         f"profiled vs live tokens/s: median relative error {e['median_rel_error']:.3f} (max {e['max_rel_error']:.3f})"
     )
-    print(f"wrote {args.out}")
-    return out
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run, write the JSON and print the table; return the result."""
+    return harness.run(harness.parse_args(Args, argv), measure, table=print_table)
 
 
 if __name__ == "__main__":
-    main(parse_args(Args))
+    main()

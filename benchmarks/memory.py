@@ -36,47 +36,42 @@ Writes ``benchmarks/results/memory.json`` and ``memory.png`` beside it.
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import json
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.utils import machine_info, parse_args, summary, write_json
-from dynprune.fileio import atomic_write_bytes
+from benchmarks import harness
+from benchmarks.utils import TIMED_PROMPT, rotated, summary
+from dynprune.models import PrunableLM
 
-DEFAULT_OUT = "benchmarks/results/memory.json"
 MIB = float(1 << 20)
 OFFLINE_ALGOS = ("cql", "bcq", "ddqn", "bc")
 
 
 @dataclass
-class Args:
-    """Memory: peak RSS (and peak VRAM on a GPU) per plan and for training each agent, one fresh process per run."""
+class Args(harness.Args):
+    """Memory: peak RSS (and peak VRAM on a GPU) per plan and for training each agent, one fresh process per run.
 
-    model: str = "smollm2-135m"
-    """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N (CUDA: peak VRAM as well)"""
-    threads: int | None = None
-    """torch CPU threads in each child process (none: torch's default)"""
+    ``device`` cuda measures peak VRAM as well; ``threads`` applies in each child process;
+    ``seed`` seeds the agents and the sweep.
+    """
+
+    out: str = "benchmarks/results/memory.json"
+    """JSON file to write; the plot goes beside it as <stem>.png"""
     actions: str = "none,heads-15%,layers-25%,ffn-25%"
     """action-table entries measured, comma-separated names, or all (the whole default table)"""
     repeats: int = 2
     """fresh-process runs per plan (plans interleaved, order rotated)"""
     max_new_tokens: int = 32
     """tokens generated in each plan's run (exactly this many)"""
-    prompt: str = (
-        "Explain in a few sentences why the sky looks blue during the day and red at sunset, "
-        "and name the physical effect responsible."
-    )
+    prompt: str = TIMED_PROMPT
     """prompt of the plans' runs"""
     dqn_steps: int = 48
     """env steps of the Double DQN training run"""
@@ -92,27 +87,30 @@ class Args:
     """fresh-process runs per training measurement"""
     training: bool = True
     """measure the training runs (--no-training: the plans only)"""
-    seed: int = 0
-    """seed of the agents and of the sweep"""
-    out: str = DEFAULT_OUT
-    """JSON file to write; the plot goes beside it as <stem>.png"""
-    smoke: bool = False
-    """quick check: tiny-llama, 1 repeat, tiny training runs (bc); --out or the temp folder"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.smoke:
-            self.model, self.repeats, self.train_repeats = "tiny-llama", 1, 1
+            self.repeats, self.train_repeats = 1, 1
             self.max_new_tokens, self.dqn_steps, self.dqn_prompts = min(self.max_new_tokens, 4), 8, 2
             self.offline_algos, self.offline_steps, self.sweep_prompts = "bc", 20, 2
-            if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
-                self.out = str(Path(tempfile.gettempdir()) / "memory_smoke.json")
-        for name in ("repeats", "max_new_tokens", "dqn_steps", "dqn_prompts", "offline_steps", "sweep_prompts",
-                     "train_repeats"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_positive("repeats", "max_new_tokens", "dqn_steps", "dqn_prompts", "offline_steps",
+                              "sweep_prompts", "train_repeats")
         unknown = [a for a in self.algo_list if a not in OFFLINE_ALGOS]
         if unknown:
             raise ValueError(f"offline_algos must name some of {OFFLINE_ALGOS}, got {self.offline_algos!r}")
+        _ = self.action_list  # names checked now, not after the model is loaded
+
+    @property
+    def action_list(self) -> list[str]:
+        """``actions`` as action-table names (all of them for ``all``); ``ValueError`` for an unknown name."""
+        from dynprune.actions import DEFAULT_TABLE
+
+        names = [e.name for e in DEFAULT_TABLE]
+        actions = names if self.actions == "all" else [a.strip() for a in self.actions.split(",") if a.strip()]
+        if not actions or any(a not in names for a in actions):
+            raise ValueError(f"actions must be 'all' or names of {names}, got {self.actions!r}")
+        return actions
 
     @property
     def algo_list(self) -> list[str]:
@@ -212,7 +210,7 @@ def child_plan(spec: dict[str, Any]) -> dict[str, Any]:
     from dynprune.models import load_model
 
     fix_threads(spec["threads"])
-    lm = load_model(spec["model"], device=spec["device"])
+    lm = load_model(spec["model"], device=spec["device"], dtype=spec["dtype"])
     entry = next(e for e in DEFAULT_TABLE if e.name == spec["action"])
     plan = entry_plan(entry, lm)
     ids = lm.encode_prompt(spec["prompt"], max_new_tokens=spec["max_new_tokens"])
@@ -240,7 +238,8 @@ def child_dqn(spec: dict[str, Any]) -> dict[str, Any]:
 
     fix_threads(spec["threads"])
     prompts = load_prompts("dynprune", split="train")[: spec["dqn_prompts"]]
-    env = gym.make("DynPrune-v0", model=spec["model"], device=spec["device"], prompts=prompts, split=None,
+    env = gym.make("DynPrune-v0", model=spec["model"], device=spec["device"], dtype=spec["dtype"], prompts=prompts,
+                   split=None,
                    timing="profiled", telemetry="scenario", max_new_tokens=spec["max_new_tokens"])
     env.reset(seed=spec["seed"])
     steps = spec["dqn_steps"]
@@ -318,9 +317,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=8)
     m = result["machine"]
     ax.set_title(f"memory: {result['model_id_spec']}, {m['device_name']}, {m['date'][:10]}", fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return atomic_write_bytes(path, buf.getvalue())
+    fig.savefig(path, format="png", dpi=110)
+    return path
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -368,33 +366,24 @@ def measure_training(args: Args, base: dict[str, Any]) -> dict[str, list[dict[st
     return training_runs
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; write and return the JSON."""
-    from dynprune.actions import DEFAULT_TABLE
-    from dynprune.metrics import fix_threads
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """Every plan's runs, then every training run, each in a fresh process; their MiB summaries."""
+    import torch
+
     from dynprune.models import load_model
 
-    args = parse_args(Args, argv)
-    t_start = time.perf_counter()
-    names = [e.name for e in DEFAULT_TABLE]
-    actions = names if args.actions == "all" else [a.strip() for a in args.actions.split(",") if a.strip()]
-    bad = [a for a in actions if a not in names]
-    if bad or not actions:
-        raise ValueError(f"actions must be 'all' or names of {names}, got {args.actions!r}")
-    threads = fix_threads(args.threads)
+    actions = args.action_list
     # Fill the importance cache once here, so no child calibrates (its memory would join the plan's).
-    lm = load_model(args.model, device=args.device)
-    _ = lm.importance
-    device, model_id = str(lm.device), lm.model_id
-    machine = machine_info(lm.device)
-    del lm
-    base = {"model": args.model, "device": device, "threads": args.threads, "seed": args.seed,
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    _ = loaded.importance
+    device, model_id = str(loaded.device), loaded.model_id
+    del loaded
+    base = {"model": args.model, "device": device, "dtype": args.dtype, "threads": args.threads, "seed": args.seed,
             "max_new_tokens": args.max_new_tokens}
 
     plan_runs: dict[str, list[dict[str, Any]]] = {a: [] for a in actions}
     for r in range(args.repeats):
-        for j in range(len(actions)):
-            action = actions[(r + j) % len(actions)]  # rotate the order each repeat
+        for action in rotated(actions, r):  # each plan runs early and late equally often
             plan_runs[action].append(run_child("plan", {**base, "action": action, "prompt": args.prompt}))
         print(f"  plans repeat {r + 1}/{args.repeats}: "
               + ", ".join(f"{a} {plan_runs[a][-1]['peak_rss'] / MIB:.0f}" for a in actions) + " MiB", flush=True)
@@ -410,12 +399,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         training_runs = measure_training(args, base)
     training = {name: aggregate(runs) for name, runs in training_runs.items()}
     cuda = device.startswith("cuda")
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine,
+    return {
         "model_id_spec": args.model,
         "model_id": model_id,
-        "torch_threads_parent": threads,
+        "torch_threads_parent": torch.get_num_threads(),
         "cuda_measured": cuda,
         "plans": plans,
         "training": training,
@@ -429,13 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             + ("Peak VRAM from torch.cuda.max_memory_allocated/reserved." if cuda
                else "Measured on CPU; nothing CUDA was measured in this run (no peak VRAM).")
         ),
-        "wall_s": time.perf_counter() - t_start,
     }
-    path = write_json(result, args.out)
-    plot(result, Path(args.out).with_suffix(".png"))
-    print_table(result)
-    print(f"wrote {path} and {Path(args.out).with_suffix('.png')}")
-    return result
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -446,6 +427,12 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"\n{'':<32}{'RSS before':>18}{'peak RSS':>18}{'peak - before':>18}")
     for name, r in [*result["plans"].items(), *result["training"].items()]:
         print(f"{name:<32}{fmt(r['rss_before_mib']):>18}{fmt(r['peak_rss_mib']):>18}{fmt(r['delta_rss_mib']):>18}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run, write the JSON and the plot, print the table; return the result."""
+    return harness.run(harness.parse_args(Args, argv), measure, model=False, table=print_table,
+                       files={".png": plot})
 
 
 if __name__ == "__main__":

@@ -42,13 +42,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import re
 import statistics
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -57,9 +56,9 @@ import envs  # noqa: F401 - registers DynPrune-v0
 from agents.baselines import RandomAgent, StaticAgent
 from agents.cli import _env_kwargs
 from agents.offline import ALGOS, train_offline
-from benchmarks.utils import machine_info, parse_args, write_json
-from dynprune.metrics import fix_threads
-from dynprune.models import cache_dir, load_model
+from benchmarks import harness
+from benchmarks.utils import seeded_subset, sweep_logs_dir
+from dynprune.models import PrunableLM, load_model
 from dynprune.plots import format_table
 from dynprune.records import summarise
 from dynprune.runtime import TIMINGS, PlanEvaluator
@@ -69,20 +68,16 @@ from offline_data.dataset import LEGACY_META_FILE, load_logs, read_meta, shard_p
 from offline_data.explore import ExploreSummary, explore, prompt_ids_of
 from offline_data.relabel import budget_span, relabel_budgets
 
-DEFAULT_OUT = "benchmarks/results/offline_rl.json"
-T = TypeVar("T")
-
 
 @dataclass
-class Args:
-    """Offline RL on a logged sweep: exploration throughput, then CQL/BCQ/DDQN/BC vs static, random, oracle."""
+class Args(harness.Args):
+    """Offline RL on a logged sweep: exploration throughput, then CQL/BCQ/DDQN/BC vs static, random, oracle.
 
-    model: str = "smollm2-135m"
-    """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N (the offline learners train on the same device)"""
-    threads: int | None = None
-    """torch CPU threads (none: torch's default, all cores it sees)"""
+    The offline learners train on ``device``; ``seed`` seeds the prompt subsets, the sweep's
+    observations, the learners, the random agent and the test resets.
+    """
+
+    out: str = "benchmarks/results/offline_rl.json"
     reward: str = "casrap"
     """reward of the env (casrap, accuracy_efficiency, latency_budget, proxy)"""
     train_prompts: int = 80
@@ -112,8 +107,6 @@ class Args:
     fresh draws in the logs' budget span (hindsight relabelling, offline_data.relabel); 1 = as logged"""
     algos: str = "cql,bcq,ddqn,bc"
     """offline algorithms, comma-separated (cql, bcq, ddqn, bc)"""
-    seed: int = 0
-    """seed of the prompt subsets, the sweep's observations, the learners, the random agent and the test resets"""
     workers: int = 1
     """sweep processes (each loads its own model); 1 also measures the baseline share per prompt"""
     logs_dir: str | None = None
@@ -121,23 +114,15 @@ class Args:
     -seed<seed>, emptied before each sweep); a folder given here that already holds shards needs --reuse-logs"""
     reuse_logs: bool = False
     """keep the log folder's shards: their prompts are not measured again (the sweep timing covers the others)"""
-    out: str = DEFAULT_OUT
-    """JSON file to write"""
-    smoke: bool = False
-    """quick check: tiny-llama, 4 train prompts, 2 test prompts, 50 steps, short answers; needs --out"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.smoke:
-            if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
-                raise ValueError("--smoke needs --out PATH (the real results file is not overwritten by a smoke run)")
-            self.model = "tiny-llama"
             self.train_prompts, self.test_prompts, self.steps = 4, 2, 50
             self.max_new_tokens = min(self.max_new_tokens, 4)
             self.profile_tokens, self.profile_repeats = 2, 1
-        for name in ("train_prompts", "test_prompts", "max_new_tokens", "profile_tokens", "profile_repeats",
-                     "steps", "workers", "relabel_budgets"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_positive("train_prompts", "test_prompts", "max_new_tokens", "profile_tokens", "profile_repeats",
+                              "steps", "workers", "relabel_budgets")
         for name in ("timing", "test_timing"):
             if getattr(self, name) not in TIMINGS:
                 raise ValueError(f"{name} must be one of {TIMINGS}, got {getattr(self, name)!r}")
@@ -163,34 +148,13 @@ class Args:
         }
 
 
-def seeded_subset(items: Sequence[T], k: int, seed: int) -> list[T]:
-    """``k`` items drawn without replacement, in their original order; all of them when ``k >= len(items)``.
-
-    The rule of ``agents.cli._limit_prompts``: the same seed picks the same prompts as
-    ``dynprune train --train-prompts`` / ``dynprune test --test-prompts``.
-    """
-    if k >= len(items):
-        return list(items)
-    idx = sorted(np.random.default_rng(seed).choice(len(items), size=k, replace=False).tolist())
-    return [items[i] for i in idx]
-
-
 # ----------------------------------------------------------------------------- (1) sweep
-
-
-def default_logs_dir(args: Args) -> Path:
-    """The sweep folder in dynprune's cache for these settings (model, reward, timing, prompts, tokens, seed)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]", "_", args.model)
-    return cache_dir() / "logs" / (
-        f"offline_rl-{slug}-{args.reward}-{args.timing}-n{args.train_prompts}"
-        f"-tok{args.max_new_tokens}-seed{args.seed}"
-        + (f"-emb{args.prompt_embedding}" if args.prompt_embedding else "")
-    )
 
 
 def prepare_logs_dir(args: Args) -> Path:
     """The sweep's log folder: the default one is emptied unless --reuse-logs; a given one must be empty or reused."""
-    path = Path(args.logs_dir) if args.logs_dir is not None else default_logs_dir(args)
+    path = Path(args.logs_dir) if args.logs_dir is not None else sweep_logs_dir(
+        args.model, args.reward, args.timing, args.train_prompts, args.max_new_tokens, args.seed, args.prompt_embedding)
     shards = shard_paths(path) if path.is_dir() else []
     if shards and not args.reuse_logs:
         if args.logs_dir is not None:
@@ -385,22 +349,21 @@ def make_claim(table: dict[str, Any], per_prompt: list[dict[str, Any]]) -> dict[
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(Args, argv)
-    fix_threads(args.threads)
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """Sweep, train every learner on the sweep, score every agent on the same held-out measurements.
+
+    ``lm`` is the model of the sweep and the test env with one worker; ``None`` with more (each
+    worker loads its own, and the test env's model is loaded after the sweep).
+    """
     _quiet_d3rlpy()
-    t_start = time.perf_counter()
     cfg = args.run_config()
-    lm = None
-    if args.workers == 1:  # one model for the sweep and the test env; workers > 1 load their own
-        print(f"loading {args.model} ...", flush=True)
-        lm = load_model(args.model, device=args.device)
-        print(f"model: {lm}", flush=True)
 
     # 1. sweep: every action on every train prompt, one shard per prompt
     train_kwargs = _env_kwargs(cfg, "train")
     if lm is not None:
         train_kwargs["model"] = lm
+    else:
+        train_kwargs["dtype"] = args.dtype  # each worker loads the model from the spec
     prompt_ids = seeded_subset(prompt_ids_of(train_kwargs), args.train_prompts, args.seed)
     logs_dir = prepare_logs_dir(args)
     print(f"(1) sweep: {len(prompt_ids)} train prompts, timing={args.timing} -> {logs_dir}", flush=True)
@@ -423,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ds = relabel_budgets(ds, meta["observation_names"], args.relabel_budgets, budget_range=span, seed=args.seed)
     mdp = to_mdp_dataset(ds, n_actions=n_actions)
     if lm is None:
-        lm = load_model(args.model, device=args.device)
+        lm = load_model(args.model, device=args.device, dtype=args.dtype)
     d3_device = f"cuda:{lm.device.index or 0}" if lm.device.type == "cuda" else "cpu:0"
     offline: dict[str, Any] = {}
     training: dict[str, Any] = {}
@@ -443,7 +406,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     test_env = gym.make("DynPrune-v0", **{**_env_kwargs(cfg, "test"), "model": lm, "sequential": True})
     core = test_env.unwrapped
     core.prompts = seeded_subset(core.prompts, args.test_prompts, args.seed)
-    machine = machine_info(lm.device)  # after the sweep: load average reflects the quiet-or-not machine
     agents: dict[str, Any] = {**offline, "random": RandomAgent(n_actions, seed=args.seed)}
     for a, name in enumerate(core.action_names):
         agents["none" if a == 0 else f"static-{name}"] = StaticAgent(a, n_actions)
@@ -456,9 +418,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = summarise(records, by="agent")
     claim = make_claim(table, per_prompt)
 
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine,
+    return {
         "model": {"spec": args.model, "model_id": lm.model_id, "num_layers": lm.geometry.num_layers},
         "logs_dir": str(logs_dir),
         "action_names": list(core.action_names),
@@ -482,18 +442,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "oracle = best action per prompt in hindsight; best_static is picked on the test records "
             "(optimistic); random_expected_reward = mean over prompts of the mean reward of all actions."
         ),
-        "wall_s": time.perf_counter() - t_start,
     }
-    path = write_json(result, args.out)
-    print_table(result)
-    print(f"wrote {path}")
-    return result
 
 
 def print_table(result: dict[str, Any]) -> None:
-    """Human-readable summary of a result dict."""
-    m, s = result["machine"], result["sweep"]
-    print(f"\n{result['model']['model_id']} on {m['device_name']}, {m['torch_threads']} threads, {m['date']}")
+    """Sweep throughput, training times, the held-out table and the claim."""
+    s = result["sweep"]
     rate = "-" if s["configs_per_s"] is None else f"{s['configs_per_s']:.2f}"
     print(f"\nsweep: {s['prompts_measured']} prompts x {s['configs_per_prompt']} configs in {s['wall_s']:.1f} s "
           f"= {rate} configs/s (env start-up included); {s['prompts_reused']} prompts reused")
@@ -516,6 +470,13 @@ def print_table(result: dict[str, Any]) -> None:
         lo, hi = paired.get("mean_diff_ci95", (float("nan"), float("nan")))
         print(f"cql - best static per prompt: {paired['mean_diff']:+.3f} (95 % bootstrap CI {lo:+.3f} .. {hi:+.3f}); "
               f"wins/ties/losses {paired['wins']}/{paired['ties']}/{paired['losses']}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run, write the JSON and print the table; return the result."""
+    args = harness.parse_args(Args, argv)
+    # one worker: one model for the sweep and the test env; more: each worker loads its own
+    return harness.run(args, measure, model=args.workers == 1, table=print_table)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import math
 import re
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,32 +55,30 @@ from agents.baselines import RandomAgent
 from agents.cli import _env_kwargs
 from agents.dqn import SB3Agent, make_dqn
 from agents.offline import ALGOS, train_offline
-from benchmarks.offline_rl import seeded_subset
-from benchmarks.utils import machine_info, parse_args, write_json
+from benchmarks import harness
+from benchmarks.utils import adapters_file, seeded_subset
 from dynprune.adapters import AdapterConfig, attach_adapters, load_adapters, save_adapters, train_adapters
-from dynprune.fileio import atomic_write_text
-from dynprune.metrics import fix_threads
-from dynprune.models import cache_dir, load_model
+from dynprune.models import PrunableLM, cache_dir
 from dynprune.selection import layers_plan
 from offline_data.cli import _quiet_d3rlpy
 from offline_data.dataset import load_logs, read_meta, to_mdp_dataset
 from offline_data.explore import explore, prompt_ids_of
 
-DEFAULT_OUT = "benchmarks/results/pareto.json"
 ORDERS = ("last", "influence")
 MODES = ("skip", "adapters")
+SMOKE_ADAPTERS = AdapterConfig(epochs=2, n_prompts=8, seq_len=32)
+"""The distillation settings of ``benchmarks/adapters.py --smoke`` (its cache file is reused when present)."""
 
 
 @dataclass
-class Args:
-    """Pareto chart: quality vs measured speed-up of static baselines, learned agents and the oracle."""
+class Args(harness.Args):
+    """Pareto chart: quality vs measured speed-up of static baselines, learned agents and the oracle.
 
-    model: str = "smollm2-135m"
-    """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N (CUDA-event timing on GPUs)"""
-    threads: int | None = None
-    """torch CPU threads (none: torch's default)"""
+    Timing on CUDA devices uses CUDA events; ``seed`` seeds the prompt subsets, the agents and the resets.
+    """
+
+    out: str = "benchmarks/results/pareto.json"
+    """JSON file to write (the PNG and markdown table go beside it)"""
     reward: str = "casrap"
     """env reward the agents train on and the oracle maximises"""
     test_prompts: int = 20
@@ -101,26 +100,16 @@ class Args:
     """d3rlpy learners, comma-separated (empty: none)"""
     overlays: str = "benchmarks/results/router.json,benchmarks/results/compress.json"
     """JSON files of other benchmarks whose "pareto_points" are drawn on the chart (missing files are skipped)"""
-    seed: int = 0
-    """seed of prompt subsets, agents and resets"""
-    out: str = DEFAULT_OUT
-    """JSON file to write (the PNG and markdown table go beside it)"""
     reanalyse: bool = False
     """no measurement: recompute frontier, hull and verdict of the existing --out JSON, redraw PNG and table"""
-    smoke: bool = False
-    """quick check on tiny-llama (2 test, 3 train prompts, few steps); needs --out"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.smoke:
-            if self.out == DEFAULT_OUT:
-                raise ValueError("--smoke needs --out PATH (the real results file is not overwritten by a smoke run)")
-            self.model = "tiny-llama"
             self.test_prompts, self.train_prompts, self.max_new_tokens = 2, 3, 3
             self.ks, self.ddqn_episodes, self.offline_steps = "1,2", 10, 20
             self.algos = "cql"
-        for name in ("test_prompts", "train_prompts", "max_new_tokens", "ddqn_episodes", "offline_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_positive("test_prompts", "train_prompts", "max_new_tokens", "ddqn_episodes", "offline_steps")
         if not self.k_list or any(k < 1 for k in self.k_list):
             raise ValueError(f"ks must be positive layer counts, got {self.ks!r}")
         unknown = [a for a in self.algo_list if a not in ALGOS]
@@ -152,24 +141,19 @@ class Args:
 # ----------------------------------------------------------------------------- agents
 
 
-def adapters_file(lm: Any, args: Args) -> Path:
-    """The adapters to use: ``--adapters``, else benchmarks/adapters.py's cache file (trained if missing)."""
+def adapters_path(lm: PrunableLM, args: Args) -> Path:
+    """The adapters to use: ``--adapters``, else benchmarks/adapters.py's cache file (trained here if missing)."""
     if args.adapters is not None:
         path = Path(args.adapters)
         if not path.is_file():
             raise ValueError(f"--adapters {path} is not a file")
         return path
-    from benchmarks.adapters import Args as AdapterArgs
-    from benchmarks.adapters import default_adapters_file
-
-    d = AdapterArgs(smoke=True, out=str(Path(args.out).with_suffix(".adapters.json"))) if args.smoke else AdapterArgs()
-    path = default_adapters_file(lm.model_id, d)
+    config = SMOKE_ADAPTERS if args.smoke else AdapterConfig()  # benchmarks/adapters.py's settings
+    path = adapters_file(lm.model_id, config)
     if not path.is_file():
         print(f"    no adapters at {path}: training them (benchmarks/adapters.py's settings) ...", flush=True)
-        config = AdapterConfig(bottleneck=d.bottleneck, epochs=d.epochs, n_prompts=d.n_prompts, seq_len=d.seq_len,
-                               seed=d.seed)
         report = train_adapters(lm, config=config)
-        save_adapters(report.adapters, path, lm.model_id, d.bottleneck)
+        save_adapters(report.adapters, path, lm.model_id, config.bottleneck)
     return path
 
 
@@ -217,7 +201,8 @@ def with_cost(speedup: float, act_s: float, full_s: float) -> float:
     return 1.0 / (1.0 / (1.0 + speedup) + act_s / full_s) - 1.0
 
 
-def measure(env: gym.Env, agents: dict[str, Any], static_plans: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+def measure_held_out(env: gym.Env, agents: dict[str, Any], static_plans: dict[str, Any], seed: int
+                     ) -> list[dict[str, Any]]:
     """Per held-out prompt: every table action and every static plan measured live, each agent's timed pick."""
     core = env.unwrapped
     rows: list[dict[str, Any]] = []
@@ -362,8 +347,6 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dynprune.fileio import atomic_path
-
     fig, ax = plt.subplots(figsize=(11, 6))
     for curve in result["curves"]:
         xs = [0.0] + [p["speedup"]["mean"] * 100 for p in curve["points"]]
@@ -389,8 +372,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    fig.savefig(path, format="png", dpi=120)
     plt.close(fig)
     return path
 
@@ -415,19 +397,11 @@ def markdown(result: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(Args, argv)
-    if args.reanalyse:
-        out = Path(args.out)
-        if not out.is_file():
-            raise ValueError(f"--reanalyse needs an existing results file, {out} is not one")
-        return write_outputs(analyse(json.loads(out.read_text())), out)
-    fix_threads(args.threads)
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """Train the agents, measure every point on the held-out prompts, and analyse them."""
+    assert lm is not None
     _quiet_d3rlpy()
-    t_start = time.perf_counter()
     cfg = args.run_config()
-    print(f"loading {args.model} ...", flush=True)
-    lm = load_model(args.model, device=args.device)
 
     # 1. controllers, trained on train prompts only (before adapters are attached: the agents act on the
     # plain table, whose layer actions skip layers)
@@ -448,18 +422,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         core.plan(a)  # build the table's plans now: they stay skip plans once adapters are attached below
 
     # 2. static layer-removal plans: last / influence order, skipped / adapters
-    attach_adapters(lm, load_adapters(adapters_file(lm, args), lm))
+    attach_adapters(lm, load_adapters(adapters_path(lm, args), lm))
     imp, g = lm.importance, lm.geometry
     ks = [k for k in args.k_list if k < g.num_layers]
     static_plans = {
         f"{order}-{mode}-{k}": layers_plan(imp, g, k, by=order, adapters=mode == "adapters", name=f"{order}-{mode}-{k}")
         for order in ORDERS for mode in MODES for k in ks
     }
-    machine = machine_info(lm.device)
     print(f"(3) held-out: {len(core.prompts)} prompts x ({n_actions} actions + {len(static_plans)} plans), live ...",
           flush=True)
     t0 = time.perf_counter()
-    rows = measure(test_env, agents, static_plans, args.seed)
+    rows = measure_held_out(test_env, agents, static_plans, args.seed)
     test_s = time.perf_counter() - t0
     test_env.close()
 
@@ -490,9 +463,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p["action_mix"] = {k: v for k, v in p["action_mix"].items() if v}
         learned.append(p)
     points += learned
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine,
+    return analyse({
         "model": {"spec": args.model, "model_id": lm.model_id, "num_layers": lm.geometry.num_layers},
         "test_prompts": len(rows),
         "training": {"ddqn_s": ddqn_s, "offline": offline_info},
@@ -513,9 +484,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "against its own baseline. The CPU may have "
             "been shared with other processes (machine.load_avg)."
         ),
-        "wall_s": time.perf_counter() - t_start,
-    }
-    return write_outputs(analyse(result), Path(args.out))
+    })
 
 
 def analyse(result: dict[str, Any]) -> dict[str, Any]:
@@ -556,18 +525,32 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The JSON, the chart and the markdown table; the verdict printed."""
-    write_json(result, out)
-    plot(result, out.with_suffix(".png"))
-    atomic_write_text(out.with_suffix(".md"), markdown(result))
+def write_markdown(result: dict[str, Any], path: Path) -> None:
+    """The table the README shows, as a markdown file."""
+    path.write_text(markdown(result), encoding="utf-8")
+
+
+def print_verdict(result: dict[str, Any]) -> None:
+    """The markdown table, then each learned controller's verdict."""
     print(markdown(result))
     for name, v in result["verdict"].items():
         print(f"{name}: beats the best single static plan at equal speed-up: {v['beats_static_frontier']}; "
               f"beats static mixtures: {v['beats_static_mixtures']}; beats the best static reward: "
               f"{v['beats_best_static_reward']}; reward gap to the oracle {v['reward_gap_to_oracle']:.2f}")
-    print(f"wrote {out}, {out.with_suffix('.png')}, {out.with_suffix('.md')}")
-    return result
+
+
+FILES = {".png": plot, ".md": write_markdown}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run (or, with --reanalyse, reread the JSON), write JSON, chart and table; return it."""
+    args = harness.parse_args(Args, argv)
+    if args.reanalyse:
+        out = Path(args.out)
+        if not out.is_file():
+            raise ValueError(f"--reanalyse needs an existing results file, {out} is not one")
+        return harness.save(analyse(json.loads(out.read_text())), out, table=print_verdict, files=FILES)
+    return harness.run(args, measure, table=print_verdict, files=FILES)
 
 
 if __name__ == "__main__":

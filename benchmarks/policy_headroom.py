@@ -31,51 +31,49 @@ Run:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.utils import machine_info, parse_args, write_json
+from benchmarks import harness
+from benchmarks.utils import sweep_logs_dir
+from dynprune.models import PrunableLM
 
-DEFAULT_OUT = "benchmarks/results/policy_headroom.json"
 SPEEDUPS = ("logged", "action-mean")
+OFFLINE_RL_SWEEP = {"reward": "casrap", "timing": "profiled", "prompts": 80, "max_new_tokens": 24}
+"""The settings of benchmarks/offline_rl.py's default sweep besides model and seed (a test keeps them equal)."""
 
 
 @dataclass
-class Args:
-    """Cross-validated ceiling of per-prompt policies on a logged sweep, against the best static action."""
+class Args(harness.Args):
+    """Cross-validated ceiling of per-prompt policies on a logged sweep, against the best static action.
 
+    ``model`` / ``device`` / ``dtype`` matter only with ``embedding`` > 0 (the model computes the
+    prompt embeddings); ``seed`` is the seed of the fold split and the random forest.
+    """
+
+    out: str = "benchmarks/results/policy_headroom.json"
     logs: str | None = None
     """log directory of a sweep (every table action on every prompt); none: the folder benchmarks/offline_rl.py
-    sweeps into with its defaults"""
+    sweeps into with its defaults (this model and seed)"""
     embedding: int = 16
     """also try the observation plus this many projected prompt-embedding coordinates (0: skip; loads the model)"""
     speedup: str = "logged"
     """logged: the logged rewards; action-mean: CASRAP recomputed with each action's mean speed-up"""
     folds: int = 5
     """cross-validation folds over prompts"""
-    seed: int = 0
-    """seed of the fold split and the random forest"""
-    out: str = DEFAULT_OUT
-    """JSON file to write"""
-    smoke: bool = False
-    """synthetic sweep with a known learnable signal instead of --logs (seconds); needs --out"""
 
     def __post_init__(self) -> None:
-        if self.smoke and self.out == DEFAULT_OUT:
-            raise ValueError("--smoke needs --out PATH (the real results file is not overwritten by a smoke run)")
+        super().__post_init__()
         if not self.smoke and self.logs is None:
-            from benchmarks.offline_rl import Args as OfflineArgs
-            from benchmarks.offline_rl import default_logs_dir
             from offline_data.dataset import read_meta
 
-            default = default_logs_dir(OfflineArgs())
+            default = sweep_logs_dir(self.model, seed=self.seed, **OFFLINE_RL_SWEEP)
             try:
                 read_meta(default)
             except FileNotFoundError as err:
@@ -90,6 +88,11 @@ class Args:
             raise ValueError(f"folds must be >= 2, got {self.folds}")
         if self.embedding < 0:
             raise ValueError(f"embedding must be >= 0, got {self.embedding}")
+
+    @property
+    def loads_model(self) -> bool:
+        """Whether the run needs the model: the embedding features of a real sweep."""
+        return self.embedding > 0 and not self.smoke
 
 
 @dataclass
@@ -197,8 +200,8 @@ def cross_validate(x: np.ndarray, rewards: np.ndarray, make: Any, folds: int, se
     return {"policy": float(policy.mean()), "static": float(static.mean())}
 
 
-def embedding_features(prompt_ids: list[str], n: int) -> np.ndarray:
-    """The ``prompt_embedding=n`` coordinates DynPrune-v0 would add, for the shipped prompts with these ids."""
+def embedding_features(prompt_ids: list[str], n: int, lm: PrunableLM) -> np.ndarray:
+    """The ``prompt_embedding=n`` coordinates DynPrune-v0 on ``lm`` adds, for the shipped prompts with these ids."""
     import gymnasium as gym
 
     import envs  # noqa: F401 - registers DynPrune-v0
@@ -209,7 +212,7 @@ def embedding_features(prompt_ids: list[str], n: int) -> np.ndarray:
     if missing:
         raise ValueError(f"prompt ids not in the shipped prompt set: {missing[:5]}")
     env = gym.make("DynPrune-v0", prompts=[prompts[p] for p in prompt_ids], sequential=True, prompt_embedding=n,
-                   reward="proxy")
+                   reward="proxy", model=lm)
     # the env's own projection (no model run beyond the embedding lookup)
     out = [env.unwrapped.embedding_coordinates(prompts[p].text) for p in prompt_ids]
     env.close()
@@ -219,9 +222,8 @@ def embedding_features(prompt_ids: list[str], n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(Args, argv)
-    t0 = time.perf_counter()
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """Every feature set x regressor, cross-validated on the sweep, beside the oracle and random."""
     if args.smoke:
         sweep, source = synthetic_sweep(args.seed), {"synthetic": True}
     else:
@@ -235,8 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     feature_sets = {"observation": sweep.observations}
     if prompt_cols:
         feature_sets["prompt features"] = sweep.observations[:, prompt_cols]
-    if args.embedding and not args.smoke:
-        emb = embedding_features(sweep.prompt_ids, args.embedding)
+    if lm is not None:
+        emb = embedding_features(sweep.prompt_ids, args.embedding, lm)
         feature_sets[f"observation + embedding-{args.embedding}"] = np.c_[sweep.observations, emb]
         feature_sets[f"embedding-{args.embedding}"] = emb
     oracle = float(sweep.rewards.max(1).mean())
@@ -253,9 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  {fs_name:<36} {reg_name:<14} policy {cv['policy']:+.3f}  static {cv['static']:+.3f}  "
                   f"captured {results[-1]['captured']:+.2f}", flush=True)
     best = max(results, key=lambda r: r["policy"])
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine_info("cpu"),
+    return {
         "source": source,
         "prompts": len(sweep.prompt_ids),
         "actions": sweep.action_names,
@@ -273,13 +273,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "held out of; static = the action of highest mean reward on the training folds; oracle = mean "
                   "of each prompt's best action; random = mean over all actions and prompts; captured = (policy - "
                   "static) / (oracle - static)."),
-        "wall_s": time.perf_counter() - t0,
     }
-    write_json(result, args.out)
-    print(f"oracle {oracle:+.3f}, random {random:+.3f}; best policy {best['features']} / {best['regressor']}: "
-          f"{best['policy']:+.3f} vs static {best['static']:+.3f} (captured {best['captured']:+.2f})")
-    print(f"wrote {args.out}")
-    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The oracle, random and the best policy against its static action."""
+    best = result["best"]
+    print(f"oracle {result['oracle']:+.3f}, random {result['random']:+.3f}; best policy {best['features']} / "
+          f"{best['regressor']}: {best['policy']:+.3f} vs static {best['static']:+.3f} "
+          f"(captured {best['captured']:+.2f})")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run, write the JSON and print the table; return the result."""
+    args = harness.parse_args(Args, argv)
+    return harness.run(args, measure, model=args.loads_model, table=print_table)
 
 
 if __name__ == "__main__":

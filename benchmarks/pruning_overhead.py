@@ -25,24 +25,17 @@ Writes ``benchmarks/results/pruning_overhead.json`` and prints a table.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
-import tempfile
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from benchmarks.utils import machine_info, parse_args, summary, write_json
-from dynprune.metrics import fix_threads
-from dynprune.models import PrunableLM, load_model
+from benchmarks import harness
+from benchmarks.utils import TIMED_PROMPT, Bottleneck, rotated, summary, time_apply_restore, time_cold_build
+from dynprune.models import PrunableLM
 from dynprune.plan import PruningPlan
 from dynprune.selection import ffn_plan, heads_plan, layers_plan
 
-DEFAULT_OUT = "benchmarks/results/pruning_overhead.json"
 TARGETS = {
     "layer_skip_apply_restore_ms": 0.1,
     "slice_apply_restore_ms": 1.0,
@@ -51,96 +44,30 @@ TARGETS = {
 
 
 @dataclass
-class Args:
+class Args(harness.Args):
     """Pruning overhead: apply/restore cost per op and layer-skip speed-up against the ideal."""
 
-    model: str = "smollm2-135m"
-    """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N"""
-    threads: int | None = None
-    """torch CPU threads (none: torch's default, all cores it sees)"""
+    out: str = "benchmarks/results/pruning_overhead.json"
     repeats: int = 10
     """timed generations per plan (plans interleaved; a warm-up generation per plan comes first)"""
     apply_repeats: int = 200
     """timed apply + restore cycles per kind of op"""
     cold_repeats: int = 10
     """cold (uncached) builds of the head / FFN slices of a plan"""
-    prompt: str = (
-        "Explain in a few sentences why the sky looks blue during the day and red at sunset, "
-        "and name the physical effect responsible."
-    )
+    prompt: str = TIMED_PROMPT
     """prompt for the timed generations (through the chat template when the model has one)"""
     max_new_tokens: int = 32
     """tokens generated per timed run (exactly this many: end-of-sequence is ignored)"""
-    out: str = DEFAULT_OUT
-    """JSON file to write"""
-    smoke: bool = False
-    """quick check: tiny-llama, few repeats; writes to --out if given, else to the temp folder"""
 
     def __post_init__(self) -> None:
-        for name in ("repeats", "apply_repeats", "cold_repeats", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
+        self.require_positive("repeats", "apply_repeats", "cold_repeats", "max_new_tokens")
         if self.smoke:
-            self.model = "tiny-llama"
             self.repeats, self.apply_repeats, self.cold_repeats = 3, 20, 3
             self.max_new_tokens = min(self.max_new_tokens, 8)
-            if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
-                self.out = str(Path(tempfile.gettempdir()) / "pruning_overhead_smoke.json")
-
-
-class Bottleneck(nn.Module):
-    """A stand-in adapter, ``x + up(relu(down(x)))`` with a zero-initialised ``up``: identity at start."""
-
-    def __init__(self, hidden: int, bottleneck: int = 64) -> None:
-        super().__init__()
-        self.down = nn.Linear(hidden, bottleneck)
-        self.up = nn.Linear(bottleneck, hidden)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(torch.relu(self.down(x)))
-
-
-def sync(lm: PrunableLM) -> None:
-    """Wait for queued GPU work, so a host-side clock covers it."""
-    if lm.device.type == "cuda":
-        torch.cuda.synchronize(lm.device)
 
 
 # ----------------------------------------------------------------------------- (a) apply + restore
-
-
-def time_apply_restore(lm: PrunableLM, plan: PruningPlan, repeats: int) -> list[float]:
-    """Seconds of ``with lm.apply(plan): pass`` (validate, swap in, swap back), ``repeats`` times."""
-    with lm.apply(plan):  # builds and caches any slices: the timed cycles see a warm cache
-        pass
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        with lm.apply(plan):
-            pass
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def time_cold_build(lm: PrunableLM, plan: PruningPlan, repeats: int) -> list[float]:
-    """Seconds to build every head / FFN slice of ``plan`` from an empty cache, ``repeats`` times."""
-    imp = lm.importance
-    times = []
-    for _ in range(repeats):
-        lm.set_importance(imp)  # same scores, empty slice cache
-        sync(lm)
-        t0 = time.perf_counter()
-        for layer, keep in plan.heads:
-            lm.head_slice(layer, keep)
-        for layer, keep in plan.ffn:
-            lm.ffn_slice(layer, keep)
-        sync(lm)
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def measure_apply_restore(lm: PrunableLM, args: Args) -> dict[str, Any]:
@@ -194,9 +121,7 @@ def measure_layer_skip(lm: PrunableLM, args: Args) -> list[dict[str, Any]]:
     latency: dict[int, list[float]] = {i: [] for i in range(len(plans))}
     prefill: dict[int, list[float]] = {i: [] for i in range(len(plans))}
     for r in range(args.repeats):
-        # Rotate the order every repeat so each plan runs early and late equally often.
-        order = [(r + j) % len(plans) for j in range(len(plans))]
-        for i in order:
+        for i in rotated(range(len(plans)), r):  # each plan runs early and late equally often
             lat, pre = run(plans[i])
             latency[i].append(lat)
             prefill[i].append(pre)
@@ -236,17 +161,11 @@ def measure_layer_skip(lm: PrunableLM, args: Args) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(Args, argv)
-    fix_threads(args.threads)
-    t_start = time.perf_counter()
-    print(f"loading {args.model} ...", flush=True)
-    lm = load_model(args.model, device=args.device)
-    print(f"model: {lm}", flush=True)
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """Both parts on the loaded model, and the targets they meet."""
+    assert lm is not None
     print("importance (calibrated once, then cached) ...", flush=True)
     _ = lm.importance
-    machine = machine_info(lm.device)  # after loading: load average reflects the quiet-or-not machine
-
     print(f"(a) apply + restore, {args.apply_repeats} cycles per op ...", flush=True)
     apply_ms = measure_apply_restore(lm, args)
     print(f"(b) layer skip, {args.repeats} interleaved repeats x {args.max_new_tokens} tokens ...", flush=True)
@@ -260,9 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         <= TARGETS["slice_apply_restore_ms"],
         "measured_over_ideal_at_L/4": at_quarter["measured_over_ideal"] >= TARGETS["measured_over_ideal_at_L/4"],
     }
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine,
+    return {
         "model": {"spec": args.model, "model_id": lm.model_id, "num_layers": L, "dtype": str(lm.dtype)},
         "prompt_tokens": len(lm.encode_prompt(args.prompt)),
         "apply_restore_ms": apply_ms,
@@ -277,18 +194,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "generation measured/ideal at k = L/4 >= target. speedup_best = ratio of the fastest runs; "
             "speedup_paired = median over repeats of the within-repeat ratio (both robust to other load)."
         ),
-        "wall_s": time.perf_counter() - t_start,
     }
-    path = write_json(result, args.out)
-    print_table(result)
-    print(f"wrote {path}")
-    return result
 
 
 def print_table(result: dict[str, Any]) -> None:
-    """Human-readable summary of a result dict."""
-    m = result["machine"]
-    print(f"\n{result['model']['model_id']} on {m['device_name']}, {m['torch_threads']} threads, {m['date']}")
+    """The apply + restore table and the layer-skip table."""
     print(f"\n{'apply + restore':<18}{'median ms':>11}{'min ms':>10}{'max ms':>10}  plan")
     for key, row in result["apply_restore_ms"].items():
         plan = row["plan"] if len(row["plan"]) <= 40 else row["plan"][:37] + "..."
@@ -306,6 +216,11 @@ def print_table(result: dict[str, Any]) -> None:
         )
     verdicts = [f"{k} {v} -> {'met' if result['met'][k] else 'NOT met'}" for k, v in result["targets"].items()]
     print("\ntargets: " + ", ".join(verdicts))
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run, write the JSON and print the table; return the result."""
+    return harness.run(harness.parse_args(Args, argv), measure, table=print_table)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,9 @@ Writes ``benchmarks/results/router.json`` and prints the table.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,10 +53,9 @@ import envs  # noqa: F401 - registers the env ids
 from agents.router.agent import RouterAgent
 from agents.router.model import Router, RouterConfig, SentenceEncoder
 from agents.router.train import DPOConfig, FBCConfig, ORPOConfig, load_router_data, train_router
-from benchmarks.offline_rl import seeded_subset
-from benchmarks.utils import machine_info, parse_args, summary, write_json
-from dynprune.metrics import fix_threads
-from dynprune.models import cache_dir, load_model
+from benchmarks import harness
+from benchmarks.utils import seeded_subset, summary
+from dynprune.models import PrunableLM, cache_dir
 from dynprune.plan import PruningPlan
 from dynprune.runtime import ProfileConfig
 from dynprune.selection import layers_plan
@@ -64,20 +63,17 @@ from offline_data.dataset import load_logs, read_meta
 from offline_data.explore import explore, prompt_ids_of
 from offline_data.prefs import compare, preference_pairs, row_score, write_pairs
 
-DEFAULT_OUT = "benchmarks/results/router.json"
 DEFAULT_SWEEP = "offline_rl-smollm2-135m-casrap-profiled-n252-tok24-seed0"
 
 
 @dataclass
-class Args:
-    """Router (FBC / DPO / ORPO / light) against static k-layer plans, router cost included."""
+class Args(harness.Args):
+    """Router (FBC / DPO / ORPO / light) against static k-layer plans, router cost included.
 
-    model: str = "smollm2-135m"
-    """model spec: smollm2-135m (embedded), tiny-llama, a folder or a Hugging Face id"""
-    device: str = "auto"
-    """auto, cpu or cuda[:N]"""
-    threads: int | None = None
-    """torch CPU threads (none: torch's default)"""
+    ``seed`` seeds the prompt subsets, the train / eval splits and the training.
+    """
+
+    out: str = "benchmarks/results/router.json"
     dfs_prompts: int = 40
     """train prompts explored by DFS (a seeded subset of the train split; finished ones are reused)"""
     dfs_scenarios: int = 10
@@ -106,24 +102,15 @@ class Args:
     success_threshold: float = 0.8
     """a configuration scoring at least this is successful: FBC's targets; in the preference pairs every
     score above it counts as equal (so among successes the one pruning more layers wins)"""
-    seed: int = 0
-    """seed of the subsets, the splits and the training"""
-    out: str = DEFAULT_OUT
-    """JSON file to write"""
-    smoke: bool = False
-    """quick check: tiny-llama, a tiny random encoder, 3 DFS prompts, 2 test prompts; needs --out"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.smoke:
-            if self.out == DEFAULT_OUT:
-                raise ValueError("--smoke needs --out PATH (the real results file is not overwritten by a smoke run)")
-            self.model, self.dfs_prompts, self.dfs_scenarios, self.sweep_logs = "tiny-llama", 3, 4, None
+            self.dfs_prompts, self.dfs_scenarios, self.sweep_logs = 3, 4, None
             self.test_prompts, self.max_new_tokens, self.static_k, self.rounds = 2, 4, "1,2", 1
             self.cost_repeats, self.fbc_epochs, self.pref_epochs = 2, 5, 3
-        for name in ("dfs_prompts", "dfs_scenarios", "test_prompts", "max_new_tokens", "rounds", "cost_repeats",
-                     "fbc_epochs", "pref_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_positive("dfs_prompts", "dfs_scenarios", "test_prompts", "max_new_tokens", "rounds",
+                              "cost_repeats", "fbc_epochs", "pref_epochs")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not self.k_list:
@@ -204,12 +191,9 @@ def pareto_points(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:  # noqa: C901 - one readable pipeline
-    args = parse_args(Args, argv)
-    fix_threads(args.threads)
-    t_start = time.perf_counter()
-    print(f"loading {args.model} ...", flush=True)
-    lm = load_model(args.model, device=args.device)
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:  # noqa: C901 - one readable pipeline
+    """Log, train the routers, time their cost, then time every method's plan live on held-out prompts."""
+    assert lm is not None
     L = lm.geometry.num_layers
     work = cache_dir() / "runs" / ("router-bench-smoke" if args.smoke else "router-bench")
     work.mkdir(parents=True, exist_ok=True)
@@ -423,9 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:  # noqa: C901 - one r
                 claims[m]["advantage_at_same_layers"] > claims["router-fbc"]["advantage_at_same_layers"]
             )
 
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine_info(lm.device),
+    return {
         "model": {"spec": args.model, "model_id": lm.model_id, "num_layers": L},
         "encoder": {"spec": encoder.spec, "dim": encoder.dim, "max_length": encoder.max_length},
         "data": {"log_dirs": [str(d) for d in log_dirs], "dfs_prompts_measured": len(explored.done),
@@ -451,19 +433,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:  # noqa: C901 - one r
             "layers). router_cost.fraction_of_layer = cost / (T_full / L). Layers are skipped (no adapters): the "
             "logged sweep rows were measured without adapters, so every row here uses none."
         ),
-        "wall_s": time.perf_counter() - t_start,
     }
-    path = write_json(result, args.out)
-    print_table(result)
-    print(f"wrote {path}")
-    return result
 
 
 def print_table(result: dict[str, Any]) -> None:
-    """Human-readable summary of a result dict."""
-    m = result["machine"]
-    print(f"\n{result['model']['model_id']} on {m['device_name']}, {m['torch_threads']} threads, {m['date']}, "
-          f"load {m['load_average_1m']}")
+    """Router cost, the method table and the claims."""
     rc = result["router_cost"]
     for name, c in rc.items():
         if isinstance(c, dict) and "fraction_of_layer" in c:
@@ -477,6 +451,11 @@ def print_table(result: dict[str, Any]) -> None:
               f"{100 * r['speedup']:>9.1f}%{r['mean_layers_pruned']:>8.2f}")
     for name, c in result["claims"].items():
         print(f"{name}: {c}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run, write the JSON and print the table; return the result."""
+    return harness.run(harness.parse_args(Args, argv), measure, table=print_table)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_work_model_by_hand() -> None:
-    from benchmarks.speed_limit import work_model
+    from benchmarks.utils import work_model
 
     counts = {"layer_matmul": [10, 10], "attention_width": [1, 1], "lm_head_matmul": 6, "vocab_size": 3,
               "hidden_size": 2}
@@ -40,7 +40,7 @@ def test_work_model_by_hand() -> None:
 
 
 def test_parse_ks() -> None:
-    from benchmarks.speed_limit import parse_ks
+    from benchmarks.utils import parse_ks
 
     assert parse_ks("1,L/8,L/4,3L/8,L/2", 30) == [1, 3, 7, 11, 15]
     assert parse_ks("L/8, 1", 4) == [1]  # L/8 of 4 rounds to 0, raised to 1; duplicates merge
@@ -186,8 +186,8 @@ def test_memory_child_process() -> None:
     """One real fresh-process measurement (the script's path): a loaded tiny model, its peak after the work."""
     from benchmarks.memory import run_child
 
-    r = run_child("plan", {"model": "tiny-llama", "device": "cpu", "threads": 1, "seed": 0, "max_new_tokens": 3,
-                           "action": "layers-25%", "prompt": "Hello there"})
+    r = run_child("plan", {"model": "tiny-llama", "device": "cpu", "dtype": "auto", "threads": 1, "seed": 0,
+                           "max_new_tokens": 3, "action": "layers-25%", "prompt": "Hello there"})
     assert r["device"] == "cpu" and r["peak_rss"] >= r["rss_loaded"] > 50 << 20
     assert r["method"].startswith("VmHWM")  # Linux: the exact peak mark, not sampling
 
@@ -219,22 +219,22 @@ def test_bench_command_dispatch(tmp_path: Path) -> None:
 def test_bench_argv_and_errors(tmp_path: Path) -> None:
     import benchmarks.env_throughput as et
     import benchmarks.main_job as mj
-    from benchmarks.cli import call_main, run, script_argv
+    from benchmarks.cli import out_path, run, script_argv
 
     argv = script_argv(et, "env_throughput", ["--steps", "2"], smoke=True, device="cpu", out_dir=tmp_path)
     assert argv == ["--steps", "2", "--smoke", "--device", "cpu", "--out", str(tmp_path / "env_throughput.json")]
-    # main_job runs `dynprune main`, which has no --device: an error for it alone, skipped within `all`
-    with pytest.raises(ValueError, match="main_job"):
-        script_argv(mj, "main_job", [], smoke=False, device="cuda", out_dir=None)
-    assert "--device" not in script_argv(mj, "main_job", [], smoke=False, device="cuda", out_dir=None,
-                                         strict_device=False)
+    # main_job passes --device on to `dynprune main`
+    assert script_argv(mj, "main_job", [], smoke=False, device="cuda", out_dir=None) == ["--device", "cuda"]
+    # a script without a --device flag: an error for it alone, skipped (with a note) within `all`
+    no_device = type("M", (), {"Args": type("Args", (), {"__dataclass_fields__": {"out": None}})})
+    with pytest.raises(ValueError, match="plain"):
+        script_argv(no_device, "plain", [], smoke=False, device="cuda", out_dir=None)
+    assert script_argv(no_device, "plain", [], smoke=False, device="cuda", out_dir=None, strict_device=False) == []
     with pytest.raises(ValueError, match="nope"):
         run(["nope"])
-    # env_throughput's main takes the Args dataclass: call_main parses argv for it
-    called = {}
-    fake = type("M", (), {"Args": et.Args, "main": staticmethod(lambda args: called.setdefault("a", args))})
-    call_main(fake, ["--smoke", "--out", str(tmp_path / "x.json")])
-    assert isinstance(called["a"], et.Args) and called["a"].smoke
+    # the JSON path: --out when given, else the default of the script's Args.out
+    assert out_path(["--out", "x.json"], et) == "x.json"
+    assert out_path([], et) == "benchmarks/results/env_throughput.json"
 
 
 def test_bench_all_rejects_out() -> None:
