@@ -36,9 +36,10 @@ minimum; a part skipped for time or failing is recorded as such (with the error)
 and the JSON is rewritten after every part, so a run cut short keeps what it measured.
 
 Run:
-    python -m benchmarks.gpu --device cuda                     # the four models, ~6-7 min on an H200
+    python -m benchmarks.gpu --device cuda                     # the four models, within --budget-s (400 s)
     bash scripts/device_run.sh                                 # the same on the lent GPU machine
     python -m benchmarks.gpu --smoke --device cpu --out /tmp/gpu.json   # tiny configs, seconds
+    python -m benchmarks.gpu --from-json a.json,b.json --out m.json     # merge runs that each skipped parts
 
 Writes ``benchmarks/results/gpu_<device>.json`` (``<device>`` from the GPU's name, e.g.
 ``nvidia-h200``) and a PNG beside it.
@@ -46,9 +47,11 @@ Writes ``benchmarks/results/gpu_<device>.json`` (``<device>`` from the GPU's nam
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import io
+import json
 import re
 import statistics
 import tempfile
@@ -139,10 +142,12 @@ ARCHITECTURES: dict[str, Architecture] = {
 REAL_MODELS = "smollm2-135m,qwen2.5-0.5b,llama-3.2-1b,llama-3.1-8b"
 SMOKE_MODELS = "tiny-llama-config,tiny-qwen2-config"
 
-# Least time a part needs to be started (seconds left in the budget); estimates from its size.
-PART_MIN_S = {"ceilings": 10, "sparsity": 20, "env": 40, "latency": 30, "nf4": 40, "compile": 45, "graphs": 20}
-MODEL_MIN_S = {"llama-3.1-8b": 60.0}
-MODEL_MIN_DEFAULT_S = 25.0
+# Least time a part needs to be started (seconds left in the budget), from the H200 runs of 2026-11-30
+# (benchmarks/results/gpu_nvidia-h200_run*.json): eager decode there is host-bound, 15-35 ms per token
+# for every model; the first inductor compile of SmolLM2 took 41 s.
+PART_MIN_S = {"ceilings": 5, "sparsity": 10, "env": 60, "latency": 45, "nf4": 35, "compile": 70, "graphs": 10}
+MODEL_MIN_S = {"llama-3.1-8b": 90.0}
+MODEL_MIN_DEFAULT_S = 45.0
 
 
 @dataclass
@@ -163,7 +168,7 @@ class Args:
     """time budget of the whole run in seconds; a part starts only if enough of it is left"""
     prompt_tokens: int = 128
     """prompt length of the timed generations (random token ids)"""
-    new_tokens: int = 32
+    new_tokens: int = 16
     """tokens generated per timed run (greedy, exactly this many)"""
     batches: str = "1,8"
     """batch sizes of the timed generations"""
@@ -183,7 +188,7 @@ class Args:
     """calibration windows (x 128 tokens) for block influence and channel importance"""
     env_model: str = "smollm2-135m"
     """architecture of the env part"""
-    env_steps: int = 40
+    env_steps: int = 24
     """env steps per timing mode"""
     env_actions: str = "none,heads-10%,layers-25%,ffn-25%"
     """action-table entries the env steps draw from (a few, so the caches warm within the run)"""
@@ -191,13 +196,13 @@ class Args:
     """distinct test prompts the env steps cycle over (so its caches warm up)"""
     env_new_tokens: int = 32
     """answer length in the env"""
-    latency_points: int = 32
+    latency_points: int = 16
     """measured points of the latency-model part (a quarter held out to measure its error)"""
     compile_model: str = "smollm2-135m"
     """architecture of the torch.compile and CUDA-graph parts"""
     compile_backend: str = "inductor"
     """torch.compile backend (inductor; eager counts recompiles only)"""
-    compile_plans: str = "full,skip,full,ffn,skip,heads"
+    compile_plans: str = "full,skip,full,ffn,heads"
     """plan sequence of the compile part: full, skip (L/4 layers), ffn (the first FFN share), heads (group-uniform)"""
     nf4_model: str = "llama-3.2-1b"
     """architecture of the NF4 part"""
@@ -207,6 +212,9 @@ class Args:
     """seed of the random weights and prompts"""
     out: str = DEFAULT_OUT
     """JSON file to write ({device} becomes the GPU's name); the PNG goes beside it"""
+    from_json: str = ""
+    """comma-separated result files to merge instead of measuring (later files fill the models and parts
+    that earlier ones skipped); writes the merged JSON to --out and its PNG"""
     smoke: bool = False
     """tiny configs, few repeats, eager compile backend (for the test suite); writes to --out or a temp file"""
 
@@ -724,37 +732,49 @@ def part_env(args: Args, device: torch.device, dtype: torch.dtype) -> dict[str, 
         rng = np.random.default_rng(args.seed)
         ev = env.evaluator
         obs, _ = env.reset(seed=args.seed)
-        step_s, steady_s, obs_rows = [], [], []
+        steps, obs_rows = [], []
         for _ in range(args.env_steps):
+            action = actions[int(rng.integers(len(actions)))]
             before = (ev.baseline_seconds, ev.profile.measurements)
             t0 = time.perf_counter()
-            obs, _, terminated, truncated, _ = env.step(actions[int(rng.integers(len(actions)))])
+            obs, _, terminated, truncated, _ = env.step(action)
             if terminated or truncated:
                 obs, _ = env.reset()
             dt = time.perf_counter() - t0
-            step_s.append(dt)
-            if (ev.baseline_seconds, ev.profile.measurements) == before:  # no cache miss in this step
-                steady_s.append(dt)
+            # a cache miss: the prompt's full-model baseline or a latency-profile cell was measured in this step
+            miss = (ev.baseline_seconds, ev.profile.measurements) != before
+            steps.append({"action": env.action_names[action], "seconds": dt, "cache_miss": miss})
             obs_rows.append(obs)
         names = env.observation_names
         last = obs_rows[-1]
+        # Steady state: pruning actions without a cache miss. "none" is excluded: the empty plan is the
+        # full model by definition and its step measures nothing (a cached baseline), so it would
+        # stand for a cost no pruning step has.
+        warm = [st["seconds"] for st in steps if not st["cache_miss"] and st["action"] != "none"]
+        per_action = {}
+        for name in wanted:
+            times = [st["seconds"] for st in steps if st["action"] == name and not st["cache_miss"]]
+            per_action[name] = summary(times, 1e3) if times else None
+        total = sum(st["seconds"] for st in steps)
         out[timing] = {
-            "steps_per_s": len(step_s) / sum(step_s),
-            "steady_steps_per_s": len(steady_s) / sum(steady_s) if steady_s else None,
-            "steady_steps": len(steady_s),
-            "step_s": summary(step_s),
+            "steps_per_s": len(steps) / total,
+            "steady_pruning_steps_per_s": len(warm) / sum(warm) if warm else None,
+            "steady_pruning_steps": len(warm),
+            "warm_step_ms_by_action": per_action,
+            "cache_misses": sum(st["cache_miss"] for st in steps),
             "baseline_seconds": ev.baseline_seconds,
             "profile_measurements": ev.profile.measurements,
             "observation_last": {n: float(last[names.index(n)]) for n in TELEMETRY_FIELDS},
             "gpu_fields_present": bool(all(r[names.index("vram_free_frac")] >= 0 for r in obs_rows)),
+            "steps": steps,
         }
         env.close()
     live, prof = out["live"], out["profiled"]
-    if live["steady_steps_per_s"] and prof["steady_steps_per_s"]:
-        out["profiled_over_live_steady"] = prof["steady_steps_per_s"] / live["steady_steps_per_s"]
+    if live["steady_pruning_steps_per_s"] and prof["steady_pruning_steps_per_s"]:
+        out["profiled_over_live_steady"] = prof["steady_pruning_steps_per_s"] / live["steady_pruning_steps_per_s"]
     out["notes"] = ("a step = env.step + the reset that follows it (one prompt per episode), actions drawn from "
-                    "env_actions; steady = steps with no cache miss (full-model baseline cached, latency-profile "
-                    "cell already measured its min_rounds); the profile is the env's default ProfileConfig")
+                    "env_actions; steady = pruning actions (not none) in steps with no cache miss (full-model "
+                    "baseline cached, latency-profile cell measured its min_rounds); the env's default ProfileConfig")
     return out
 
 
@@ -1096,8 +1116,9 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     ax2.axhline(1.0, color="k", lw=0.8)
     ax2.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], keys)
     ax2.set(ylabel="speed-up (x), whole generation", title="head and FFN slicing")
+    ax2.set_ylim(0, 1.45)
     if ax2.get_legend_handles_labels()[0]:
-        ax2.legend(fontsize=7)
+        ax2.legend(fontsize=7, ncol=4, loc="upper center")
     sparse = result.get("parts", {}).get("sparsity", {})
     for shape in sorted({r["shape"] for r in sparse.get("rows", []) if "speedup" in r}):
         for backend in ("cusparselt", "cutlass"):
@@ -1111,15 +1132,25 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     ax3.set(xlabel="tokens (activation rows)", ylabel="dense / 2:4 time", title="2:4 semi-structured sparsity")
     if ax3.get_legend_handles_labels()[0]:
         ax3.legend(fontsize=6)
+    graphs = [r for r in result.get("parts", {}).get("graphs", {}).get("rows", []) if "replay_step_ms" in r]
+    if graphs:
+        xs = range(len(graphs))
+        ax4.bar([x - 0.2 for x in xs], [r["eager_step_ms"] for r in graphs], 0.4, color="tab:gray", label="eager")
+        ax4.bar([x + 0.2 for x in xs], [r["replay_step_ms"] for r in graphs], 0.4, color="tab:blue",
+                label="CUDA graph replay")
+        ax4.set_xticks(list(xs), [r["plan"] for r in graphs], fontsize=8)
+        ax4.legend(fontsize=7, loc="upper right")
     comp = result.get("parts", {}).get("compile", {})
-    calls = [c for c in comp.get("calls", []) if "first_call_s" in c]
-    if calls:
-        ax4.bar(range(len(calls)), [c["first_call_s"] for c in calls],
-                color=["tab:red" if c["graphs_compiled"] else "tab:gray" for c in calls])
-        ax4.set_xticks(range(len(calls)), [c["plan"] for c in calls], rotation=20, fontsize=8)
-        ax4.set_yscale("log")
-    ax4.set(ylabel="first call under the plan (s)",
-            title=f"torch.compile ({comp.get('backend', '-')}) as the plan changes (red: compiled a graph)")
+    lines = [f"torch.compile ({comp.get('backend', '-')}), teacher-forced forward:"]
+    for c in comp.get("calls", []):
+        if "first_call_s" in c:
+            lines.append(f"{c['plan']}: first call {c['first_call_s']:.1f} s, {c['graphs_compiled']} new graph(s), "
+                         f"{c['compiled_speedup']:.2f}x eager")
+    if len(lines) > 1:
+        ax4.text(0.02, 0.97, "\n".join(lines), transform=ax4.transAxes, va="top", fontsize=7,
+                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+    ax4.set(ylabel="ms per decode step (batch 1)",
+            title=f"{result.get('parts', {}).get('graphs', {}).get('model', '')}: CUDA graph per plan; torch.compile")
     m = result.get("machine", {})
     fig.suptitle(f"{m.get('device_name', '?')}, torch {m.get('torch', '?')}, transformers "
                  f"{m.get('transformers', '?')}, {m.get('date', '')[:10]}", fontsize=9)
@@ -1134,6 +1165,8 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the parts in order within the budget; write the JSON after each and the PNG at the end."""
     args = parse_args(Args, argv)
+    if args.from_json:
+        return merge_results([Path(p.strip()) for p in args.from_json.split(",") if p.strip()], Path(args.out))
     fix_threads(args.threads)
     device = resolve_device(args.device)
     if device.type != "cuda" and not args.smoke and args.models == "auto":
@@ -1202,6 +1235,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(result)
     print(f"wrote {path} and {png} in {budget.elapsed():.0f} s")
     return result
+
+
+def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
+    """Merge result files of runs on one machine: later files fill the models and parts earlier ones skipped.
+
+    Nothing is re-measured; each file's args, date and wall time are kept under ``merged_from``.
+    """
+    if not paths:
+        raise ValueError("--from-json names no file")
+    runs = [json.loads(p.read_text()) for p in paths]
+    names = {r["machine"].get("device_name") for r in runs}
+    if len(names) != 1:
+        raise ValueError(f"result files come from different devices {sorted(map(str, names))}; merge one device's runs")
+    merged = copy.deepcopy(runs[0])
+    for run in runs[1:]:
+        for name, entry in run.get("models", {}).items():
+            if "plans" in entry or name not in merged["models"]:
+                merged["models"][name] = entry
+        for part, entry in run.get("parts", {}).items():
+            if "skipped" not in entry or part not in merged["parts"]:
+                merged["parts"][part] = entry
+    merged["merged_from"] = [{"file": p.name, "date": r["machine"].get("date"), "wall_s": r.get("wall_s"),
+                              "args": r.get("args")} for p, r in zip(paths, runs, strict=True)]
+    merged["summary"] = headline(merged)
+    merged.pop("wall_s", None)
+    write_json(merged, out)
+    png = plot(merged, out.with_suffix(".png"))
+    print_table(merged)
+    print(f"merged {', '.join(p.name for p in paths)} into {out} and {png}")
+    return merged
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -50,6 +50,10 @@ def test_gpu_smoke_on_cpu(tmp_path: Path) -> None:
     env = data["parts"]["env"]
     for timing in ("live", "profiled"):
         assert env[timing]["steps_per_s"] > 0
+        steps = env[timing]["steps"]
+        assert len(steps) == 4 and {st["action"] for st in steps} <= set(env[timing]["warm_step_ms_by_action"])
+        warm = [st for st in steps if not st["cache_miss"] and st["action"] != "none"]
+        assert env[timing]["steady_pruning_steps"] == len(warm)
         assert env[timing]["gpu_fields_present"] is False  # a CPU model: the GPU fields are -1
         assert env[timing]["observation_last"]["vram_free_frac"] == -1.0
     latency = data["parts"]["latency"]  # measured, or skipped where dynprune.latency_model is absent
@@ -191,3 +195,28 @@ def test_batches_past_the_budget_are_recorded_and_drawn(tmp_path: Path) -> None:
     result = {"models": {"tiny-llama-config": entry}, "parts": {}, "machine": {}}
     assert headline(result) == [{"model": "tiny-llama-config", "parameters_b": 1e-9, "apply_restore_skip_ms": 0.1}]
     assert plot(result, tmp_path / "p.png").stat().st_size > 0
+
+
+def test_merge_fills_what_earlier_runs_skipped(tmp_path: Path) -> None:
+    from benchmarks.gpu import main
+
+    machine = {"device_name": "GPU X", "date": "2026-11-30"}
+    first = {"args": {"parts": "all"}, "machine": machine, "wall_s": 400.0,
+             "models": {"m": {"skipped": "over the time budget"}},
+             "parts": {"ceilings": {"copy_gb_per_s": 1.0}, "env": {"skipped": "over the time budget"}}}
+    second = {"args": {"parts": "env"}, "machine": {**machine, "date": "2026-11-30b"}, "wall_s": 100.0,
+              "models": {}, "parts": {"env": {"steps_per_s": 2.0}, "ceilings": {"skipped": "not asked"}}}
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, run in zip(paths, (first, second), strict=True):
+        path.write_text(json.dumps(run))
+    out = tmp_path / "m.json"
+    merged = main(["--from-json", ",".join(map(str, paths)), "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(merged))
+    assert merged["parts"] == {"ceilings": {"copy_gb_per_s": 1.0}, "env": {"steps_per_s": 2.0}}
+    assert merged["models"] == {"m": {"skipped": "over the time budget"}}  # nothing measured it later
+    assert [m["file"] for m in merged["merged_from"]] == ["a.json", "b.json"]
+    assert (tmp_path / "m.png").stat().st_size > 0
+    second["machine"] = {"device_name": "GPU Y"}
+    paths[1].write_text(json.dumps(second))
+    with pytest.raises(ValueError, match="different devices"):
+        main(["--from-json", ",".join(map(str, paths)), "--out", str(out)])
