@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, str] = {
     "compress": "benchmarks.compress",
     "router": "benchmarks.router",
     "gpu": "benchmarks.gpu",  # measures nothing without CUDA unless --smoke or --models is given
+    "healing": "benchmarks.healing",  # needs the healing folders of `dynprune heal` (benchmarks/README.md)
     "pareto": "benchmarks.pareto",  # last: it draws the compress and router results beside its own points
 }
 """Benchmark name -> module with a ``main(argv)``; ``all`` runs them in this order."""

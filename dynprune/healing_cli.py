@@ -41,6 +41,7 @@ def cmd_heal(args: argparse.Namespace) -> int:
     config = HealTrainConfig(
         prompts=args.prompts, max_new_tokens=args.max_new_tokens, sampled=args.sampled, top_k=args.top_k,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
+        val_fraction=args.val_fraction, warmup=args.warmup,
         time_budget_s=args.time_budget_s, kind_weights=args.kind_weights, extra_layer_ks=args.extra_layer_ks,
         seed=args.seed,
     )
@@ -82,6 +83,8 @@ def add_heal_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     p.add_argument("--eval-every", type=int, default=25, help="steps between validations and checkpoints")
+    p.add_argument("--val-fraction", type=float, default=0.125, help="share of the train split held out to validate")
+    p.add_argument("--warmup", type=int, default=10, help="learning-rate warm-up steps")
     p.add_argument("--time-budget-s", type=float, default=None, help="stop training after this many seconds")
     p.add_argument("--kind-weights", type=_floats, default=(2.0, 1.0, 1.0),
                    help="relative frequency of layers,heads,ffn plans in the steps")

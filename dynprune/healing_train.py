@@ -1,14 +1,15 @@
 """Train plan-conditional healing (``dynprune heal``): distillation to the original under the env's plans.
 
-The data (built once, cached in the work folder beside the output):
+The data (built once per model, prompts and data settings, cached under ``<dynprune cache>/healing-data``):
 
 - the training split of a prompt source (the shipped set by default), split again into training
   and validation prompts (seeded), so the benchmark's test split stays unseen;
 - per prompt, the *original* model's greedy answer (what every fidelity metric compares against)
   and ``sampled`` answers drawn at ``sample_temperature`` (paths a pruned model may wander onto);
 - per answer position, the original's ``top_k`` log-probabilities and the log of the rest of its
-  probability mass: enough for the KL of the original's next-token distribution to the student's
-  over ``top_k + 1`` outcomes, without running the original again at each step (sparse KD).
+  probability mass (read off the logits the answer was generated from): enough for the KL of the
+  original's next-token distribution to the student's over ``top_k + 1`` outcomes, without running
+  the original again at each step (sparse KD).
 
 Each step draws a plan from the ones the env serves: every entry of the action table but ``none``,
 built from the importance the env uses (``dynprune.actions.entry_plan``), plus optional extra
@@ -360,6 +361,25 @@ def _right_padded(
     return ids.to(lm.device), torch.tensor(gather, dtype=torch.long, device=lm.device), spans
 
 
+@torch.no_grad()
+def answer_logprobs(
+    lm: PrunableLM, seqs: Sequence[Sequence[int]], starts: Sequence[int], batch_size: int = 16
+) -> list[torch.Tensor]:
+    """Per sequence, ``[answer length, vocab]`` float32 log-probabilities at the positions predicting its answer.
+
+    One teacher-forced pass of the model as it stands (under whatever plan and healing are applied)
+    over prompt + answer; ``starts[i]`` is the index of sequence ``i``'s first answer token.
+    """
+    out: list[torch.Tensor] = []
+    for b in range(0, len(seqs), batch_size):
+        chunk = range(b, min(len(seqs), b + batch_size))
+        batch, gather, spans = _right_padded(lm, [seqs[i] for i in chunk], [starts[i] for i in chunk])
+        h = lm.decoder(input_ids=batch, use_cache=False).last_hidden_state
+        lp = torch.log_softmax(lm.model.lm_head(h.reshape(-1, h.shape[-1])[gather]).float(), dim=-1)
+        out += [lp[a:z] for a, z in spans]
+    return out
+
+
 def build_data(
     lm: PrunableLM, prompts: Sequence[Prompt], config: HealTrainConfig, sampled: int, seed: int
 ) -> HealData:
@@ -551,7 +571,10 @@ def train_healing(
                         "train": [p.text for p in train_p], "val": [p.text for p in val_p],
                         **{k: getattr(config, k) for k in ("max_new_tokens", "sampled", "sample_temperature",
                                                              "top_k", "seed")}})
-    data_file = work / "data.pt"
+    from dynprune.models import cache_dir
+
+    # shared by every run on the same model, prompts and data settings (other groupings, ranks, steps)
+    data_file = cache_dir() / "healing-data" / f"{data_key}.pt"
     cached = torch.load(data_file, weights_only=False) if data_file.is_file() else None
     if cached is not None and cached.get("key") == data_key:
         train_d, val_d, report.data_seconds = cached["train"], cached["val"], cached["seconds"]
@@ -563,6 +586,7 @@ def train_healing(
         train_d = build_data(lm, train_p, config, config.sampled, config.seed)
         val_d = build_data(lm, val_p, config, 0, config.seed)
         report.data_seconds = time.perf_counter() - t0
+        data_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(data_file) as tmp:
             torch.save({"key": data_key, "train": train_d, "val": val_d, "seconds": report.data_seconds}, tmp)
         log(f"heal: data built in {report.data_seconds:.0f} s: {len(train_d)} sequences")

@@ -1,0 +1,405 @@
+"""Does plan-conditional healing make the embedded model worth pruning dynamically?
+
+Side by side on the same held-out prompts (a seeded subset of the shipped *test* split, prompts
+with a gold answer first), for every action of the DynPrune-v0 table and for k = 1..9 skipped
+layers (lowest block influence first, the table's own order):
+
+- **unhealed**: the plan alone;
+- **plan-conditional**: a healing folder trained by ``dynprune heal --grouping kind`` (one LoRA
+  per kind of plan, active only under pruned plans; the ``none`` action is the original);
+- **shared** (when a folder is given): ``dynprune heal --grouping shared``, one LoRA for every
+  pruned plan (still never under ``none``).
+
+Per (plan, variant), against the original model's greedy answer to each prompt:
+
+- ``tf_agreement``: teacher-forced argmax agreement with the answer (the env's profiled fidelity);
+- ``prefix_fidelity``: share of the answer reproduced before the first different argmax;
+- ``kl``: mean over answer positions of ``KL(p_original || p_plan)`` over the whole vocabulary;
+- ``greedy_agreement``: position-wise token agreement of the plan's own greedy answer with the
+  original's (``dynprune.metrics.fidelity``); ``exact_match`` likewise;
+- ``task_score``: gold-answer score of the plan's greedy answer, over the prompts with one;
+- speed: on ``live_prompts`` prompts, the plan and the original generate the answer's length side
+  by side (``dynprune.paired_timing``), ``speedup = T_full / T_plan`` (median over prompts);
+  ``net_speedup`` adds the plan's measured apply + restore time (healing swaps included) once per
+  generation: ``T_full / (T_plan + t_apply)``. Healed plans are served merged (cached weights: the
+  same matmuls as unhealed); the unmerged alternative (two more small matmuls per projection) is
+  timed on ``layers-25%`` and the cached weights' memory is reported.
+
+Answers come from batched greedy decoding (``dynprune.healing_train.batched_generate``, the
+original's too); the agreement of its answers with one-prompt decoding is reported on the timed
+prompts. Also checked: with healing attached, the ``none`` action's logits equal the original's
+bit for bit on every test sequence. The healing folders' own training reports (steps, wall time,
+load average, validation curves) are copied in.
+
+Run (after ``dynprune heal``; see benchmarks/README.md):
+    python -m benchmarks.healing --threads 1                    # ~20-30 min on the shared 2 cores
+    python -m benchmarks.healing --smoke --out /tmp/healing.json  # tiny-llama; trains its own tiny healing
+
+Writes ``benchmarks/results/healing.json`` and ``healing.png`` beside it, and prints a table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks import harness
+from benchmarks.utils import parse_ks, seeded_subset, time_apply_restore
+from dynprune.actions import DEFAULT_TABLE, entry_plan
+from dynprune.healing import PlanHealing, load_healing, read_info
+from dynprune.healing_train import answer_logprobs, batched_generate
+from dynprune.metrics import fidelity
+from dynprune.models import PrunableLM, cache_dir
+from dynprune.paired_timing import paired_generate
+from dynprune.plan import NO_PRUNING, PruningPlan
+from dynprune.runtime import prompt_task_score, teacher_forced_prefix
+from dynprune.selection import layers_plan
+from dynprune.tasks import load_prompts
+from dynprune.types import Prompt
+
+DEFAULT_OUT = "benchmarks/results/healing.json"
+VARIANTS = ("unhealed", "plan-conditional", "shared")
+MAIN_ACTION = "layers-25%"
+
+
+def default_folder(grouping: str) -> Path:
+    """Where ``dynprune heal`` runs of benchmarks/README.md put the embedded model's healing."""
+    return cache_dir() / "healing" / f"smollm2-{grouping}-r8"
+
+
+@dataclass
+class Args(harness.Args):
+    """Plan-conditional healing vs none vs a shared LoRA, every table action and k = 1..9 skipped layers."""
+
+    out: str = DEFAULT_OUT
+    threads: int | None = 1
+    """torch CPU threads (1: on this shared 2-core machine two threads ran a training step 10x slower)"""
+    healing: str | None = None
+    """plan-conditional healing folder (none: <dynprune cache>/healing/smollm2-kind-r8)"""
+    shared: str | None = None
+    """shared-LoRA healing folder (none: <dynprune cache>/healing/smollm2-shared-r8 if it exists)"""
+    test_prompts: int = 60
+    """held-out prompts: the test split's prompts with a gold answer first, then a seeded draw of the rest"""
+    ks: str = "1,2,3,4,5,6,7,8,9"
+    """layer counts skipped (lowest block influence first): integers or aL/b, comma-separated"""
+    max_new_tokens: int = 32
+    """answer length limit"""
+    live_prompts: int = 6
+    """prompts timed side by side with the original per plan and variant"""
+    apply_repeats: int = 200
+    """apply + restore repetitions timed per plan and variant (median)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.smoke:  # tiny-llama (set by the harness), a healing trained in seconds, 6 prompts
+            self.test_prompts, self.live_prompts, self.ks = 6, 2, "1,2"
+            self.max_new_tokens, self.apply_repeats = min(self.max_new_tokens, 6), 5
+        self.require_positive("test_prompts", "max_new_tokens", "apply_repeats")
+        if not 0 <= self.live_prompts <= self.test_prompts:
+            raise ValueError(f"live_prompts must be in 0..test_prompts ({self.test_prompts}), got {self.live_prompts}")
+
+
+def held_out(n: int, seed: int) -> list[Prompt]:
+    """``n`` test-split prompts: those with a gold answer first (in source order), then a seeded draw of the rest."""
+    pool = load_prompts("dynprune", split="test")
+    if n > len(pool):
+        raise ValueError(f"test_prompts {n} exceeds the {len(pool)} prompts of the test split")
+    gold = [p for p in pool if p.answer is not None][:n]
+    return gold + seeded_subset([p for p in pool if p.answer is None], n - len(gold), seed)
+
+
+def smoke_folders(lm: PrunableLM, where: Path) -> tuple[str, str]:
+    """Train a tiny kind and shared healing on tiny-llama (seconds) for the smoke run."""
+    from dynprune.healing import HealingConfig
+    from dynprune.healing_train import HealTrainConfig, train_healing
+
+    # each text twice, so the validation prompts repeat training texts: a random model has nothing to
+    # generalise, and the smoke run must save a folder
+    prompts = [q for p in load_prompts("dynprune", split="train")[:8]
+               for q in (p, dataclasses.replace(p, id=p.id + "-again"))]
+    config = HealTrainConfig(max_new_tokens=6, sampled=0, steps=12, batch_size=4, eval_every=6, warmup=1, lr=5e-3,
+                             val_fraction=0.25)
+    out = []
+    for grouping in ("kind", "shared"):
+        folder = where / f"tiny-{grouping}"
+        train_healing(lm, folder, config, HealingConfig(grouping=grouping, rank=4), prompts=prompts, progress=False,
+                      log=lambda _: None)
+        out.append(str(folder))
+    return out[0], out[1]
+
+
+def bench_plans(lm: PrunableLM, ks: list[int]) -> tuple[dict[str, PruningPlan], dict[str, str]]:
+    """``({row name: plan}, {row name: the name of the row measuring the same plan})``.
+
+    Rows: every table action, then ``k=1`` .. ``k=9``; a k plan equal to a table action's is measured once.
+    """
+    rows: dict[str, PruningPlan] = {e.name: entry_plan(e, lm) for e in DEFAULT_TABLE}
+    same: dict[str, str] = {}
+    for k in ks:
+        plan = layers_plan(lm.importance, lm.geometry, k, name=f"k={k}")
+        twin = next((n for n, p in rows.items() if p == plan), None)
+        rows[f"k={k}"] = plan
+        if twin is not None:
+            same[f"k={k}"] = twin
+    return rows, same
+
+
+def quality(
+    lm: PrunableLM, plan: PruningPlan, prompts: list[Prompt], ids: list[list[int]], answers: list[tuple[int, ...]],
+    ref: list[torch.Tensor], max_new_tokens: int,
+) -> dict[str, Any]:
+    """Teacher-forced and greedy quality of ``plan`` (with whatever healing ``lm`` has) against the original."""
+    seqs = [[*p, *a] for p, a in zip(ids, answers, strict=True)]
+    starts = [len(p) for p in ids]
+    with lm.apply(plan):
+        lps = answer_logprobs(lm, seqs, starts)
+        own = batched_generate(lm, ids, max_new_tokens)
+    tf, prefix, kl, greedy, exact, scores = [], [], [], [], [], []
+    for i, (lp, r, a) in enumerate(zip(lps, ref, answers, strict=True)):
+        argmax = lp.argmax(-1).tolist()
+        target = list(a)
+        tf.append(sum(x == y for x, y in zip(argmax, target, strict=True)) / len(target))
+        prefix.append(teacher_forced_prefix(argmax, target))
+        kl.append(float((r.exp() * (r - lp)).sum(-1).mean()))
+        f = fidelity(own[i], a)
+        greedy.append(f.token_agreement)
+        exact.append(f.exact_match)
+        if prompts[i].answer is not None or prompts[i].ground_truth:
+            score = prompt_task_score(prompts[i], lm.decode_ids(own[i]))
+            if score is not None:
+                scores.append(score)
+    return {
+        "tf_agreement": statistics.fmean(tf),
+        "prefix_fidelity": statistics.fmean(prefix),
+        "kl": statistics.fmean(kl),
+        "greedy_agreement": statistics.fmean(greedy),
+        "exact_match": statistics.fmean(exact),
+        "task_score": statistics.fmean(scores) if scores else None,
+        "n_task": len(scores),
+    }
+
+
+def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The issue's targets, each with the measured numbers and met / missed."""
+    rows = {r["name"]: r for r in result["rows"]}
+    main = rows[MAIN_ACTION]
+    healed, plain = main["plan-conditional"], main["unhealed"]
+    full_task = result["full"]["task_score"]
+    kl_pairs = {n: (r["unhealed"]["kl"], r["plan-conditional"]["kl"]) for n, r in rows.items() if n != "none"}
+    speed = {n: (r["unhealed"].get("net_speedup"), r["plan-conditional"].get("net_speedup"))
+             for n, r in rows.items() if n != "none" and r["unhealed"].get("net_speedup") is not None}
+    return {
+        "none_bit_identical": {"value": result["none_bit_identical"]["plan-conditional"],
+                               "met": bool(result["none_bit_identical"]["plan-conditional"])},
+        "layers25_greedy_agreement>=0.3": {"value": healed["greedy_agreement"], "unhealed": plain["greedy_agreement"],
+                                           "met": healed["greedy_agreement"] >= 0.3},
+        "layers25_tf_agreement>=0.75": {"value": healed["tf_agreement"], "unhealed": plain["tf_agreement"],
+                                        "met": healed["tf_agreement"] >= 0.75},
+        "layers25_task_score>=half_full": {"value": healed["task_score"], "unhealed": plain["task_score"],
+                                           "full": full_task,
+                                           "met": healed["task_score"] is not None and full_task is not None
+                                           and healed["task_score"] >= 0.5 * full_task},
+        "every_action_kl_lower": {"value": {n: {"unhealed": a, "healed": b} for n, (a, b) in kl_pairs.items()},
+                                  "met": all(b < a for a, b in kl_pairs.values())},
+        "net_speedup>=80%_of_unhealed": {
+            "value": {n: {"unhealed": a, "healed": b, "ratio": b / a} for n, (a, b) in speed.items()},
+            "met": bool(speed) and all(b >= 0.8 * a for a, b in speed.values()),
+        },
+    }
+
+
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """Everything the JSON holds but the harness's stamps."""
+    assert lm is not None
+    tmp = Path(tempfile.mkdtemp(prefix="healing-smoke-")) if args.smoke else None
+    if tmp is not None:
+        kind_dir, shared_dir = smoke_folders(lm, tmp)
+    else:
+        kind_dir = args.healing or str(default_folder("kind"))
+        shared_dir = args.shared or (str(default_folder("shared")) if default_folder("shared").is_dir() else None)
+    if not Path(kind_dir).is_dir():
+        raise ValueError(f"no healing folder at {kind_dir}; make it with: dynprune heal --model {args.model} "
+                         f"--threads 1 --out {kind_dir} (benchmarks/README.md has the exact command)")
+    healings: dict[str, PlanHealing | None] = {"unhealed": None, "plan-conditional": load_healing(kind_dir, lm)}
+    if shared_dir is not None:
+        healings["shared"] = load_healing(shared_dir, lm)
+    prompts = held_out(args.test_prompts, args.seed)
+    ids = [lm.encode_prompt(p.text, max_new_tokens=args.max_new_tokens) for p in prompts]
+    plans, same = bench_plans(lm, parse_ks(args.ks, lm.geometry.num_layers))
+    unique = {n: p for n, p in plans.items() if n not in same}
+
+    # the original: greedy answers, their log-probabilities, task score; none bit-identical under healing
+    t0 = time.perf_counter()
+    answers = batched_generate(lm, ids, args.max_new_tokens)
+    seqs = [[*p, *a] for p, a in zip(ids, answers, strict=True)]
+    ref = answer_logprobs(lm, seqs, [len(p) for p in ids])
+    full_scores = [s for p, a in zip(prompts, answers, strict=True)
+                   if (s := prompt_task_score(p, lm.decode_ids(a))) is not None]
+    logits = [lm.logits(s) for s in seqs]
+    bit_identical = {}
+    for name, h in healings.items():
+        lm.set_healing(h)
+        with lm.apply(NO_PRUNING):
+            bit_identical[name] = all(torch.equal(lm.logits(s), x) for s, x in zip(seqs, logits, strict=True))
+        bit_identical[name] &= all(torch.equal(lm.logits(s), x) for s, x in zip(seqs, logits, strict=True))
+        lm.set_healing(None)
+    print(f"original: {len(prompts)} answers, task score {statistics.fmean(full_scores):.3f} on "
+          f"{len(full_scores)} gold prompts ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    # quality of every (plan, variant)
+    rows: dict[str, dict[str, Any]] = {
+        n: {"name": n, "plan": p.to_dict(), "kept_fraction": p.kept_fraction(lm.geometry)} for n, p in plans.items()
+    }
+    for name, h in healings.items():
+        lm.set_healing(h)
+        for row, plan in unique.items():
+            t1 = time.perf_counter()
+            rows[row][name] = quality(lm, plan, prompts, ids, answers, ref, args.max_new_tokens)
+            rows[row][name]["active_healing"] = lm.healing_label(plan)
+            q = rows[row][name]
+            print(f"  {name:<17}{row:<11} tf {q['tf_agreement']:.3f}  greedy {q['greedy_agreement']:.3f}  "
+                  f"KL {q['kl']:.3f}  ({time.perf_counter() - t1:.0f} s)", flush=True)
+        lm.set_healing(None)
+
+    # speed: paired live timing, apply + restore, the unmerged alternative, memory
+    live = list(range(args.live_prompts))
+    timed: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    single_agree = []
+    for j in live:
+        for row, plan in unique.items():
+            if plan.is_empty:
+                continue
+            for name, h in healings.items():  # variants back to back: one load for the three
+                lm.set_healing(h)
+                run = paired_generate(lm, plan, ids[j], len(answers[j]))
+                lm.set_healing(None)
+                timed.setdefault((row, name), []).append((run.full.latency_s, run.pruned.latency_s))
+        single_agree.append(fidelity(run.full.output_ids, answers[j]).token_agreement)
+    apply_s: dict[tuple[str, str], float] = {}
+    for name, h in healings.items():
+        lm.set_healing(h)
+        for row, plan in unique.items():
+            apply_s[row, name] = statistics.median(time_apply_restore(lm, plan, args.apply_repeats))
+        lm.set_healing(None)
+    for row in unique:
+        for name in healings:
+            pairs = timed.get((row, name))
+            rows[row][name]["apply_restore_ms"] = 1e3 * apply_s[row, name]
+            if pairs:
+                rows[row][name]["speedup"] = statistics.median(f / p for f, p in pairs)
+                rows[row][name]["net_speedup"] = statistics.median(f / (p + apply_s[row, name]) for f, p in pairs)
+                rows[row][name]["n_timed"] = len(pairs)
+    for row, twin in same.items():
+        rows[row].update({k: v for k, v in rows[twin].items() if k in healings})
+        rows[row]["same_plan_as"] = twin
+    unmerged = None
+    healed = healings["plan-conditional"]
+    if live and healed is not None and MAIN_ACTION in unique:
+        healed.merged = False
+        lm.set_healing(healed)
+        runs = [paired_generate(lm, unique[MAIN_ACTION], ids[j], len(answers[j])) for j in live]
+        lm.set_healing(None)
+        healed.merged = True
+        healed.clear_cache()
+        lm.set_healing(healed)
+        for plan in unique.values():
+            with lm.apply(plan):
+                pass  # builds every merged weight the table needs
+        lm.set_healing(None)
+        unmerged = {"action": MAIN_ACTION, "speedup": statistics.median(r.speedup + 1.0 for r in runs),
+                    "merged_speedup": rows[MAIN_ACTION]["plan-conditional"].get("speedup")}
+    memory = {n: h.cached_bytes() / 2**20 for n, h in healings.items() if h is not None}
+    training = {n: read_info(d).report | {"settings": read_info(d).training, "healing": read_info(d).config,
+                                          "folder": str(d), "trained_groups": list(read_info(d).trained_groups)}
+                for n, d in (("plan-conditional", kind_dir), ("shared", shared_dir)) if d is not None}
+    folder_mb = {n: sum(f.stat().st_size for f in Path(d).iterdir()) / 2**20
+                 for n, d in (("plan-conditional", kind_dir), ("shared", shared_dir)) if d is not None}
+    result: dict[str, Any] = {
+        "model_id": lm.model_id,
+        "prompts": {"split": "test", "ids": [p.id for p in prompts], "n": len(prompts),
+                    "n_gold": len(full_scores), "live_ids": [prompts[j].id for j in live]},
+        "full": {"task_score": statistics.fmean(full_scores) if full_scores else None,
+                 "batched_vs_single_decode_agreement": statistics.fmean(single_agree) if single_agree else None},
+        "none_bit_identical": bit_identical,
+        "variants": list(healings),
+        "rows": list(rows.values()),
+        "unmerged": unmerged,
+        "merged_cache_mib": memory,
+        "folder_mib": folder_mb,
+        "training": training,
+    }
+    result["targets"] = targets(result)
+    return result
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Left: greedy and teacher-forced agreement vs k skipped layers; right: KL per table action (log scale)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax, bx = fig.subplots(1, 2)
+    rows = result["rows"]
+    krows = [r for r in rows if r["name"].startswith("k=")]
+    ks = [int(r["name"][2:]) for r in krows]
+    colours = {"unhealed": "tab:grey", "plan-conditional": "tab:blue", "shared": "tab:orange"}
+    for v in result["variants"]:
+        ax.plot(ks, [r[v]["greedy_agreement"] for r in krows], "-o", color=colours[v], label=f"{v}: greedy")
+        ax.plot(ks, [r[v]["tf_agreement"] for r in krows], "--s", color=colours[v], alpha=0.6,
+                label=f"{v}: teacher-forced")
+    ax.set_xlabel("layers skipped (lowest block influence first)")
+    ax.set_ylabel("agreement with the original's greedy answer")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{result['model_id']}: {result['prompts']['n']} held-out prompts")
+    ax.legend(fontsize=7)
+    actions = [r for r in rows if not r["name"].startswith("k=") and r["name"] != "none"]
+    xs = np.arange(len(actions))
+    width = 0.8 / len(result["variants"])
+    for j, v in enumerate(result["variants"]):
+        bx.bar(xs + (j - (len(result["variants"]) - 1) / 2) * width, [max(r[v]["kl"], 1e-6) for r in actions],
+               width, color=colours[v], label=v)
+    bx.set_yscale("log")
+    bx.set_xticks(xs, [r["name"] for r in actions], rotation=45, ha="right", fontsize=8)
+    bx.set_ylabel("KL(original || plan), nats per answer token")
+    bx.set_title("every table action")
+    bx.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """Rows x variants: teacher-forced / greedy agreement, KL, task score, net speed-up."""
+    def f(v: Any, spec: str = ".3f") -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+    head = f"{'plan':<11}{'variant':<18}{'tf agr':>7}{'greedy':>7}{'prefix':>7}{'KL':>7}{'task':>6}{'net x':>7}"
+    print(head)
+    for r in result["rows"]:
+        for v in result["variants"]:
+            q = r[v]
+            print(f"{r['name']:<11}{v:<18}{f(q['tf_agreement']):>7}{f(q['greedy_agreement']):>7}"
+                  f"{f(q['prefix_fidelity']):>7}{f(q['kl']):>7}{f(q['task_score'], '.2f'):>6}"
+                  f"{f(q.get('net_speedup')):>7}")
+    print(f"\nfull model task score {f(result['full']['task_score'])}; "
+          f"none bit-identical: {result['none_bit_identical']}")
+    for name, t in result["targets"].items():
+        shown = t["value"] if not isinstance(t["value"], dict) else "see JSON"
+        print(f"  {'MET   ' if t['met'] else 'MISSED'} {name}: {shown}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return harness.run(harness.parse_args(Args, argv), measure, table=print_table, files={".png": plot})
+
+
+if __name__ == "__main__":
+    main()
