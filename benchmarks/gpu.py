@@ -13,7 +13,7 @@ each part after a warm-up and with CUDA events (``time.perf_counter`` on a CPU):
   (group-uniform, and ragged: one head more in one KV group, which takes the gather path of
   ``dynprune_gqa``) and slicing FFN channels; plans interleaved, order rotated each repeat;
   speed-up = within-repeat ratio full / plan (median, min, max), beside the parameter-count bound
-  (``benchmarks.speed_limit.work_model`` applied to the plan's kept matmul parameters), for the
+  (``benchmarks.utils.work_model`` applied to the plan's kept matmul parameters), for the
   whole generation, its prefill and its decode; (c) peak VRAM of each plan's run.
 - ``sparsity``: 2:4 semi-structured sparsity (``torch.sparse.to_sparse_semi_structured``) on the
   FFN matrices of Llama-3.2-1B and Llama-3.1-8B against the dense product, per token count.
@@ -64,9 +64,18 @@ from typing import Any
 
 import torch
 
-from benchmarks.pruning_overhead import Bottleneck, time_apply_restore, time_cold_build
-from benchmarks.speed_limit import param_counts, parse_ks, work_model
-from benchmarks.utils import machine_info, parse_args, summary, write_json
+from benchmarks.utils import (
+    Bottleneck,
+    machine_info,
+    param_counts,
+    parse_args,
+    parse_ks,
+    summary,
+    time_apply_restore,
+    time_cold_build,
+    work_model,
+    write_json,
+)
 from dynprune.fileio import atomic_write_bytes
 from dynprune.generation import forward_with_cache
 from dynprune.metrics import fix_threads

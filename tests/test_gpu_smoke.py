@@ -127,7 +127,7 @@ def test_ffn_keep_aligns_real_widths() -> None:
 
 def test_plan_counts_remove_the_sliced_matmuls() -> None:
     from benchmarks.gpu import build, plan_counts
-    from benchmarks.speed_limit import param_counts
+    from benchmarks.utils import param_counts
     from dynprune.plan import PruningPlan
 
     lm = build("tiny-llama-config", torch.device("cpu"), torch.float32, seed=0)
