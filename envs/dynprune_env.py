@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -18,9 +20,27 @@ from dynprune.rewards import Outcome, RewardFn, make_reward
 from dynprune.runtime import TIMINGS, PlanEvaluator, ProfileConfig
 from dynprune.telemetry import MISSING, TELEMETRY_FIELDS, make_monitor, snapshot_to_vector
 from dynprune.types import Baseline, Evaluation, Prompt, StepRecord
+from envs.rendering import RENDER_HISTORY, render_line, render_steps_image
 
 PROMPT_FIELDS = ("prompt_tokens", "prompt_perplexity", "complexity")
 BUDGET_FIELD = "latency_budget"
+
+
+_BASELINE_KEYS = ("latency_s", "tokens_per_s", "ppl", "task_score")
+_PRUNED_KEYS = ("latency_s", "tokens_per_s", "ppl", "fidelity", "exact_match", "task_score", "speedup")
+
+
+def _number(value: float | None) -> float:
+    """A float for an info value: -1 (``MISSING``) for none."""
+    return MISSING if value is None else float(value)
+
+
+def step_record(info: dict[str, Any]) -> StepRecord | None:
+    """The :class:`StepRecord` of the step an info comes from; ``None`` for a ``reset`` info."""
+    from dynprune.records import record_from_dict
+
+    text = info.get("record", "")
+    return record_from_dict(json.loads(text)) if text else None
 
 
 def monitor_seed(seed: int) -> int:
@@ -142,6 +162,7 @@ class DynPruneEnv(gym.Env):
     | prompt_embedding    | 0                | N > 0 appends N projected prompt-embedding coordinates      |
     | healing             | None             | healing folder (``dynprune heal``): LoRA active under pruned plans only |
     | device, dtype       | "auto"           | passed to ``load_model``                                    |
+    | render_mode         | None             | "ansi" (last step, one line), "rgb_array" (recent steps)  |
 
     ```python
     import gymnasium as gym
@@ -150,11 +171,20 @@ class DynPruneEnv(gym.Env):
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     ```
 
+    ## Info
+    ``reset`` and ``step`` return the same keys, each of a fixed structure (see ``_info``): the
+    prompt of the returned observation (``prompt_id``, ``prompt``, ``prompt_embedding``,
+    ``scenario``), then the step just measured (``step_prompt_id``, ``action``, ``action_name``,
+    ``plan`` and ``record`` as JSON strings, ``timing``, ``baseline``, ``pruned``, ``budget_s``,
+    ``texts``), empty after ``reset``.
+
     ## Version History
-    * v0: first version.
+    * v0: first version. Later revisions, same id: render modes; infos with the same keys on reset
+      and step (the prompt keys describe the returned observation; ``plan`` and ``record`` became
+      JSON strings); ``timing="modelled"`` by default.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -201,8 +231,9 @@ class DynPruneEnv(gym.Env):
             )
         if telemetry == "scenario" and scenario is None:
             scenario = "mixed"
-        if render_mode is not None:
-            raise ValueError(f"DynPrune-v0 has no render modes, got {render_mode!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.render_mode = render_mode
         if isinstance(profile, dict):  # a JSON env spec (Minari's recover_environment) carries it as a dict
             profile = ProfileConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in profile.items()})
         self.reward_fn = make_reward(reward)
@@ -258,6 +289,7 @@ class DynPruneEnv(gym.Env):
         self._prompt: Prompt = self.prompts[0]
         self._budget_rel: float | None = None
         self._obs = np.zeros(self.observation_space.shape, np.float32)
+        self._recent: deque[StepRecord] = deque(maxlen=RENDER_HISTORY)
 
     # ------------------------------------------------------------------ helpers
     def plan(self, action: int) -> PruningPlan:
@@ -313,14 +345,47 @@ class DynPruneEnv(gym.Env):
         self._obs = obs
         return obs
 
-    def _info(self) -> dict[str, Any]:
-        return {
+    def _info(self, record: StepRecord | None = None, **step_info: Any) -> dict[str, Any]:
+        """The info of ``reset`` (no record) and ``step``: the same keys, of the same types, in both.
+
+        The prompt keys describe the prompt of the observation returned with this info (the next one
+        to act on); the step keys describe the step just measured (``step_prompt_id`` names its prompt)
+        and hold empty values after ``reset``. Every value has a fixed structure: strings, numbers,
+        fixed-size arrays and dicts of fixed keys; a missing number is -1 (like a missing telemetry
+        field; not NaN, which never equals itself and fails Gymnasium's determinism check); the plan
+        and the step's whole record, whose structure varies, are JSON strings
+        (``PruningPlan.from_dict(json.loads(info["plan"]))``, :func:`step_record`). That is what
+        Minari's ``DataCollector(record_infos=True)`` needs to store infos.
+        """
+        info: dict[str, Any] = {
             "observation_names": self.observation_names,
             "prompt_id": self._prompt.id,
             "prompt": self._prompt.text,
             "prompt_embedding": self.lm.prompt_embedding(self._prompt.text),
             "scenario": getattr(self._snapshot, "source", ""),
+            "step_prompt_id": "",
+            "action": -1,
+            "action_name": "",
+            "plan": "",
+            "timing": self.timing,
+            "baseline": dict.fromkeys(_BASELINE_KEYS, MISSING),
+            "pruned": dict.fromkeys(_PRUNED_KEYS, MISSING),
+            "budget_s": MISSING,
+            "texts": {"baseline": "", "pruned": ""},
+            "record": "",
         }
+        if record is not None:
+            info.update(
+                step_prompt_id=record.prompt_id,
+                action=int(record.action),
+                action_name=record.action_name,
+                plan=json.dumps(record.plan, sort_keys=True),
+                timing=record.timing,
+                budget_s=_number(record.budget_s),
+                record=json.dumps(asdict(record), sort_keys=True),
+            )
+        info.update(step_info)
+        return info
 
     def _outcome(self, ev: Evaluation, base: Baseline) -> tuple[Outcome, float]:
         factor = float(self.monitor.latency_factor)
@@ -454,28 +519,30 @@ class DynPruneEnv(gym.Env):
     ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Measure ``action`` (or ``plan``), build the info, go on to the next prompt (shared by subclasses)."""
         record, ev, base, outcome = self._record(action, plan, action_name)
-        info = self._info()
-        info.update(
-            action_name=record.action_name,
-            plan=record.plan,
-            **extra_info,
-            timing=ev.timing,
-            baseline={"latency_s": record.baseline_latency_s, "tokens_per_s": record.baseline_tokens_per_s,
-                      "ppl": base.ppl, "task_score": base.task_score},
-            pruned={"latency_s": record.pruned_latency_s, "tokens_per_s": record.pruned_tokens_per_s,
-                    "ppl": ev.ppl, "fidelity": ev.fidelity, "exact_match": ev.exact_match,
-                    "task_score": ev.task_score, "speedup": ev.speedup},
-            budget_s=outcome.budget_s,
-            record=asdict(record),
-        )
-        if ev.timing == "live":
-            info["texts"] = {"baseline": base.text, "pruned": ev.text}
+        self._recent.append(record)
         self._step_in_episode += 1
         terminated = record.terminated or self._step_in_episode >= self.prompts_per_episode
         if not terminated:
             self._prompt = self._next_prompt()
             obs = self._observe()
-            info["next_prompt_id"] = self._prompt.id
         else:
             obs = self._obs
+        info = self._info(
+            record,
+            baseline={"latency_s": record.baseline_latency_s, "tokens_per_s": record.baseline_tokens_per_s,
+                      "ppl": base.ppl, "task_score": _number(base.task_score)},
+            pruned={"latency_s": record.pruned_latency_s, "tokens_per_s": record.pruned_tokens_per_s,
+                    "ppl": ev.ppl, "fidelity": ev.fidelity, "exact_match": float(ev.exact_match),
+                    "task_score": _number(ev.task_score), "speedup": ev.speedup},
+            texts={"baseline": base.text, "pruned": ev.text} if ev.timing == "live" else {"baseline": "", "pruned": ""},
+            **extra_info,
+        )
         return obs, record.reward, terminated, False, info
+
+    def render(self) -> str | np.ndarray | None:
+        """``"ansi"``: one line on the last step; ``"rgb_array"``: speed-up vs quality of the recent steps."""
+        if self.render_mode == "ansi":
+            return render_line(self._recent[-1] if self._recent else None, self._episode)
+        if self.render_mode == "rgb_array":
+            return render_steps_image(list(self._recent))
+        return None
