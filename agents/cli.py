@@ -55,6 +55,7 @@ def _env_kwargs(cfg: dict[str, Any], split: str) -> dict[str, Any]:
         # runs written before the option existed had no embedding in the observation
         "prompt_embedding": cfg.get("prompt_embedding", 0),
         **({"budget_range": tuple(cfg["budget_range"])} if cfg.get("budget_range") else {}),
+        **({"healing": cfg["healing"]} if cfg.get("healing") else {}),  # runs explored with healing
     }
 
 

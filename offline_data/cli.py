@@ -51,6 +51,8 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["budget_range"] = tuple(args.budget_range)
     if args.prompt_source != "dynprune":
         kwargs["prompts"] = args.prompt_source
+    if getattr(args, "healing", None) is not None:  # the env attaches it; the shards' settings record it
+        kwargs["healing"] = args.healing
     return kwargs
 
 
@@ -183,6 +185,8 @@ def run_config(meta: dict[str, Any], args: argparse.Namespace, agent_name: str) 
         "budget_range": list(env["budget_range"]) if env.get("budget_range") is not None else None,
         # adapters the logs were explored with (the held-out env must attach the same ones)
         "adapters": meta["settings"]["explore"].get("adapters"),
+        # healing the logs were explored with (the held-out env attaches the same folder)
+        "healing": env.get("healing"),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -262,6 +266,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--max-frac", type=float, default=0.5, help="random: largest fraction of layers pruned")
     p.add_argument("--adapters", default=None,
                    help="adapters file (dynprune adapters train): pruned layers are replaced by their adapter")
+    p.add_argument("--healing", default=None,
+                   help="healing folder (dynprune heal): its LoRA runs under every pruned plan explored")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine (prompts dealt round-robin)")
     p.add_argument("--backend", choices=("processes", "ray"), default="processes",
                    help="--workers shards as local processes, or as Ray tasks (the cluster RAY_ADDRESS names, else "
