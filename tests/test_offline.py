@@ -162,7 +162,7 @@ def test_explore_writes_one_complete_shard_per_prompt(dfs_logs, prompt_ids):
             assert any(sorted(set(r["layers"]) - {i}) == q["layers"] for q in rows for i in r["layers"])
         assert len({tuple(r["observation"]) for r in rows}) == 1 and len(rows[0]["observation"]) == 8
         for r in rows:
-            assert r["strategy"] == "dfs" and r["timing"] == "profiled" and np.isfinite(r["reward"])
+            assert r["strategy"] == "dfs" and r["timing"] == "modelled" and np.isfinite(r["reward"])
             assert json.loads(r["plan"])["skip"] == r["layers"]
 
 
