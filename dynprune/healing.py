@@ -278,7 +278,10 @@ class PlanHealing(nn.Module):
                     self.pairs[self.key(g, i, p)] = LoRAPair(n_in, n_out, config.rank, dtype)
         self.merged = True
         self.info: HealingInfo | None = None
-        self._cache: dict[tuple[Any, ...], nn.Module] = {}
+        # (merged, group, layer, projection, id(base)) -> (base, healed module): the base is kept alive,
+        # so its id is never reused for another slice while the entry exists
+        self._cache: dict[tuple[Any, ...], tuple[nn.Module, nn.Module]] = {}
+        self._patches: dict[tuple[Any, ...], HealingPatch | None] = {}
         self._fingerprint: str | None = None
 
     @staticmethod
@@ -356,41 +359,52 @@ class PlanHealing(nn.Module):
 
     # ------------------------------------------------------------------ modules
     def clear_cache(self) -> None:
-        """Forget merged weights and the fingerprint (call after the LoRA weights change)."""
+        """Forget merged weights, patches and the fingerprint (after the LoRA weights or the model's slices change)."""
         self._cache.clear()
+        self._patches.clear()
         self._fingerprint = None
 
     def cached_bytes(self) -> int:
         """Bytes held by cached merged projections (the memory price of merged serving)."""
         return sum(
             p.numel() * p.element_size()
-            for m in self._cache.values()
+            for _, m in self._cache.values()
             if isinstance(m, nn.Linear)
             for p in m.parameters(recurse=False)
         )
 
     def _projection(
         self, group: str, layer: int, name: str, base: nn.Linear, rows: torch.Tensor | None,
-        cols: torch.Tensor | None, kept: int | None,
+        cols: torch.Tensor | None,
     ) -> nn.Module | None:
-        """The healed projection (merged or unmerged, cached), or None when it has no LoRA."""
+        """The healed ``base`` (merged or unmerged, cached per base module), or None when it has no LoRA."""
         k = self.key(group, layer, name)
         if k not in self.pairs:
             return None
-        ckey = (self.merged, group, layer, name, kept)
+        ckey = (self.merged, group, layer, name, id(base))
         hit = self._cache.get(ckey)
         if hit is None:
             pair = self.pairs[k]
             assert isinstance(pair, LoRAPair)
             if self.merged:
-                hit = merged_linear(base, pair, rows, cols, self.config.scale)
+                module: nn.Module = merged_linear(base, pair, rows, cols, self.config.scale)
             else:
-                hit = LoRALinear(base, pair, rows, cols, self.config.scale)
-            self._cache[ckey] = hit
-        return hit
+                module = LoRALinear(base, pair, rows, cols, self.config.scale)
+            hit = self._cache[ckey] = (base, module)
+        return hit[1]
 
     def patch(self, lm: PrunableLM, plan: PruningPlan) -> HealingPatch | None:
-        """The healing swaps for ``plan`` on ``lm`` (None when no group is active); touches no model."""
+        """The healing swaps for ``plan`` on ``lm`` (None when no group is active); touches no model.
+
+        Cached per plan until :meth:`clear_cache` (``PrunableLM.set_importance`` calls it: new
+        importance, new slices).
+        """
+        pkey = (plan, self.merged, id(lm))
+        if pkey not in self._patches:
+            self._patches[pkey] = self._build_patch(lm, plan)
+        return self._patches[pkey]
+
+    def _build_patch(self, lm: PrunableLM, plan: PruningPlan) -> HealingPatch | None:
         group = self.group_for(plan)
         if group is None:
             return None
@@ -410,14 +424,14 @@ class PlanHealing(nn.Module):
                 q_rows, kv_rows = _rows(base.kept_heads, g.head_dim, dev), _rows(base.kept_groups, g.head_dim, dev)
                 cuts = {"q_proj": (base.q, q_rows, None), "k_proj": (base.k, kv_rows, None),
                         "v_proj": (base.v, kv_rows, None), "o_proj": (base.o, None, q_rows)}
-                new = {p: self._projection(group, i, p, *cuts[p], keep) for p in ATTENTION}
+                new = {p: self._projection(group, i, p, *cuts[p]) for p in ATTENTION}
                 if any(m is not None for m in new.values()):
                     healed_heads[i] = dataclasses.replace(
                         base, **{p[0]: m if m is not None else cuts[p][0] for p, m in new.items()}
                     )
             else:
                 for p in ATTENTION:
-                    m = self._projection(group, i, p, originals[p], None, None, None)
+                    m = self._projection(group, i, p, originals[p], None, None)
                     if m is not None:
                         swaps.append((layer.self_attn, p, m))
             # MLP: the same with the plan's FFN slice
@@ -428,14 +442,14 @@ class PlanHealing(nn.Module):
                 kept = torch.tensor(base_f.kept, dtype=torch.long, device=base_f.gate.weight.device)
                 cuts_f = {"gate_proj": (base_f.gate, kept, None), "up_proj": (base_f.up, kept, None),
                           "down_proj": (base_f.down, None, kept)}
-                new = {p: self._projection(group, i, p, *cuts_f[p], keep) for p in MLP}
+                new = {p: self._projection(group, i, p, *cuts_f[p]) for p in MLP}
                 if any(m is not None for m in new.values()):
                     healed_ffn[i] = dataclasses.replace(
                         base_f, **{p.split("_")[0]: m if m is not None else cuts_f[p][0] for p, m in new.items()}
                     )
             else:
                 for p in MLP:
-                    m = self._projection(group, i, p, originals[p], None, None, None)
+                    m = self._projection(group, i, p, originals[p], None, None)
                     if m is not None:
                         swaps.append((layer.mlp, p, m))
         return HealingPatch(group, healed_heads, healed_ffn, tuple(swaps))
@@ -524,12 +538,22 @@ def is_healing_folder(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / INFO_FILE).is_file()
 
 
-def save_healing(healing: PlanHealing, folder: str | os.PathLike[str], info: HealingInfo, force: bool = False) -> Path:
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def save_healing(
+    healing: PlanHealing, folder: str | os.PathLike[str], info: HealingInfo, force: bool = False,
+    dtype: str = "float32",
+) -> Path:
     """Write ``healing`` (trained pairs only) and ``info`` to ``folder``, whole or not at all.
 
+    ``dtype`` is the stored precision (``"float16"`` halves the file); the in-memory weights are
+    rounded to it first, so ``healing`` and its fingerprint are what a load of the folder gives.
     Everything goes to a temporary folder beside ``folder`` that is renamed into place at the end;
     an existing ``folder`` is refused unless ``force`` (and then it must be a healing folder or empty).
     """
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(SAVE_DTYPES)}, got {dtype!r}")
     dest = Path(folder)
     if dest.exists():
         if not force:
@@ -537,7 +561,11 @@ def save_healing(healing: PlanHealing, folder: str | os.PathLike[str], info: Hea
         if not dest.is_dir() or (any(dest.iterdir()) and not is_healing_folder(dest)):
             raise ValueError(f"{dest} is not a healing folder; --force only replaces folders dynprune heal wrote")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: t.cpu().contiguous().clone() for k, t in healing.trained_state().items()}
+    with torch.no_grad():
+        for p in healing.parameters():
+            p.copy_(p.to(SAVE_DTYPES[dtype]).to(p.dtype))
+    healing.clear_cache()
+    tensors = {k: t.to(SAVE_DTYPES[dtype]).cpu().contiguous().clone() for k, t in healing.trained_state().items()}
     if not tensors:
         raise ValueError("the healing holds no trained LoRA pair (every B is zero); nothing to save")
     info = dataclasses.replace(info, fingerprint=healing.fingerprint)

@@ -93,6 +93,7 @@ class HealTrainConfig:
         extra_layer_ks: Layer counts trained beside the table's (the first k layers of its order).
         table: Action table (``"default"`` or entries as dicts).
         seed: Seed of the split, the samples, the LoRA initialisation and the step order.
+        save_dtype: Precision of the stored LoRA weights (``"float16"`` halves the folder).
     """
 
     prompts: str = "dynprune"
@@ -112,8 +113,13 @@ class HealTrainConfig:
     extra_layer_ks: tuple[int, ...] = ()
     table: str | tuple[dict[str, Any], ...] = "default"
     seed: int = 0
+    save_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        from dynprune.healing import SAVE_DTYPES
+
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ValueError(f"save_dtype must be one of {sorted(SAVE_DTYPES)}, got {self.save_dtype!r}")
         for name in ("max_new_tokens", "top_k", "steps", "batch_size", "eval_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -708,7 +714,7 @@ def train_healing(
     if not info.trained_groups:
         raise ValueError("no group beat the untrained model on the validation prompts; nothing to save "
                          "(train longer, or with another learning rate)")
-    save_healing(healing, out, info, force=force)
+    save_healing(healing, out, info, force=force, dtype=config.save_dtype)
     healing.info = dataclasses.replace(info, fingerprint=healing.fingerprint)
     healing.name = out.resolve().name
     shutil.rmtree(work, ignore_errors=True)

@@ -228,3 +228,47 @@ def test_settings_are_checked() -> None:
     assert HealTrainConfig.from_dict(HealTrainConfig(extra_layer_ks=(4, 1)).to_dict()).extra_layer_ks == (1, 4)
     assert HealingConfig.from_dict(HealingConfig(targets=("o_proj", "q_proj")).to_dict()).targets == (
         "q_proj", "o_proj")
+
+
+def test_float16_folder_loads_to_the_same_fingerprint(tmp_path: Path, tiny_lm32: PrunableLM) -> None:
+    from dynprune.healing import HealingInfo, save_healing
+
+    healing = _random_healing(tiny_lm32, HealingConfig(rank=2))
+    info = HealingInfo(model_id=tiny_lm32.model_id, model_spec="tiny-llama", config=healing.config.to_dict(),
+                       table=[], plans={}, trained_groups=("layers", "heads", "ffn"))
+    save_healing(healing, tmp_path / "h16", info, dtype="float16")
+    loaded = load_healing(tmp_path / "h16", tiny_lm32)
+    assert loaded.fingerprint == healing.fingerprint == read_info(tmp_path / "h16").fingerprint
+    pair = next(iter(loaded.pairs.values()))
+    assert torch.equal(pair.B, pair.B.half().float())  # stored in half precision
+    with pytest.raises(FileExistsError):
+        save_healing(healing, tmp_path / "h16", info)
+
+
+def test_new_importance_rebuilds_the_healed_slices(tiny_lm32: PrunableLM) -> None:
+    from dynprune.importance import calibrate
+
+    lm = tiny_lm32
+    plan = PruningPlan(heads={0: 5}, ffn={1: 60})
+    healing = _random_healing(lm)
+    original = lm.importance
+    lm.set_healing(healing)
+    try:
+        with lm.apply(plan):
+            before = lm.logits(IDS)
+        other = calibrate(lm, texts=["zzz yyy xxx www " * 8], n_prompts=2, seq_len=24)
+        lm.set_importance(other)  # other heads / channels are kept: the healed slices must follow
+        with lm.apply(plan):
+            after = lm.logits(IDS)
+        lm.set_healing(None)
+        with lm.apply(plan):
+            plain = lm.logits(IDS)
+        healing.merged = False
+        lm.set_healing(healing)
+        with lm.apply(plan):
+            unmerged = lm.logits(IDS)
+        assert torch.allclose(after, unmerged, atol=1e-4) and not torch.allclose(after, plain)
+        assert not torch.allclose(before, after)
+    finally:
+        lm.set_healing(None)
+        lm.set_importance(original)
