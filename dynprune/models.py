@@ -37,7 +37,6 @@ from torch import nn
 
 from dynprune.generation import decode, decode_and_score, teacher_forced
 from dynprune.healing import apply_swaps
-from dynprune.healing import apply_swaps
 from dynprune.plan import PruningPlan
 from dynprune.pruning import (
     FFNSlice,
@@ -51,9 +50,6 @@ from dynprune.pruning import (
     build_layer_stack,
 )
 from dynprune.types import GenerationResult, Importance, ModelGeometry, Prompt, PromptFeatures, ScoreResult
-
-if TYPE_CHECKING:
-    from dynprune.healing import PlanHealing
 
 if TYPE_CHECKING:
     from dynprune.healing import PlanHealing
@@ -575,8 +571,6 @@ class PrunableLM:
         self.adapters: dict[int, nn.Module] = {}
         # Plan-conditional LoRA (dynprune.healing): swapped in by apply() under pruned plans only.
         self.healing: PlanHealing | None = None
-        # Plan-conditional LoRA (dynprune.healing): swapped in by apply() under pruned plans only.
-        self.healing: PlanHealing | None = None
         self._importance: Importance | None = None
         self._profiles: dict[tuple[str, int, int], HeadSlice | FFNSlice] = {}
         self._stacks: dict[tuple[Any, ...], LayerStack] = {}
@@ -921,21 +915,6 @@ class PrunableLM:
             return DynamicCache(config=self.model.config)
         with self.apply(plan):
             return DynamicCache(config=self.model.config)
-
-    def set_healing(self, healing: PlanHealing | None) -> None:
-        """Heal pruned plans with ``healing`` from now on (None: serve them unhealed).
-
-        Raises ``ValueError`` when the healing was trained for another model (naming both identities).
-        """
-        if self._active is not None:
-            raise RuntimeError("set healing outside lm.apply(...)")
-        if healing is not None:
-            healing.check_model(self)
-        self.healing = healing
-
-    def healing_label(self, plan: PruningPlan) -> str | None:
-        """``"<name>@<fingerprint>:<group>"`` of the healing ``apply(plan)`` puts in place, or None."""
-        return None if self.healing is None else self.healing.label(plan)
 
     def set_healing(self, healing: PlanHealing | None) -> None:
         """Heal pruned plans with ``healing`` from now on (None: serve them unhealed).
