@@ -3,6 +3,7 @@ restores exactly, and refuses a model it was not trained for."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -272,3 +273,34 @@ def test_new_importance_rebuilds_the_healed_slices(tiny_lm32: PrunableLM) -> Non
     finally:
         lm.set_healing(None)
         lm.set_importance(original)
+
+
+def test_a_stopped_run_resumes_where_it_was(tmp_path: Path, tiny_lm32: PrunableLM,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import dynprune.healing_train as ht
+
+    prompts = [p for p in _prompts(6) for p in (p, Prompt(id=p.id + "b", text=p.text, split="train"))]
+    config = HealTrainConfig(max_new_tokens=6, sampled=0, steps=8, batch_size=4, lr=5e-3, warmup=1, eval_every=4,
+                             table=ONE_PLAN_TABLE, val_fraction=0.25)
+    real, calls = ht.validate, []
+
+    def interrupted(*a: object, **k: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:  # the last validation (step 8): as if Ctrl-C hit there
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(ht, "validate", interrupted)
+    out = tmp_path / "h"
+    quiet = {"prompts": prompts, "progress": False, "log": lambda _: None}
+    with pytest.raises(KeyboardInterrupt):
+        train_healing(tiny_lm32, out, config, HealingConfig(rank=2), **quiet)
+    assert not out.exists() and (ht.work_folder(out) / "checkpoint.pt").is_file()
+    assert tiny_lm32.healing is None  # the model is left as it was
+    monkeypatch.setattr(ht, "validate", real)
+    with pytest.raises(ValueError, match="another run"):  # other settings: refused, not mixed in
+        train_healing(tiny_lm32, out, dataclasses.replace(config, lr=1e-3), HealingConfig(rank=2), **quiet)
+    _, report = train_healing(tiny_lm32, out, config, HealingConfig(rank=2), **quiet)
+    assert report.resumed_from == 4 and report.steps == 8
+    assert [v["step"] for v in report.validations] == [0, 4, 8]
+    assert out.is_dir() and not ht.work_folder(out).exists()
