@@ -29,59 +29,15 @@ from typing import Any
 from agents.checkpoint import CHECKPOINT, load_checkpoint, resume_seed, rewind_logs, save_checkpoint
 from dynprune.fileio import WRITE_ERRNOS, WriteFailed, atomic_write_json, describe_os_error
 from dynprune.runfolder import MARKER, RunMarker, open_run_folder, prepare_run_folder
+from envs.run_config import RunConfig
 
 #: What a train run writes (top-level names, glob patterns): ``--force`` deletes these and nothing else.
 RUN_OUTPUTS = ("config.json", "metrics.jsonl", "train_log.jsonl", "checkpoint.zip", "checkpoint_replay.pkl",
                "agent.zip", "agent.zip.agent.json", "test", "report", ".*.tmp")
 #: Settings a resumed run may change (the rest must stay as in config.json).
 RESUME_MAY_CHANGE = ("episodes", "checkpoint_every", "test_prompts", "test_timing", "tensorboard")
-
-
-def _env_kwargs(cfg: dict[str, Any], split: str) -> dict[str, Any]:
-    from dynprune.runtime import ProfileConfig
-
-    return {
-        "model": cfg["model"],
-        "split": split,
-        "reward": cfg["reward"],
-        "timing": cfg["timing"] if split == "train" else cfg["test_timing"],
-        "max_new_tokens": cfg["max_new_tokens"],
-        "telemetry": cfg["telemetry"],
-        # None: the env's default ("mixed") with scenario telemetry; runs written before --scenario
-        # defaulted to None kept "mixed" whatever the telemetry, which the env now refuses beside live/replay
-        "scenario": None if cfg["telemetry"] != "scenario" and cfg.get("scenario") == "mixed" else cfg.get("scenario"),
-        "device": cfg["device"],
-        "profile": ProfileConfig(new_tokens=cfg["profile_tokens"], repeats=cfg["profile_repeats"]),
-        # runs written before the option existed had no embedding in the observation
-        "prompt_embedding": cfg.get("prompt_embedding", 0),
-        **({"budget_range": tuple(cfg["budget_range"])} if cfg.get("budget_range") else {}),
-        **({"healing": cfg["healing"]} if cfg.get("healing") else {}),  # runs explored with healing
-    }
-
-
-def _limit_prompts(env: Any, limit: int | None, seed: int) -> None:
-    """Keep a fixed random subset of the env's prompts (same seed, same subset)."""
-    import numpy as np
-
-    prompts = env.unwrapped.prompts
-    if limit is not None and limit < len(prompts):
-        idx = sorted(np.random.default_rng(seed).choice(len(prompts), size=limit, replace=False).tolist())
-        env.unwrapped.prompts = [prompts[i] for i in idx]
-
-
-def _make_env(cfg: dict[str, Any], split: str, lm: Any = None) -> Any:
-    import gymnasium as gym
-
-    import envs  # noqa: F401 - registers DynPrune-v0
-
-    kwargs = _env_kwargs(cfg, split)
-    if lm is not None:
-        kwargs["model"] = lm
-    if split == "test":
-        kwargs["sequential"] = True
-    env = gym.make("DynPrune-v0", **kwargs)
-    _limit_prompts(env, cfg["train_prompts"] if split == "train" else cfg["test_prompts"], cfg["seed"])
-    return env
+#: Arguments of the command line that are not settings of the run (never written to config.json).
+NOT_SETTINGS = ("fn", "force", "resume", "run_dir", "verbose", "given_options")
 
 
 class _RecordingCallback:
@@ -143,7 +99,7 @@ def _legacy_run(run_dir: Path) -> bool:
     return isinstance(cfg, dict) and {"agent", "episodes"} <= set(cfg) and (run_dir / CHECKPOINT).is_file()
 
 
-def _resume_config(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _resume_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
     """The config of the run to resume, with the changes ``--resume`` allows; refuse any other change."""
     try:
         marker = open_run_folder(run_dir)
@@ -156,8 +112,9 @@ def _resume_config(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--run-dir {run_dir} holds a dynprune {marker.kind} run; only train runs resume")
     path = run_dir / "config.json"
     try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+        # through RunConfig: settings a run written before an option existed did not store take its default
+        cfg = RunConfig.from_json(json.loads(path.read_text())).to_json()
+    except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"{path} cannot be read ({err}); restore it, or start the run again with --force") from err
     given = getattr(args, "given_options", set())
     for key in sorted(given & set(cfg)):
@@ -168,7 +125,7 @@ def _resume_config(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
                 f"{option} {value!r} differs from this run's {cfg[key]!r} ({path}); a resumed run keeps its "
                 f"settings: drop {option}, or start a new run in another --run-dir"
             )
-    return {**cfg, **{key: getattr(args, key) for key in given & set(RESUME_MAY_CHANGE)}}
+    return RunConfig.from_json({**cfg, **{key: getattr(args, key) for key in given & set(RESUME_MAY_CHANGE)}})
 
 
 class _GivenStore(argparse.Action):
@@ -193,44 +150,45 @@ def train(args: argparse.Namespace) -> int:
         cfg = _resume_config(run_dir, args)
     else:
         prepare_run_folder(run_dir, "train", RUN_OUTPUTS, force=args.force, resume_hint=True)
-        cfg = {k: v for k, v in vars(args).items()
-               if k not in ("fn", "force", "resume", "run_dir", "verbose", "given_options")}
-        cfg["created"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        atomic_write_json(run_dir / "config.json", cfg)
-    env = _make_env(cfg, "train")
-    print(f"[train] {cfg['agent']} on {env.unwrapped.lm.model_id}: {len(env.unwrapped.prompts)} train prompts, "
-          f"{cfg['episodes']} episodes, reward={cfg['reward']}, timing={cfg['timing']}", flush=True)
+        names = set(RunConfig.field_names())
+        cfg = RunConfig.from_args(args, **{k: v for k, v in vars(args).items() if k not in NOT_SETTINGS
+                                           and k not in names}, created=time.strftime("%Y-%m-%d %H:%M:%S"))
+        atomic_write_json(run_dir / "config.json", cfg.to_json())
+    run = cfg.extra  # the command's own settings: agent, episodes, checkpoint_every, tensorboard
+    env = cfg.make_env("train")
+    print(f"[train] {run['agent']} on {env.unwrapped.lm.model_id}: {len(env.unwrapped.prompts)} train prompts, "
+          f"{run['episodes']} episodes, reward={cfg.reward}, timing={cfg.timing}", flush=True)
     done_steps, first_episode = 0, 0
     if args.resume and (run_dir / CHECKPOINT).is_file():
         model = load_checkpoint(DoubleDQN, run_dir, env)
         done_steps = model.num_timesteps
-        if cfg["episodes"] < done_steps:
-            raise ValueError(f"--episodes {cfg['episodes']} is fewer than the {done_steps} steps this run has "
+        if run["episodes"] < done_steps:
+            raise ValueError(f"--episodes {run['episodes']} is fewer than the {done_steps} steps this run has "
                              f"trained; pass --episodes {done_steps} or more")
         # new draws of prompts, scenarios and exploration from here (not a replay of step 0's)
-        model.set_random_seed(resume_seed(cfg["seed"], done_steps))
-        model.tensorboard_log = cfg.get("tensorboard")
+        model.set_random_seed(resume_seed(cfg.seed, done_steps))
+        model.tensorboard_log = run.get("tensorboard")
     if args.resume:
         # records past the checkpoint (a kill, a full disk) are measured again: drop them
         point = rewind_logs(run_dir, done_steps)
         first_episode = point.next_episode
-        atomic_write_json(run_dir / "config.json", cfg)  # --episodes may have changed
+        atomic_write_json(run_dir / "config.json", cfg.to_json())  # --episodes may have changed
         print(f"[train] resuming at step {done_steps} (episode {first_episode})"
               + (f"; dropped {point.dropped_records} records written after the checkpoint"
                  if point.dropped_records else ""), flush=True)
     if not done_steps:
-        model = make_dqn(env, double=cfg["agent"] == "ddqn", seed=cfg["seed"],
-                         learning_starts=min(64, max(8, cfg["episodes"] // 10)),
-                         target_update_interval=max(10, cfg["episodes"] // 20),
-                         tensorboard_log=cfg.get("tensorboard"))
-    remaining = cfg["episodes"] - done_steps
-    agent_name = cfg["agent"]
+        model = make_dqn(env, double=run["agent"] == "ddqn", seed=cfg.seed,
+                         learning_starts=min(64, max(8, run["episodes"] // 10)),
+                         target_update_interval=max(10, run["episodes"] // 20),
+                         tensorboard_log=run.get("tensorboard"))
+    remaining = run["episodes"] - done_steps
+    agent_name = run["agent"]
     interrupted = False
     if remaining <= 0:
-        print(f"[train] the run has its {cfg['episodes']} episodes; pass --episodes N (more) to train further")
+        print(f"[train] the run has its {run['episodes']} episodes; pass --episodes N (more) to train further")
     try:
-        with Progress(cfg["episodes"], "train", "episodes", initial=done_steps) as bar:
-            callback = _RecordingCallback.make(run_dir, cfg["checkpoint_every"], bar, agent_name, first_episode)
+        with Progress(run["episodes"], "train", "episodes", initial=done_steps) as bar:
+            callback = _RecordingCallback.make(run_dir, run["checkpoint_every"], bar, agent_name, first_episode)
             try:
                 if remaining > 0:
                     model.learn(remaining, callback=callback, reset_num_timesteps=done_steps == 0)
@@ -253,47 +211,38 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate(run_dir: Path, cfg: dict[str, Any], lm: Any = None, progress: bool = True) -> dict[str, Any]:
-    """Evaluate the trained agent and the baselines on held-out prompts; write test/*.jsonl."""
-    import numpy as np
-
+def evaluate(run_dir: Path, cfg: RunConfig, lm: Any = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate the trained agent and the baselines on held-out prompts (``agents.evaluation``'s protocol);
+    write test/<agent>.jsonl and test/summary.json."""
     from agents.base import load_agent
     from agents.baselines import RandomAgent, StaticAgent
+    from agents.evaluation import agent_records, measure_held_out
     from dynprune.plots import format_table
     from dynprune.progress import Progress
-    from dynprune.records import append_record, record_from_dict, summarise
+    from dynprune.records import append_record, summarise
 
-    env = _make_env(cfg, "test", lm=lm)
+    name = cfg.extra["agent"]
+    env = cfg.make_env("test", lm=lm)
     core = env.unwrapped
     trained = load_agent(run_dir / "agent.zip", env=env)
-    agents: dict[str, Any] = {cfg["agent"]: trained, "random": RandomAgent(core.action_space.n, seed=cfg["seed"])}
-    for a, name in enumerate(core.action_names):
-        agents["none" if a == 0 else f"static-{name}"] = StaticAgent(a, core.action_space.n)
+    agents: dict[str, Any] = {name: trained, "random": RandomAgent(core.action_space.n, seed=cfg.seed)}
+    for a, action_name in enumerate(core.action_names):
+        agents["none" if a == 0 else f"static-{action_name}"] = StaticAgent(a, core.action_space.n)
     out_dir = run_dir / "test"
     # the files an earlier evaluation wrote, not the folder: anything else a user put there stays
     for old in [*out_dir.glob("*.jsonl"), out_dir / "summary.json"]:
         old.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records: list[Any] = []
-    n = len(core.prompts)
-    obs, info = env.reset(seed=cfg["seed"] + 1)
-    # Every action is measured once per prompt (live), so all agents are compared on the same measurements.
-    bar = Progress(n, "test", "prompts", value_name=f"{cfg['agent']} reward", enabled=progress)
-    for i in range(n):
-        table = core.action_records()
-        rewards = np.array([r.reward for r in table])
-        picks = {name: int(agent.act(obs, info)) for name, agent in agents.items()}
-        picks["oracle"] = int(np.argmax(rewards))
-        for name, action in picks.items():
-            rec = asdict(table[action])
-            rec.update(agent=name, episode=i, step=0)
-            append_record(out_dir / f"{name}.jsonl", rec)
-            records.append(record_from_dict(rec))
-        bar.update(1, table[picks[cfg["agent"]]].reward)
-        if i + 1 < n:
-            obs, info = env.reset()
+    bar = Progress(len(core.prompts), "test", "prompts", value_name=f"{name} reward", enabled=progress)
+
+    def write(m: Any, _seconds: float) -> None:  # as each prompt is measured: a killed test keeps its prompts
+        for agent in m.picks:
+            append_record(out_dir / f"{agent}.jsonl", asdict(m.record(agent)))
+        bar.update(1, m.table[m.picks[name]].reward)
+
+    measurements = measure_held_out(env, agents, cfg.seed, on_prompt=write)
     bar.close()
-    summary = summarise(records, by="agent")
+    summary = summarise(agent_records(measurements), by="agent")
     atomic_write_json(out_dir / "summary.json", summary)
     print(format_table(summary))
     return summary
@@ -304,10 +253,9 @@ def test(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "agent.zip").is_file():
         raise ValueError(f"{run_dir} has no trained agent (agent.zip); run dynprune train first")
-    cfg = json.loads((run_dir / "config.json").read_text())
-    for key in ("test_prompts", "test_timing"):
-        if getattr(args, key, None) is not None:
-            cfg[key] = getattr(args, key)
+    cfg = RunConfig.from_json(json.loads((run_dir / "config.json").read_text()))
+    cfg = cfg.replace(**{key: getattr(args, key) for key in ("test_prompts", "test_timing")
+                         if getattr(args, key, None) is not None})
     evaluate(run_dir, cfg)
     return 0
 
@@ -322,7 +270,7 @@ def main_job(args: argparse.Namespace) -> int:
     rc = train(args)
     if rc:
         return rc
-    cfg = json.loads((Path(args.run_dir) / "config.json").read_text())
+    cfg = RunConfig.from_json(json.loads((Path(args.run_dir) / "config.json").read_text()))
     evaluate(Path(args.run_dir), cfg)
     paths = write_report(Path(args.run_dir))
     print(f"[main] report: {Path(args.run_dir) / 'report'} ({len(paths)} files) in {time.perf_counter() - t0:.0f} s")
@@ -334,27 +282,10 @@ def _add_run_args(p: argparse.ArgumentParser, episodes: int, train_prompts: int 
     p.register("action", None, _GivenStore)  # plain options note that they were given (see _resume_config)
     p.add_argument("--agent", choices=("ddqn", "dqn"), default="ddqn", help="Double DQN or SB3's DQN")
     p.add_argument("--episodes", type=int, default=episodes, help="training episodes (one prompt each)")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--reward", default="casrap")
-    p.add_argument("--timing", choices=("modelled", "live", "profiled"), default="modelled",
-                   help="training timing: modelled (latency model + memoised quality, deterministic), live or profiled")
-    p.add_argument("--test-timing", choices=("live", "modelled", "profiled"), default="live")
-    p.add_argument("--telemetry", choices=("scenario", "live", "replay"), default="scenario")
-    p.add_argument("--scenario", default=None, help="load scenario(s), --telemetry scenario only (default: mixed)")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--train-prompts", type=int, default=train_prompts, help="random subset of the train split")
-    p.add_argument("--test-prompts", type=int, default=test_prompts, help="random subset of the test split")
-    p.add_argument("--profile-tokens", type=int, default=12, help="tokens per latency-profile timing run")
-    p.add_argument("--profile-repeats", type=int, default=2)
-    p.add_argument("--prompt-embedding", type=int, default=0, metavar="N",
-                   help="append N projected prompt-embedding coordinates to the observation")
-    p.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help="latency_budget reward: budget / full-model latency drawn from this range (default 0.8 1.2)")
+    RunConfig.add_arguments(p, defaults={"train_prompts": train_prompts, "test_prompts": test_prompts})
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="write TensorBoard logs (SB3's and the episodes' reward, speed-up, prefix fidelity) under DIR")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true",
                    help="replace the run in --run-dir: delete the files it wrote (other files stay)")
     p.add_argument("--resume", action="store_true",
@@ -370,8 +301,9 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("test", help="evaluate a trained agent against none / static / random / oracle")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--test-prompts", type=int, default=None)
-    p.add_argument("--test-timing", choices=("live", "modelled", "profiled"), default=None)
+    # None: the run's own (config.json)
+    RunConfig.add_arguments(p, skip=[n for n in RunConfig.field_names() if n not in ("test_prompts", "test_timing")],
+                            defaults={"test_prompts": None, "test_timing": None})
     p.set_defaults(fn=test)
 
     p = sub.add_parser("main", help="the README's main job: train, test and report on the embedded model")

@@ -40,7 +40,6 @@ Writes ``benchmarks/results/offline_rl.json`` and prints a table.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import statistics
 import time
@@ -49,20 +48,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401 - registers DynPrune-v0
 from agents.baselines import RandomAgent, StaticAgent
-from agents.cli import _env_kwargs
+from agents.evaluation import PromptMeasurement, agent_records, measure_held_out
 from agents.offline import ALGOS, train_offline
 from benchmarks import harness
-from benchmarks.utils import seeded_subset, sweep_logs_dir
+from benchmarks.utils import sweep_logs_dir
 from dynprune.models import PrunableLM, load_model
 from dynprune.plots import format_table
 from dynprune.records import summarise
 from dynprune.runtime import TIMINGS, PlanEvaluator
-from dynprune.types import StepRecord
+from envs.run_config import RunConfig, seeded_subset
 from offline_data.cli import _quiet_d3rlpy
 from offline_data.dataset import LEGACY_META_FILE, load_logs, read_meta, shard_path, shard_paths, to_mdp_dataset
 from offline_data.explore import ExploreSummary, explore, prompt_ids_of
@@ -138,14 +136,14 @@ class Args(harness.Args):
         """``algos`` as a list, in the order given."""
         return [a.strip() for a in self.algos.split(",") if a.strip()]
 
-    def run_config(self) -> dict[str, Any]:
-        """The settings in the keys of a ``dynprune train`` run (``agents.cli._env_kwargs`` reads them)."""
-        return {
-            "model": self.model, "reward": self.reward, "timing": self.timing, "test_timing": self.test_timing,
-            "max_new_tokens": self.max_new_tokens, "telemetry": self.telemetry, "scenario": self.scenario,
-            "device": self.device, "profile_tokens": self.profile_tokens, "profile_repeats": self.profile_repeats,
-            "prompt_embedding": self.prompt_embedding,
-        }
+    def run_config(self) -> RunConfig:
+        """The env settings of the sweep and the held-out env, as a ``dynprune train`` run would have them."""
+        return RunConfig(
+            model=self.model, reward=self.reward, timing=self.timing, test_timing=self.test_timing,
+            max_new_tokens=self.max_new_tokens, telemetry=self.telemetry, scenario=self.scenario,
+            device=self.device, profile_tokens=self.profile_tokens, profile_repeats=self.profile_repeats,
+            prompt_embedding=self.prompt_embedding, test_prompts=self.test_prompts, seed=self.seed,
+        )
 
 
 # ----------------------------------------------------------------------------- (1) sweep
@@ -261,46 +259,20 @@ def sweep_report(
 # ----------------------------------------------------------------------------- (3) held-out evaluation
 
 
-def evaluate_agents(
-    env: gym.Env, agents: dict[str, Any], seed: int
-) -> tuple[list[StepRecord], list[dict[str, Any]]]:
-    """Measure every action once per test prompt; every agent (and the oracle) picks one of those records.
-
-    The protocol of ``agents.cli.evaluate``: reset with ``seed + 1``, visit the prompts in
-    order, ``action_records()`` once per prompt, the oracle is the first action of highest reward.
-
-    Returns:
-        One record per (prompt, agent), tagged with the agent's name; and per prompt the
-        reward, speed-up and fidelity of every action and each agent's pick.
-    """
-    core = env.unwrapped
-    n = len(core.prompts)
-    records: list[StepRecord] = []
-    per_prompt: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    obs, info = env.reset(seed=seed + 1)  # the reset computes the prompt's full-model baseline
-    for i in range(n):
-        table = core.action_records()
-        rewards = np.array([r.reward for r in table])
-        picks = {name: int(agent.act(obs, info)) for name, agent in agents.items()}
-        picks["oracle"] = int(np.argmax(rewards))
-        for name, action in picks.items():
-            records.append(dataclasses.replace(table[action], agent=name, episode=i, step=0))
-        per_prompt.append(
-            {
-                "prompt_id": info["prompt_id"],
-                "observation": [float(x) for x in obs],  # what every agent acted on (names: observation_names)
-                "rewards": rewards.tolist(),
-                "speedups": [r.speedup for r in table],
-                "fidelities": [r.fidelity for r in table],
-                "picks": picks,
-            }
-        )
-        print(f"  test prompt {i + 1}/{n} ({info['prompt_id']}): {time.perf_counter() - t0:.1f} s", flush=True)
-        if i + 1 < n:
-            t0 = time.perf_counter()
-            obs, info = env.reset()
-    return records, per_prompt
+def per_prompt_rows(measurements: list[PromptMeasurement]) -> list[dict[str, Any]]:
+    """The JSON of each held-out prompt: what every agent acted on, every action's reward, speed-up and
+    fidelity, and each agent's pick (``agents.evaluation``'s protocol measured them)."""
+    return [
+        {
+            "prompt_id": m.prompt_id,
+            "observation": list(m.observation),  # what every agent acted on (names: observation_names)
+            "rewards": m.rewards,
+            "speedups": [r.speedup for r in m.table],
+            "fidelities": [r.fidelity for r in m.table],
+            "picks": dict(m.picks),
+        }
+        for m in measurements
+    ]
 
 
 def make_claim(table: dict[str, Any], per_prompt: list[dict[str, Any]]) -> dict[str, Any]:
@@ -359,7 +331,7 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
     cfg = args.run_config()
 
     # 1. sweep: every action on every train prompt, one shard per prompt
-    train_kwargs = _env_kwargs(cfg, "train")
+    train_kwargs = cfg.env_kwargs("train")
     if lm is not None:
         train_kwargs["model"] = lm
     else:
@@ -403,16 +375,19 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
         }
 
     # 3. held-out prompts: every action measured once, every agent scored on the same records
-    test_env = gym.make("DynPrune-v0", **{**_env_kwargs(cfg, "test"), "model": lm, "sequential": True})
+    test_env = cfg.make_env("test", lm=lm)
     core = test_env.unwrapped
-    core.prompts = seeded_subset(core.prompts, args.test_prompts, args.seed)
     agents: dict[str, Any] = {**offline, "random": RandomAgent(n_actions, seed=args.seed)}
     for a, name in enumerate(core.action_names):
         agents["none" if a == 0 else f"static-{name}"] = StaticAgent(a, n_actions)
     print(f"(3) held-out: {len(core.prompts)} test prompts x {n_actions} actions, timing={args.test_timing} ...",
           flush=True)
     t0 = time.perf_counter()
-    records, per_prompt = evaluate_agents(test_env, agents, args.seed)
+    n = len(core.prompts)
+    measurements = measure_held_out(
+        test_env, agents, args.seed,
+        on_prompt=lambda m, s: print(f"  test prompt {m.index + 1}/{n} ({m.prompt_id}): {s:.1f} s", flush=True))
+    records, per_prompt = agent_records(measurements), per_prompt_rows(measurements)
     test_s = time.perf_counter() - t0
     test_env.close()
     table = summarise(records, by="agent")
@@ -438,7 +413,7 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
             "(the first from its baseline's start), baseline_s = PlanEvaluator.baseline_seconds (full answer, "
             "its perplexity, prompt features; not the full-model runs inside latency-profile measurements); "
             "null with workers > 1. agents: every action measured once per test prompt and every agent scored "
-            "on those records (agents.cli.evaluate's protocol); std is the population std over prompts; "
+            "on those records (agents.evaluation's protocol); std is the population std over prompts; "
             "oracle = best action per prompt in hindsight; best_static is picked on the test records "
             "(optimistic); random_expected_reward = mean over prompts of the mean reward of all actions."
         ),

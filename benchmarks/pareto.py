@@ -47,19 +47,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
-import numpy as np
-
 import envs  # noqa: F401 - registers DynPrune-v0
 from agents.baselines import RandomAgent
-from agents.cli import _env_kwargs
 from agents.dqn import SB3Agent, make_dqn
+from agents.evaluation import hull as mixture_hull
+from agents.evaluation import hull_quality, measure_held_out
 from agents.offline import ALGOS, train_offline
 from benchmarks import harness
-from benchmarks.utils import adapters_file, seeded_subset
+from benchmarks.utils import adapters_file
 from dynprune.adapters import AdapterConfig, attach_adapters, load_adapters, save_adapters, train_adapters
 from dynprune.models import PrunableLM, cache_dir
 from dynprune.selection import layers_plan
+from envs.run_config import RunConfig, seeded_subset
 from offline_data.cli import _quiet_d3rlpy
 from offline_data.dataset import load_logs, read_meta, to_mdp_dataset
 from offline_data.explore import explore, prompt_ids_of
@@ -129,13 +128,14 @@ class Args(harness.Args):
         """``algos`` as a list."""
         return [a.strip() for a in self.algos.split(",") if a.strip()]
 
-    def run_config(self) -> dict[str, Any]:
-        """Settings in the keys ``agents.cli._env_kwargs`` reads."""
-        return {
-            "model": self.model, "reward": self.reward, "timing": "profiled", "test_timing": "live",
-            "max_new_tokens": self.max_new_tokens, "telemetry": "scenario", "scenario": "mixed",
-            "device": self.device, "profile_tokens": 2 if self.smoke else 12, "profile_repeats": 1 if self.smoke else 2,
-        }
+    def run_config(self) -> RunConfig:
+        """The env settings: profiled training, live held-out measurements, mixed load, seeded prompt subsets."""
+        return RunConfig(
+            model=self.model, reward=self.reward, timing="profiled", test_timing="live",
+            max_new_tokens=self.max_new_tokens, telemetry="scenario", scenario="mixed", device=self.device,
+            profile_tokens=2 if self.smoke else 12, profile_repeats=1 if self.smoke else 2,
+            train_prompts=self.train_prompts, test_prompts=self.test_prompts, seed=self.seed,
+        )
 
 
 # ----------------------------------------------------------------------------- agents
@@ -157,11 +157,9 @@ def adapters_path(lm: PrunableLM, args: Args) -> Path:
     return path
 
 
-def train_ddqn(lm: Any, cfg: dict[str, Any], args: Args) -> SB3Agent:
+def train_ddqn(lm: Any, cfg: RunConfig, args: Args) -> SB3Agent:
     """Double DQN trained online on the train prompts (profiled timing, the env's reward)."""
-    env = gym.make("DynPrune-v0", **{**_env_kwargs(cfg, "train"), "model": lm})
-    core = env.unwrapped
-    core.prompts = seeded_subset(core.prompts, args.train_prompts, args.seed)
+    env = cfg.make_env("train", lm=lm)
     model = make_dqn(env, double=True, seed=args.seed, learning_starts=min(64, max(8, args.ddqn_episodes // 10)),
                      target_update_interval=max(10, args.ddqn_episodes // 20))
     model.learn(args.ddqn_episodes)
@@ -169,11 +167,11 @@ def train_ddqn(lm: Any, cfg: dict[str, Any], args: Args) -> SB3Agent:
     return SB3Agent(model, name="double-dqn")
 
 
-def train_offline_agents(lm: Any, cfg: dict[str, Any], args: Args) -> tuple[dict[str, Any], dict[str, Any]]:
+def train_offline_agents(lm: Any, cfg: RunConfig, args: Args) -> tuple[dict[str, Any], dict[str, Any]]:
     """A profiled sweep of the train prompts (resumable, in the cache), then each d3rlpy learner on it."""
     if not args.algo_list:
         return {}, {}
-    kwargs = {**_env_kwargs(cfg, "train"), "model": lm}
+    kwargs = {**cfg.env_kwargs("train"), "model": lm}
     ids = seeded_subset(prompt_ids_of(kwargs), args.train_prompts, args.seed)
     slug = re.sub(r"[^A-Za-z0-9._-]", "_", args.model)
     name = f"pareto-{slug}-{args.reward}-n{args.train_prompts}-tok{args.max_new_tokens}-seed{args.seed}"
@@ -199,38 +197,6 @@ def train_offline_agents(lm: Any, cfg: dict[str, Any], args: Args) -> tuple[dict
 def with_cost(speedup: float, act_s: float, full_s: float) -> float:
     """Speed-up once the controller's decision time is added to the pruned latency (same full latency)."""
     return 1.0 / (1.0 / (1.0 + speedup) + act_s / full_s) - 1.0
-
-
-def measure_held_out(env: gym.Env, agents: dict[str, Any], static_plans: dict[str, Any], seed: int
-                     ) -> list[dict[str, Any]]:
-    """Per held-out prompt: every table action and every static plan measured live, each agent's timed pick."""
-    core = env.unwrapped
-    rows: list[dict[str, Any]] = []
-    obs, info = env.reset(seed=seed + 1)
-    for i, prompt in enumerate(core.prompts):
-        t0 = time.perf_counter()
-        table = core.action_records()  # retimes the full model first: every ratio is against a fresh baseline
-        full_s = core.evaluator.baseline(prompt).latency_s
-        extra = {name: core.record_plan(plan) for name, plan in static_plans.items()}
-        picks, act_s = {}, {}
-        for name, agent in agents.items():
-            t = time.perf_counter()
-            picks[name] = int(agent.act(obs, info))
-            act_s[name] = time.perf_counter() - t
-        rewards = [r.reward for r in table]
-        picks["oracle"], act_s["oracle"] = int(np.argmax(rewards)), 0.0
-        rows.append({
-            "prompt_id": prompt.id,
-            "full_latency_s": full_s,
-            "table": [dataclasses.asdict(r) for r in table],
-            "static": {name: dataclasses.asdict(r) for name, r in extra.items()},
-            "picks": picks,
-            "act_s": act_s,
-        })
-        print(f"  prompt {i + 1}/{len(core.prompts)} ({prompt.id}): {time.perf_counter() - t0:.1f} s", flush=True)
-        if i + 1 < len(core.prompts):
-            obs, info = env.reset()
-    return rows
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -278,33 +244,9 @@ def frontier_quality(front: list[tuple[float, float]], speedup: float) -> float 
 
 
 def hull(points: list[dict[str, Any]]) -> list[tuple[float, float]]:
-    """Upper concave envelope of the static points (speed-up, fidelity), from the best-quality point rightwards.
-
-    Choosing between two static plans per prompt (at random, with the right odds) reaches every point
-    on the segment between them, so this is what any per-prompt mixture of static plans achieves.
-    """
-    pts = sorted({(p["speedup"]["mean"], p["fidelity"]["mean"]) for p in points})
-    upper: list[tuple[float, float]] = []
-    for x, y in pts:  # Andrew's monotone chain, upper half
-        while len(upper) >= 2:
-            (x1, y1), (x2, y2) = upper[-2], upper[-1]
-            if (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1) >= 0:  # the middle point is not above the chord
-                upper.pop()
-            else:
-                break
-        upper.append((x, y))
-    top = max(range(len(upper)), key=lambda i: (upper[i][1], -upper[i][0]))
-    return upper[top:]
-
-
-def hull_quality(h: list[tuple[float, float]], speedup: float) -> float | None:
-    """Fidelity of the best static mixture at ``speedup`` (None beyond the fastest static point)."""
-    if speedup <= h[0][0]:
-        return h[0][1]
-    for (x1, y1), (x2, y2) in zip(h, h[1:], strict=False):
-        if x1 <= speedup <= x2:
-            return y1 + (y2 - y1) * (speedup - x1) / (x2 - x1)
-    return None
+    """Upper concave envelope of the static points' (mean speed-up, mean fidelity) (``agents.evaluation.hull``):
+    what any per-prompt mixture of static plans achieves."""
+    return mixture_hull([(p["speedup"]["mean"], p["fidelity"]["mean"]) for p in points])
 
 
 def load_overlays(paths: str) -> list[dict[str, Any]]:
@@ -413,9 +355,8 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
     offline, offline_info = train_offline_agents(lm, cfg, args)
     agents.update(offline)
 
-    test_env = gym.make("DynPrune-v0", **{**_env_kwargs(cfg, "test"), "model": lm, "sequential": True})
+    test_env = cfg.make_env("test", lm=lm)
     core = test_env.unwrapped
-    core.prompts = seeded_subset(core.prompts, args.test_prompts, args.seed)
     n_actions = core.action_space.n
     agents["random"] = RandomAgent(n_actions, seed=args.seed)
     for a in range(n_actions):
@@ -432,7 +373,18 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
     print(f"(3) held-out: {len(core.prompts)} prompts x ({n_actions} actions + {len(static_plans)} plans), live ...",
           flush=True)
     t0 = time.perf_counter()
-    rows = measure_held_out(test_env, agents, static_plans, args.seed)
+    n = len(core.prompts)
+    measurements = measure_held_out(
+        test_env, agents, args.seed, plans=static_plans,
+        on_prompt=lambda m, s: print(f"  prompt {m.index + 1}/{n} ({m.prompt_id}): {s:.1f} s", flush=True))
+    rows = [{
+        "prompt_id": m.prompt_id,
+        "full_latency_s": m.full_latency_s,
+        "table": [dataclasses.asdict(r) for r in m.table],
+        "static": {name: dataclasses.asdict(r) for name, r in m.plans.items()},
+        "picks": dict(m.picks),
+        "act_s": dict(m.act_s),
+    } for m in measurements]
     test_s = time.perf_counter() - t0
     test_env.close()
 

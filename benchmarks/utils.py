@@ -6,7 +6,7 @@
 - output: :func:`write_json` (atomic), :func:`summary` (median / min / max).
 - machine: :func:`machine_info` (CPU, cores, threads, versions, device, date, load),
   :func:`load_average`, :func:`machine_load` (other busy processes over half a second).
-- prompts and caches: :func:`seeded_subset`, :func:`sweep_logs_dir`, :func:`adapters_file`.
+- prompts and caches: :func:`seeded_subset` (``envs.run_config``'s), :func:`sweep_logs_dir`, :func:`adapters_file`.
 - timing: :data:`TIMED_PROMPT`, :func:`sync`, :func:`rotated`, :class:`Bottleneck`, :func:`time_apply_restore`,
   :func:`time_cold_build`, :func:`naive_step`.
 - work model: :func:`parse_ks`, :func:`param_counts`, :func:`work_model` (the parameter-count
@@ -32,12 +32,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
 import psutil
 import torch
 from torch import nn
 
 from dynprune.fileio import atomic_write_json
+from envs.run_config import seeded_subset  # noqa: F401 - the one prompt-subset rule, re-exported for the scripts
 
 if TYPE_CHECKING:
     from dynprune.adapters import AdapterConfig
@@ -205,18 +205,6 @@ def machine_load(threads: int) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- prompts and caches
-
-
-def seeded_subset(items: Sequence[T], k: int, seed: int) -> list[T]:
-    """``k`` items drawn without replacement, in their original order; all of them when ``k >= len(items)``.
-
-    The rule of ``agents.cli._limit_prompts``: the same seed picks the same prompts as
-    ``dynprune train --train-prompts`` / ``dynprune test --test-prompts``.
-    """
-    if k >= len(items):
-        return list(items)
-    idx = sorted(np.random.default_rng(seed).choice(len(items), size=k, replace=False).tolist())
-    return [items[i] for i in idx]
 
 
 def sweep_logs_dir(model: str, reward: str, timing: str, prompts: int, max_new_tokens: int, seed: int,

@@ -161,6 +161,7 @@ class DynPruneEnv(gym.Env):
     | latency_model       | None             | ``LatencyModel`` or its file (default: the cached fit)      |
     | prompt_embedding    | 0                | N > 0 appends N projected prompt-embedding coordinates      |
     | healing             | None             | healing folder (``dynprune heal``): LoRA active under pruned plans only |
+    | adapters            | None             | adapters file (``dynprune adapters train``) for pruned layers |
     | device, dtype       | "auto"           | passed to ``load_model``                                    |
     | render_mode         | None             | "ansi" (last step, one line), "rgb_array" (recent steps)  |
 
@@ -207,6 +208,7 @@ class DynPruneEnv(gym.Env):
         latency_model: Any = None,
         prompt_embedding: int = 0,
         healing: str | None = None,
+        adapters: str | None = None,
         device: str = "auto",
         dtype: str = "auto",
         render_mode: str | None = None,
@@ -259,6 +261,10 @@ class DynPruneEnv(gym.Env):
             from dynprune.healing import attach_healing
 
             attach_healing(self.lm, healing)
+        if adapters is not None:  # before the first table plan is built, so layer actions use them
+            from dynprune.adapters import attach_adapters, load_adapters
+
+            attach_adapters(self.lm, load_adapters(adapters, self.lm))
         if self.lm.device.type == "cuda":
             self.monitor = make_monitor(telemetry, scenario=scenario if telemetry == "scenario" else None,
                                         trace=trace if telemetry == "replay" else None, device=str(self.lm.device))

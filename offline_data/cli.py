@@ -27,33 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from envs.run_config import RunConfig
+
 #: What an offline run writes (top-level names, glob patterns): ``--force`` deletes these and nothing else.
 OFFLINE_RUN_OUTPUTS = ("config.json", "train_log.jsonl", "agent.zip", "agent.zip.agent.json", "test", "report",
                        ".*.tmp")
-
-
-def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    from dynprune.runtime import ProfileConfig
-
-    kwargs: dict[str, Any] = {
-        "model": args.model,
-        "split": args.split,
-        "reward": args.reward,
-        "timing": args.timing,
-        "max_new_tokens": args.max_new_tokens,
-        "telemetry": args.telemetry,
-        "scenario": args.scenario,
-        "device": args.device,
-        "profile": ProfileConfig(new_tokens=args.profile_tokens, repeats=args.profile_repeats),
-        "prompt_embedding": args.prompt_embedding,
-    }
-    if args.budget_range is not None:
-        kwargs["budget_range"] = tuple(args.budget_range)
-    if args.prompt_source != "dynprune":
-        kwargs["prompts"] = args.prompt_source
-    if getattr(args, "healing", None) is not None:  # the env attaches it; the shards' settings record it
-        kwargs["healing"] = args.healing
-    return kwargs
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
@@ -62,7 +40,10 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from offline_data.dataset import check_logs
     from offline_data.explore import ExploreFailed, explore, prompt_ids_of
 
-    env_kwargs = _env_kwargs(args)
+    settings = RunConfig.from_args(args)
+    # the env's own adapters are not in the kwargs: explore attaches the file itself and records it in the
+    # shards' explore settings (offline runs read it there)
+    env_kwargs = {k: v for k, v in settings.env_kwargs(args.split).items() if k != "adapters"}
     ids = prompt_ids_of(env_kwargs)
     if args.prompts is not None:
         if args.prompts < 1:
@@ -148,47 +129,52 @@ def _env_defaults() -> dict[str, Any]:
     return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
 
 
-def run_config(meta: dict[str, Any], args: argparse.Namespace, agent_name: str) -> dict[str, Any]:
-    """The ``config.json`` of an offline run: the logs' env settings, in the keys ``dynprune test`` reads."""
-    from dynprune.runtime import ProfileConfig
-
+def run_config(meta: dict[str, Any], args: argparse.Namespace, agent_name: str) -> RunConfig:
+    """The settings of an offline run: the logs' env settings (so the held-out env matches the one the data
+    came from, adapters and healing included), the held-out options and the learner's settings."""
     env = {**_env_defaults(), **meta["settings"]["env"]}
     for key in ("model", "reward"):
         if not isinstance(env[key], str):
             raise ValueError(f"the logs' env {key} {env[key]!r} is not a name; dynprune test needs a named {key}")
+    from dynprune.runtime import ProfileConfig
+
     profile = env.get("profile") or {}
-    default_profile = ProfileConfig()
-    return {
-        "agent": agent_name,
-        "algo": args.algo,
-        "logs": str(Path(args.logs).resolve()),
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "learning_rate": args.lr,
-        "seed": args.seed,
-        "model": env["model"],
-        "reward": env["reward"],
-        "timing": env["timing"],
-        "test_timing": args.test_timing,
-        "max_new_tokens": env["max_new_tokens"],
-        "telemetry": env["telemetry"],
-        "scenario": env["scenario"],
-        "device": env["device"],
-        "profile_tokens": profile.get("new_tokens", default_profile.new_tokens),
-        "profile_repeats": profile.get("repeats", default_profile.repeats),
-        "prompt_embedding": env.get("prompt_embedding", 0),
-        "train_prompts": None,
-        "test_prompts": args.test_prompts,
-        "relabel_budgets": getattr(args, "relabel_budgets", None),
-        "relabel_range": getattr(args, "relabel_range", None),
+    defaults = ProfileConfig()  # the env's profile when the logs name none
+    source = env["prompts"]
+    return RunConfig(
+        model=env["model"],
+        reward=env["reward"],
+        timing=env["timing"],
+        test_timing=args.test_timing,
+        max_new_tokens=env["max_new_tokens"],
+        telemetry=env["telemetry"],
+        scenario=env["scenario"],
+        device=env["device"],
+        profile_tokens=profile.get("new_tokens", defaults.new_tokens),
+        profile_repeats=profile.get("repeats", defaults.repeats),
+        prompt_embedding=env.get("prompt_embedding", 0),
         # the held-out env draws budgets as the logs' env did
-        "budget_range": list(env["budget_range"]) if env.get("budget_range") is not None else None,
-        # adapters the logs were explored with (the held-out env must attach the same ones)
-        "adapters": meta["settings"]["explore"].get("adapters"),
+        budget_range=env["budget_range"],
         # healing the logs were explored with (the held-out env attaches the same folder)
-        "healing": env.get("healing"),
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+        healing=env.get("healing"),
+        # adapters the logs were explored with (the held-out env attaches the same file)
+        adapters=meta["settings"]["explore"].get("adapters"),
+        prompt_source=source if isinstance(source, str) else "dynprune",
+        train_prompts=None,
+        test_prompts=args.test_prompts,
+        seed=args.seed,
+        extra={
+            "agent": agent_name,
+            "algo": args.algo,
+            "logs": str(Path(args.logs).resolve()),
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "learning_rate": args.lr,
+            "relabel_budgets": getattr(args, "relabel_budgets", None),
+            "relabel_range": getattr(args, "relabel_range", None),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    )
 
 
 def _quiet_d3rlpy() -> None:
@@ -224,13 +210,13 @@ def cmd_offline(args: argparse.Namespace) -> int:
         print(f"[offline] relabelled {logged} logged rows under {args.relabel_budgets} budgets each: {len(ds)} rows",
               flush=True)
     mdp = to_mdp_dataset(ds, n_actions=int(meta["n_actions"]))
-    cfg["transitions"] = int(mdp.transition_count)
+    cfg = cfg.replace(transitions=int(mdp.transition_count))
     run_dir = Path(args.run_dir)
     prepare_run_folder(run_dir, "offline", OFFLINE_RUN_OUTPUTS, force=args.force)
-    atomic_write_json(run_dir / "config.json", cfg)
+    atomic_write_json(run_dir / "config.json", cfg.to_json())
     if not getattr(args, "verbose", False):
         _quiet_d3rlpy()
-    print(f"[offline] {args.algo} on {cfg['transitions']} logged transitions ({len(ds)} rows) from {args.logs}, "
+    print(f"[offline] {args.algo} on {cfg.extra['transitions']} logged transitions ({len(ds)} rows) from {args.logs}, "
           f"{args.steps} steps", flush=True)
     config: dict[str, Any] = {"batch_size": args.batch_size}
     if args.lr is not None:
@@ -246,7 +232,7 @@ def cmd_offline(args: argparse.Namespace) -> int:
     agent.save(run_dir / "agent.zip")
     print(f"[offline] done: {run_dir / 'agent.zip'}; evaluate with: dynprune test --run-dir {run_dir}")
     if args.test:
-        evaluate(run_dir, json.loads((run_dir / "config.json").read_text()))
+        evaluate(run_dir, RunConfig.from_json(json.loads((run_dir / "config.json").read_text())))
     return 0
 
 
@@ -255,19 +241,13 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("explore", help="log exploration data (DFS / random layer sets, or a sweep of the action table)")
     p.add_argument("--strategy", choices=("dfs", "random", "sweep"), required=True)
     p.add_argument("--out", required=True, help="log directory (one Parquet shard per prompt; re-run to resume)")
-    p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--split", choices=("train", "test"), default="train")
-    p.add_argument("--prompt-source", default="dynprune", help="prompt source (see dynprune.tasks)")
     p.add_argument("--prompts", type=int, default=None, help="explore only the first N prompts of the split")
     p.add_argument("--threshold", type=float, default=0.8,
                    help="DFS: go deeper while the score (task score, else fidelity) stays at or above this")
     p.add_argument("--max-scenarios", type=int, default=20, help="DFS: configurations per prompt")
     p.add_argument("--n-random", type=int, default=5, help="random: layer sets per prompt")
     p.add_argument("--max-frac", type=float, default=0.5, help="random: largest fraction of layers pruned")
-    p.add_argument("--adapters", default=None,
-                   help="adapters file (dynprune adapters train): pruned layers are replaced by their adapter")
-    p.add_argument("--healing", default=None,
-                   help="healing folder (dynprune heal): its LoRA runs under every pruned plan explored")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine (prompts dealt round-robin)")
     p.add_argument("--backend", choices=("processes", "ray"), default="processes",
                    help="--workers shards as local processes, or as Ray tasks (the cluster RAY_ADDRESS names, else "
@@ -277,20 +257,8 @@ def add_commands(sub: Any) -> None:
                         "processes, 1 per Ray task; a Ray task reserves that many CPUs)")
     p.add_argument("--retries", type=int, default=3,
                    help="Ray: runs of a task again after its worker process died (it skips the prompts already logged)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reward", default="casrap")
-    p.add_argument("--timing", choices=("modelled", "live", "profiled"), default="modelled",
-                   help="modelled (latency model + memoised quality, deterministic), live or profiled")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--telemetry", choices=("scenario", "live", "replay"), default="scenario")
-    p.add_argument("--scenario", default=None, help="load scenario(s), --telemetry scenario only (default: mixed)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--profile-tokens", type=int, default=12, help="tokens per latency-profile timing run")
-    p.add_argument("--profile-repeats", type=int, default=2)
-    p.add_argument("--prompt-embedding", type=int, default=0, metavar="N",
-                   help="append N projected prompt-embedding coordinates to the observation")
-    p.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help="latency_budget reward: budget / full-model latency drawn from this range (default 0.8 1.2)")
+    # the env settings (recorded in every shard): one declaration with dynprune train's
+    RunConfig.add_arguments(p, skip=("test_timing", "train_prompts", "test_prompts"))
     p.set_defaults(fn=cmd_explore)
 
     p = sub.add_parser("prefs", help="preference pairs of layer sets from logged exploration")
@@ -316,10 +284,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4)")
     p.add_argument("--device", default="cpu:0", help="torch device of the learner (d3rlpy style)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-timing", choices=("live", "modelled", "profiled"), default="live",
-                   help="timing of dynprune test")
-    p.add_argument("--test-prompts", type=int, default=None, help="random subset of the test split for dynprune test")
+    # the held-out options and the seed (the env settings come from the logs)
+    RunConfig.add_arguments(p, skip=[n for n in RunConfig.field_names()
+                                     if n not in ("test_timing", "test_prompts", "seed")])
     p.add_argument("--relabel-budgets", type=int, default=None, metavar="K",
                    help="latency_budget logs: learn from every row under K budgets (the logged one and K-1 fresh "
                         "draws; hindsight relabelling, offline_data.relabel)")

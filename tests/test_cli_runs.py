@@ -77,7 +77,7 @@ def test_bad_arguments_exit_nonzero(tmp_path, bad):
 
 
 def test_budget_range_reaches_the_train_and_test_envs(tmp_path):
-    from agents.cli import _make_env
+    from envs.run_config import RunConfig
 
     run_dir = tmp_path / "budget"
     argv = [a if a != "proxy" else "latency_budget" for a in TINY]
@@ -85,7 +85,7 @@ def test_budget_range_reaches_the_train_and_test_envs(tmp_path):
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["budget_range"] == [0.9, 0.95]
     for split in ("train", "test"):
-        env = _make_env(cfg, split)
+        env = RunConfig.from_json(cfg).make_env(split)
         assert env.unwrapped.budget_range == (0.9, 0.95)
         obs, _ = env.reset(seed=0)
         budget = obs[env.unwrapped.observation_names.index("latency_budget")] / env.unwrapped.monitor.budget_scale
