@@ -19,7 +19,7 @@ One loaded model, three steps:
    reward, ``relabel_budgets=K`` first copies every row under K budgets (the logged one and
    K-1 drawn in the logs' budget span; ``offline_data.relabel``): a sweep sees one budget per
    prompt, and the best action is a threshold rule on the budget.
-3. **Held-out evaluation**, the protocol of ``dynprune test`` (``agents.cli.evaluate``): on
+3. **Held-out evaluation**, the protocol of ``dynprune test`` (``agents.evaluation``): on
    ``test_prompts`` prompts of the test split, every action is measured once per prompt
    with ``test_timing`` (default ``"live"``: a timed generation per action), and every agent
    (each offline learner, a seeded random agent, a static agent per action, the oracle =
