@@ -16,8 +16,9 @@ and exploration. Its cost model (DESIGN.md, "Cost model of one environment step"
 - ``timing="live"`` (evaluation): the plan and the full model generate the same ``n``
   tokens side by side, forward passes interleaved (:mod:`dynprune.paired_timing`), so the
   speed-up compares timings taken under the same load (a baseline timed at the prompt's
-  first visit compared two loads as much as two models); perplexity from the memoised
-  teacher-forced pass.
+  first visit compared two loads as much as two models); decode steps enter as the median
+  ratio of adjacent steps (``PairedRun.speedup``), so a load burst that hits one pass of a
+  pair does not move the total; perplexity from the memoised teacher-forced pass.
 - ``timing="profiled"``: no generation. Quality comes from one teacher-forced
   pass of the pruned model over prompt + full answer (argmax agreement and
   perplexity); speed from a :class:`LatencyProfile` per (plan, prompt-length
@@ -477,8 +478,8 @@ class PlanEvaluator:
             return Evaluation(
                 timing="live",
                 speedup=run.speedup,
-                latency_s=run.pruned.latency_s,
-                tokens_per_s=run.pruned.tokens_per_s,
+                latency_s=run.pruned_latency_s,
+                tokens_per_s=n / run.pruned_latency_s,
                 ppl=q.ppl,
                 fidelity=fid.token_agreement,
                 exact_match=fid.exact_match,

@@ -274,7 +274,14 @@ def test_paired_live_step_times_both_models_on_the_same_work(tiny_lm32, tiny_lat
     want_full = lm.generate(ids, 7, ignore_eos=True)
     assert run.pruned.output_ids == want_pruned.output_ids and run.full.output_ids == want_full.output_ids
     assert run.full.produced == run.pruned.produced == 7 and lm.active_plan is None
-    assert run.speedup == pytest.approx(run.full.latency_s / run.pruned.latency_s - 1)
+    assert run.sum_speedup == pytest.approx(run.full.latency_s / run.pruned.latency_s - 1)
+    # the live step's estimate: decode steps at the full model's median step over the median ratio of adjacent steps
+    import statistics
+
+    ratio = statistics.median(f / p for f, p in zip(run.full_steps, run.pruned_steps, strict=True))
+    med = statistics.median(run.full_steps)
+    want = (run.full.prefill_s + 6 * med) / (run.pruned.prefill_s + 6 * med / ratio) - 1
+    assert len(run.full_steps) == len(run.pruned_steps) == 6 and run.speedup == pytest.approx(want)
     assert run.full.prefill_s > 0 and run.pruned.decode_s > 0
 
     ev = PlanEvaluator(lm, max_new_tokens=6, latency_model=tiny_latency)
@@ -371,5 +378,6 @@ def test_live_honesty_benchmark_smoke(tmp_path: Path, private_cache: Path) -> No
     assert data["background"]["processes"] == 1 and data["background"]["switches"] >= 1
     for r in data["rows"]:
         assert r["after_abs_error"] == pytest.approx(abs(r["after_speedup"] - r["reference_speedup"]))
+        assert r["after_sum_abs_error"] == pytest.approx(abs(r["after_sum_speedup"] - r["reference_speedup"]))
         assert len(r["reference_runs"]) == 2
     assert set(data["met"]) == {"after_median_abs_error"}
