@@ -692,7 +692,8 @@ def load_or_calibrate_latency(
                 log.warning("ignoring unusable latency model %s: %s", path, e)
     log.warning("fitting the latency model of %s (%s, %s, %d threads); cached in %s",
                 key.model_id, key.device, key.dtype, key.threads, path)
-    model, _ = calibrate_latency(lm, config, progress=progress or log.info)
+    # a line per point: on a fresh machine the fit runs minutes before the job's own progress starts
+    model, _ = calibrate_latency(lm, config, progress=progress or log.warning)
     save_latency_model(model, path)
     _LOADED[memo] = model
     return model
