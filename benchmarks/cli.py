@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, str] = {
     "latency_model": "benchmarks.latency_model",
     "live_honesty": "benchmarks.live_honesty",
     "table_env": "benchmarks.table_env",
+    "table_vs_live": "benchmarks.table_vs_live",
     "memory": "benchmarks.memory",
     "compress": "benchmarks.compress",
     "router": "benchmarks.router",

@@ -173,3 +173,18 @@ def test_table_env_benchmark_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ddqn = data["ddqn"]
     assert ddqn["steps"] == 300 and sum(ddqn["ddqn_actions"].values()) == ddqn["prompts"] * ddqn["passes"]
     assert ddqn["mean_reward"]["oracle"] >= max(v for k, v in ddqn["mean_reward"].items() if k != "oracle")
+
+
+def test_table_vs_live_benchmark_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.table_vs_live import main, spearman
+
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    monkeypatch.setenv("DYNPRUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "tvl.json"
+    main(["--smoke", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert len(data["prompt_ids"]) == 4 and len(data["per_prompt"]["live"]) == 4
+    assert {"ddqn", "random", "oracle", "static-none"} <= set(data["mean_reward"])
+    assert data["mean_reward"]["static-none"] == {"table": 0.0, "live": 0.0}
+    assert -1.0 <= data["spearman"] <= 1.0 and set(data["met"]) == {"spearman"}
