@@ -64,9 +64,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from benchmarks.env_throughput import naive_step
-from benchmarks.speed_limit import machine_load
-from benchmarks.utils import machine_info, parse_args, summary, write_json
+from benchmarks.utils import machine_info, machine_load, naive_step, parse_args, summary, write_json
 from dynprune.fileio import atomic_write_bytes
 from dynprune.metrics import fix_threads
 from dynprune.models import PrunableLM, load_model

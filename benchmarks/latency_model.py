@@ -44,8 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.speed_limit import machine_load
-from benchmarks.utils import machine_info, parse_args, summary, write_json
+from benchmarks.utils import machine_info, machine_load, parse_args, summary, write_json
 from dynprune.actions import DEFAULT_TABLE, entry_plan
 from dynprune.latency_model import (
     PLAN_KINDS,

@@ -45,18 +45,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.utils import machine_info, parse_args, summary, write_json
+from benchmarks.utils import machine_info, machine_load, parse_args, summary, write_json
 from dynprune.actions import DEFAULT_TABLE, entry_plan
 from dynprune.metrics import fix_threads
 from dynprune.models import PrunableLM, load_model
 from dynprune.plan import PruningPlan
 from dynprune.runtime import PlanEvaluator
 from dynprune.types import Prompt
-
-try:  # benchmarks.utils has it once the benchmark-harness refactor is in
-    from benchmarks.utils import machine_load  # type: ignore[attr-defined]
-except ImportError:
-    from benchmarks.speed_limit import machine_load
 
 DEFAULT_OUT = "benchmarks/results/live_honesty.json"
 TARGETS = {"after_median_abs_error": 0.05}

@@ -34,12 +34,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401 - registers the ids
-from benchmarks.utils import machine_info, parse_args, summary, write_json
-
-try:  # benchmarks.utils has it once the benchmark-harness refactor is in
-    from benchmarks.utils import machine_load  # type: ignore[attr-defined]
-except ImportError:
-    from benchmarks.speed_limit import machine_load
+from benchmarks.utils import machine_info, machine_load, parse_args, smoke_table, summary, write_json
 
 DEFAULT_OUT = "benchmarks/results/table_env.json"
 TARGETS = {"steps_per_s": 20_000}
@@ -76,23 +71,6 @@ class Args:
         for name in ("steps", "blocks", "eval_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-def smoke_table(folder: Path) -> Path:
-    """A small table on tiny-llama (both splits), built by the same code as the shipped one."""
-    import torch
-
-    from dynprune.latency_model import LatencyCalibration, calibrate_latency
-    from dynprune.models import load_model
-    from dynprune.table import build_table
-    from dynprune.tasks import load_prompts
-
-    torch.set_num_threads(1)
-    lm = load_model("tiny-llama", device="cpu")
-    every = load_prompts("dynprune", split=None)
-    prompts = [p for p in every if p.split == "train"][:6] + [p for p in every if p.split == "test"][:4]
-    lat, _ = calibrate_latency(lm, LatencyCalibration(points=8, repeats=1, prompt_tokens=(4, 32), new_tokens=(2, 4)))
-    return build_table(lm, prompts, folder / "smoke.parquet", max_new_tokens=4, latency_model=lat, progress=None)
 
 
 def speed(table: str, reward: str, steps: int, blocks: int, per_episode: int, seed: int) -> dict[str, Any]:

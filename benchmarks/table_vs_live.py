@@ -31,14 +31,9 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401 - registers the ids
-from benchmarks.utils import machine_info, parse_args, write_json
+from benchmarks.utils import machine_info, machine_load, parse_args, smoke_table, write_json
 from dynprune.metrics import fix_threads
 from dynprune.models import load_model
-
-try:  # benchmarks.utils has it once the benchmark-harness refactor is in
-    from benchmarks.utils import machine_load  # type: ignore[attr-defined]
-except ImportError:
-    from benchmarks.speed_limit import machine_load
 
 DEFAULT_OUT = "benchmarks/results/table_vs_live.json"
 TARGETS = {"spearman": 0.9}
@@ -106,7 +101,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = args.table
     lm = None
     if args.smoke:
-        from benchmarks.table_env import smoke_table
 
         table = str(smoke_table(Path(tempfile.mkdtemp(prefix="tvl-smoke-"))))
     data = read_table(table_path(table))

@@ -418,3 +418,20 @@ def work_model(counts: dict[str, Any], prompt_tokens: int, new_tokens: int, skip
         "total": prefill_layers + prefill_fixed + decode_layers + decode_fixed,
         "total_fixed": prefill_fixed + decode_fixed,
     }
+
+
+def smoke_table(folder: Path) -> Path:
+    """A small table on tiny-llama (both splits), built by the same code as the shipped one."""
+    import torch
+
+    from dynprune.latency_model import LatencyCalibration, calibrate_latency
+    from dynprune.models import load_model
+    from dynprune.table import build_table
+    from dynprune.tasks import load_prompts
+
+    torch.set_num_threads(1)
+    lm = load_model("tiny-llama", device="cpu")
+    every = load_prompts("dynprune", split=None)
+    prompts = [p for p in every if p.split == "train"][:6] + [p for p in every if p.split == "test"][:4]
+    lat, _ = calibrate_latency(lm, LatencyCalibration(points=8, repeats=1, prompt_tokens=(4, 32), new_tokens=(2, 4)))
+    return build_table(lm, prompts, folder / "smoke.parquet", max_new_tokens=4, latency_model=lat, progress=None)
