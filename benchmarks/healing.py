@@ -5,10 +5,12 @@ with a gold answer first), for every action of the DynPrune-v0 table and for k =
 layers (lowest block influence first, the table's own order):
 
 - **unhealed**: the plan alone;
-- **plan-conditional**: a healing folder trained by ``dynprune heal --grouping kind`` (one LoRA
-  per kind of plan, active only under pruned plans; the ``none`` action is the original);
-- **shared** (when a folder is given): ``dynprune heal --grouping shared``, one LoRA for every
-  pruned plan (still never under ``none``).
+- each healing folder of ``--healings`` (``name=folder,...``, made by ``dynprune heal``): LoRA
+  active only under pruned plans, so the ``none`` action is the original. By default ``kind``
+  (one LoRA per kind of plan) and ``shared`` (one for every pruned plan), trained with the same
+  settings and time budget (the grouping comparison), and ``shared-tuned``, the committed folder
+  (``benchmarks/results/healing_smollm2``: shared, a higher learning rate whose cosine schedule
+  ends within the budget, float16). The last one is the *served* variant the targets are judged on.
 
 Per (plan, variant), against the original model's greedy answer to each prompt:
 
@@ -68,26 +70,32 @@ from dynprune.tasks import load_prompts
 from dynprune.types import Prompt
 
 DEFAULT_OUT = "benchmarks/results/healing.json"
-VARIANTS = ("unhealed", "plan-conditional", "shared")
 MAIN_ACTION = "layers-25%"
+DEFAULT_HEALINGS = ("kind={cache}/healing/smollm2-kind-r8,shared={cache}/healing/smollm2-shared-r8,"
+                    "shared-tuned=benchmarks/results/healing_smollm2")
+"""The folders of benchmarks/README.md's ``dynprune heal`` runs (``{cache}``: dynprune's cache folder)."""
 
 
-def default_folder(grouping: str) -> Path:
-    """Where ``dynprune heal`` runs of benchmarks/README.md put the embedded model's healing."""
-    return cache_dir() / "healing" / f"smollm2-{grouping}-r8"
+def healing_folders(spec: str) -> dict[str, Path]:
+    """``"name=folder,..."`` -> ``{name: folder}`` in order; ``{cache}`` is dynprune's cache folder."""
+    out: dict[str, Path] = {}
+    for item in spec.split(","):
+        name, sep, folder = item.strip().partition("=")
+        if not sep or not name or not folder or name == "unhealed" or name in out:
+            raise ValueError(f"healings must be distinct name=folder pairs (not 'unhealed'), got {item!r} in {spec!r}")
+        out[name] = Path(folder.replace("{cache}", str(cache_dir())))
+    return out
 
 
 @dataclass
 class Args(harness.Args):
-    """Plan-conditional healing vs none vs a shared LoRA, every table action and k = 1..9 skipped layers."""
+    """Plan-conditional healing folders vs none, every table action and k = 1..9 skipped layers."""
 
     out: str = DEFAULT_OUT
     threads: int | None = 1
     """torch CPU threads (1: on this shared 2-core machine two threads ran a training step 10x slower)"""
-    healing: str | None = None
-    """plan-conditional healing folder (none: <dynprune cache>/healing/smollm2-kind-r8)"""
-    shared: str | None = None
-    """shared-LoRA healing folder (none: <dynprune cache>/healing/smollm2-shared-r8 if it exists)"""
+    healings: str = DEFAULT_HEALINGS
+    """name=folder,... of the healings to compare ({cache}: dynprune's cache); the last is the served one"""
     test_prompts: int = 60
     """held-out prompts: the test split's prompts with a gold answer first, then a seeded draw of the rest"""
     ks: str = "1,2,3,4,5,6,7,8,9"
@@ -118,8 +126,8 @@ def held_out(n: int, seed: int) -> list[Prompt]:
     return gold + seeded_subset([p for p in pool if p.answer is None], n - len(gold), seed)
 
 
-def smoke_folders(lm: PrunableLM, where: Path) -> tuple[str, str]:
-    """Train a tiny kind and shared healing on tiny-llama (seconds) for the smoke run."""
+def smoke_folders(lm: PrunableLM, where: Path) -> str:
+    """Train a tiny kind and shared healing on tiny-llama (seconds) for the smoke run; return their ``--healings``."""
     from dynprune.healing import HealingConfig
     from dynprune.healing_train import HealTrainConfig, train_healing
 
@@ -134,8 +142,8 @@ def smoke_folders(lm: PrunableLM, where: Path) -> tuple[str, str]:
         folder = where / f"tiny-{grouping}"
         train_healing(lm, folder, config, HealingConfig(grouping=grouping, rank=4), prompts=prompts, progress=False,
                       log=lambda _: None)
-        out.append(str(folder))
-    return out[0], out[1]
+        out.append(f"{grouping}={folder}")
+    return ",".join(out)
 
 
 def bench_plans(lm: PrunableLM, ks: list[int]) -> tuple[dict[str, PruningPlan], dict[str, str]]:
@@ -189,18 +197,22 @@ def quality(
     }
 
 
-def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The issue's targets, each with the measured numbers and met / missed."""
+def targets(result: dict[str, Any], variant: str) -> dict[str, dict[str, Any]]:
+    """The issue's targets for one healed variant, each with the measured numbers and met / missed.
+
+    The KL target is over the table's actions (the k = 1..9 rows beyond them are reported, not judged).
+    """
     rows = {r["name"]: r for r in result["rows"]}
     main = rows[MAIN_ACTION]
-    healed, plain = main["plan-conditional"], main["unhealed"]
+    healed, plain = main[variant], main["unhealed"]
     full_task = result["full"]["task_score"]
-    kl_pairs = {n: (r["unhealed"]["kl"], r["plan-conditional"]["kl"]) for n, r in rows.items() if n != "none"}
-    speed = {n: (r["unhealed"].get("net_speedup"), r["plan-conditional"].get("net_speedup"))
-             for n, r in rows.items() if n != "none" and r["unhealed"].get("net_speedup") is not None}
+    actions = [n for n in rows if not n.startswith("k=") and n != "none"]
+    kl_pairs = {n: (rows[n]["unhealed"]["kl"], rows[n][variant]["kl"]) for n in actions}
+    speed = {n: (rows[n]["unhealed"].get("net_speedup"), rows[n][variant].get("net_speedup"))
+             for n in actions if rows[n]["unhealed"].get("net_speedup") is not None}
     return {
-        "none_bit_identical": {"value": result["none_bit_identical"]["plan-conditional"],
-                               "met": bool(result["none_bit_identical"]["plan-conditional"])},
+        "none_bit_identical": {"value": result["none_bit_identical"][variant],
+                               "met": bool(result["none_bit_identical"][variant])},
         "layers25_greedy_agreement>=0.3": {"value": healed["greedy_agreement"], "unhealed": plain["greedy_agreement"],
                                            "met": healed["greedy_agreement"] >= 0.3},
         "layers25_tf_agreement>=0.75": {"value": healed["tf_agreement"], "unhealed": plain["tf_agreement"],
@@ -221,18 +233,15 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
     """Everything the JSON holds but the harness's stamps."""
     assert lm is not None
-    tmp = Path(tempfile.mkdtemp(prefix="healing-smoke-")) if args.smoke else None
-    if tmp is not None:
-        kind_dir, shared_dir = smoke_folders(lm, tmp)
-    else:
-        kind_dir = args.healing or str(default_folder("kind"))
-        shared_dir = args.shared or (str(default_folder("shared")) if default_folder("shared").is_dir() else None)
-    if not Path(kind_dir).is_dir():
-        raise ValueError(f"no healing folder at {kind_dir}; make it with: dynprune heal --model {args.model} "
-                         f"--threads 1 --out {kind_dir} (benchmarks/README.md has the exact command)")
-    healings: dict[str, PlanHealing | None] = {"unhealed": None, "plan-conditional": load_healing(kind_dir, lm)}
-    if shared_dir is not None:
-        healings["shared"] = load_healing(shared_dir, lm)
+    spec = smoke_folders(lm, Path(tempfile.mkdtemp(prefix="healing-smoke-"))) if args.smoke else args.healings
+    folders = healing_folders(spec)
+    for name, folder in folders.items():
+        if not folder.is_dir():
+            raise ValueError(f"no healing folder {name}={folder}; make it with dynprune heal --model {args.model} "
+                             f"--out {folder} (benchmarks/README.md has the exact commands)")
+    healings: dict[str, PlanHealing | None] = {"unhealed": None}
+    healings.update({name: load_healing(folder, lm) for name, folder in folders.items()})
+    served = list(folders)[-1]
     prompts = held_out(args.test_prompts, args.seed)
     ids = [lm.encode_prompt(p.text, max_new_tokens=args.max_new_tokens) for p in prompts]
     plans, same = bench_plans(lm, parse_ks(args.ks, lm.geometry.num_layers))
@@ -303,7 +312,7 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
         rows[row].update({k: v for k, v in rows[twin].items() if k in healings})
         rows[row]["same_plan_as"] = twin
     unmerged = None
-    healed = healings["plan-conditional"]
+    healed = healings[served]
     if live and healed is not None and MAIN_ACTION in unique:
         healed.merged = False
         lm.set_healing(healed)
@@ -316,14 +325,14 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
             with lm.apply(plan):
                 pass  # builds every merged weight the table needs
         lm.set_healing(None)
-        unmerged = {"action": MAIN_ACTION, "speedup": statistics.median(r.speedup + 1.0 for r in runs),
-                    "merged_speedup": rows[MAIN_ACTION]["plan-conditional"].get("speedup")}
+        unmerged = {"variant": served, "action": MAIN_ACTION,
+                    "speedup": statistics.median(r.speedup + 1.0 for r in runs),
+                    "merged_speedup": rows[MAIN_ACTION][served].get("speedup")}
     memory = {n: h.cached_bytes() / 2**20 for n, h in healings.items() if h is not None}
     training = {n: read_info(d).report | {"settings": read_info(d).training, "healing": read_info(d).config,
                                           "folder": str(d), "trained_groups": list(read_info(d).trained_groups)}
-                for n, d in (("plan-conditional", kind_dir), ("shared", shared_dir)) if d is not None}
-    folder_mb = {n: sum(f.stat().st_size for f in Path(d).iterdir()) / 2**20
-                 for n, d in (("plan-conditional", kind_dir), ("shared", shared_dir)) if d is not None}
+                for n, d in folders.items()}
+    folder_mb = {n: sum(f.stat().st_size for f in d.iterdir()) / 2**20 for n, d in folders.items()}
     result: dict[str, Any] = {
         "model_id": lm.model_id,
         "prompts": {"split": "test", "ids": [p.id for p in prompts], "n": len(prompts),
@@ -332,13 +341,15 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
                  "batched_vs_single_decode_agreement": statistics.fmean(single_agree) if single_agree else None},
         "none_bit_identical": bit_identical,
         "variants": list(healings),
+        "served": served,
         "rows": list(rows.values()),
         "unmerged": unmerged,
         "merged_cache_mib": memory,
         "folder_mib": folder_mb,
         "training": training,
     }
-    result["targets"] = targets(result)
+    result["targets"] = targets(result, served)
+    result["targets_by_variant"] = {v: targets(result, v) for v in folders}
     return result
 
 
@@ -351,7 +362,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     rows = result["rows"]
     krows = [r for r in rows if r["name"].startswith("k=")]
     ks = [int(r["name"][2:]) for r in krows]
-    colours = {"unhealed": "tab:grey", "plan-conditional": "tab:blue", "shared": "tab:orange"}
+    palette = ["tab:grey", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    colours = {v: palette[i % len(palette)] for i, v in enumerate(result["variants"])}
     for v in result["variants"]:
         ax.plot(ks, [r[v]["greedy_agreement"] for r in krows], "-o", color=colours[v], label=f"{v}: greedy")
         ax.plot(ks, [r[v]["tf_agreement"] for r in krows], "--s", color=colours[v], alpha=0.6,
@@ -392,6 +404,7 @@ def print_table(result: dict[str, Any]) -> None:
                   f"{f(q.get('net_speedup')):>7}")
     print(f"\nfull model task score {f(result['full']['task_score'])}; "
           f"none bit-identical: {result['none_bit_identical']}")
+    print(f"targets, judged on the served healing ({result['served']}):")
     for name, t in result["targets"].items():
         shown = t["value"] if not isinstance(t["value"], dict) else "see JSON"
         print(f"  {'MET   ' if t['met'] else 'MISSED'} {name}: {shown}")

@@ -68,8 +68,8 @@ def add_heal_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("heal", help="train LoRA healing that runs only under pruned plans (the full model untouched)")
     _add_model_args(p)
     p.add_argument("--out", required=True, help="healing folder to write (healing.json + lora.safetensors)")
-    p.add_argument("--grouping", default="kind", choices=("kind", "shared"),
-                   help="one LoRA per kind of plan (layers / heads / ffn), or one shared by every pruned plan")
+    p.add_argument("--grouping", default="shared", choices=("shared", "kind"),
+                   help="one LoRA shared by every pruned plan, or one per kind of plan (layers / heads / ffn)")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (update scale alpha / rank)")
     p.add_argument("--placement", default="all", choices=("all", "cut"),

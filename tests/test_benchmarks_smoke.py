@@ -106,26 +106,31 @@ def test_env_throughput_smoke_never_overwrites_the_results() -> None:
 
 
 def test_healing_smoke(tmp_path: Path) -> None:
-    from benchmarks.healing import VARIANTS, main
+    from benchmarks.healing import main
 
     out = tmp_path / "healing.json"
     main(["--smoke", "--out", str(out)])
     data = json.loads(out.read_text())
     assert {"args", "machine", "model_id", "rows", "targets", "training", "none_bit_identical", "wall_s"} <= set(data)
-    assert data["variants"] == list(VARIANTS) and all(data["none_bit_identical"].values())
+    variants = ["unhealed", "kind", "shared"]
+    assert data["variants"] == variants and data["served"] == "shared" and all(data["none_bit_identical"].values())
     names = [r["name"] for r in data["rows"]]
     assert names[:2] == ["none", "heads-5%"] and names[-2:] == ["k=1", "k=2"]
     for r in data["rows"]:
-        for v in VARIANTS:
+        for v in variants:
             q = r[v]
             assert 0 <= q["tf_agreement"] <= 1 and 0 <= q["greedy_agreement"] <= 1 and q["kl"] >= 0
             if r["name"] != "none":
                 assert q["net_speedup"] > 0 and q["apply_restore_ms"] > 0
     none = next(r for r in data["rows"] if r["name"] == "none")
-    assert none["plan-conditional"]["kl"] == 0.0 and none["plan-conditional"]["active_healing"] is None
+    assert none["shared"]["kl"] == 0.0 and none["shared"]["active_healing"] is None
     assert set(data["targets"]) >= {"none_bit_identical", "every_action_kl_lower", "net_speedup>=80%_of_unhealed"}
-    assert {"plan-conditional", "shared"} == set(data["training"])
+    assert set(data["targets_by_variant"]) == {"kind", "shared"} == set(data["training"])
     assert (tmp_path / "healing.png").stat().st_size > 0
     with pytest.raises(ValueError, match="--smoke needs --out"):
         main(["--smoke"])
+    from benchmarks.healing import healing_folders
 
+    with pytest.raises(ValueError, match="name=folder"):
+        healing_folders("unhealed=/x")
+    assert list(healing_folders("b=/x,a={cache}/y")) == ["b", "a"]

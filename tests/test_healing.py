@@ -40,7 +40,7 @@ def _kl(lm: PrunableLM, plan: PruningPlan, ids: list[int], start: int = 1) -> fl
 
 
 def _random_healing(lm: PrunableLM, config: HealingConfig | None = None) -> PlanHealing:
-    healing = PlanHealing.for_model(lm, config)
+    healing = PlanHealing.for_model(lm, config or HealingConfig(grouping="kind"))
     with torch.no_grad():
         for pair in healing.pairs.values():
             pair.B.normal_(0.0, 0.05)
@@ -66,7 +66,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_lm32: PrunableLM) -> 
     prompts = [p for p in _prompts(12) for p in (p, Prompt(id=p.id + "b", text=p.text, split="train"))]
     config = HealTrainConfig(max_new_tokens=12, sampled=0, steps=40, batch_size=8, lr=5e-3, warmup=2,
                              eval_every=20, table=ONE_PLAN_TABLE, val_fraction=0.25)
-    healing, report = train_healing(tiny_lm32, out, config, HealingConfig(rank=4), prompts=prompts, progress=False)
+    healing, report = train_healing(tiny_lm32, out, config, HealingConfig(grouping="kind", rank=4), prompts=prompts,
+                                    progress=False)
     return out, healing, report
 
 
