@@ -577,6 +577,8 @@ def save_healing(
         os.chmod(tmp, 0o777 & ~_umask())
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "model_id": healing.model_id})
         (tmp / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        for f in tmp.iterdir():  # the permissions a plain open gives (safetensors makes its file private)
+            os.chmod(f, 0o666 & ~_umask())
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name[:64]}-old-", dir=dest.parent))
             os.replace(dest, old / "x")

@@ -305,3 +305,33 @@ def test_a_stopped_run_resumes_where_it_was(tmp_path: Path, tiny_lm32: PrunableL
     assert report.resumed_from == 4 and report.steps == 8
     assert [v["step"] for v in report.validations] == [0, 4, 8]
     assert out.is_dir() and not ht.work_folder(out).exists()
+
+
+def test_heal_command_writes_a_folder_the_env_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from dynprune.cli import main
+
+    monkeypatch.setattr("dynprune.cli._load", lambda args: _cli_model())
+    rows = [{"id": f"{p.id}{c}", "text": p.text, "split": "train"} for p in _prompts(6) for c in "ab"]
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "healed"
+    argv = ["heal", "--model", "tiny-llama", "--out", str(out), "--prompts", str(source), "--max-new-tokens", "6",
+            "--sampled", "0", "--steps", "6", "--eval-every", "3", "--lr", "5e-3", "--warmup", "1",
+            "--val-fraction", "0.25", "--rank", "2", "--save-dtype", "float16"]
+    assert main(argv) == 0
+    assert "wrote" in capsys.readouterr().out and read_info(out).config["grouping"] == "shared"
+    assert main(argv) == 2  # the folder exists: refused without --force
+    assert "--force" in capsys.readouterr().err
+
+
+_CLI_MODEL: list[PrunableLM] = []
+
+
+def _cli_model() -> PrunableLM:
+    """One float32 tiny-llama for the CLI test (calibrated like the fixtures)."""
+    if not _CLI_MODEL:
+        from tests.conftest import tiny
+
+        _CLI_MODEL.append(tiny(torch.float32))
+    return _CLI_MODEL[0]
