@@ -49,6 +49,7 @@ from dynprune.pruning import (
     build_head_slice,
     build_layer_stack,
 )
+from dynprune.pruning.kv import apply_kv_window, check_attention
 from dynprune.types import GenerationResult, Importance, ModelGeometry, Prompt, PromptFeatures, ScoreResult
 
 if TYPE_CHECKING:
@@ -894,6 +895,8 @@ class PrunableLM:
         if not isinstance(plan, PruningPlan):
             raise ValueError(f"expected a PruningPlan, got {type(plan).__name__}")
         plan.validate(self.geometry)
+        if plan.kv is not None:
+            check_attention(self.model.config)
         for layer in plan.adapters:
             if plan.module_for(layer) is None and layer not in self.adapters:
                 raise ValueError(
@@ -980,6 +983,11 @@ class PrunableLM:
                 undo.append(apply_ffn_slice(self._layers[layer].mlp, fs))
             if plan.skip or plan.adapters:
                 undo.append(apply_layer_stack(self.decoder, stack, self.decoder.config))
+            if plan.kv is not None:
+                # the running layers' attention only: a removed layer neither caches nor attends
+                removed = set(plan.removed_layers)
+                running = [layer.self_attn for i, layer in enumerate(self._layers) if i not in removed]
+                undo.append(apply_kv_window(running, plan.kv))
             self._active = plan
             yield self
         finally:

@@ -4,7 +4,9 @@ A plan says *what* to remove, never *how*: which decoder layers are skipped
 (identity), which are replaced by a small adapter, and how many query heads and
 FFN channels each remaining layer keeps. Which heads and channels go is decided
 by the engine from calibrated importance (``dynprune.importance``), so one plan
-means the same thing every time it is applied to the same model.
+means the same thing every time it is applied to the same model. A plan may also bound
+the attention memory: ``kv`` keeps each layer's first S cached tokens (attention sinks)
+and the most recent W (:class:`~dynprune.pruning.kv.KVWindow`), whatever else it removes.
 
 A plan can be checked against a model's geometry (``plan.validate(geometry)``,
 or ``PruningPlan(..., geometry=g)`` which validates on creation);
@@ -21,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from dynprune.pruning.kv import KVWindow
 from dynprune.types import ModelGeometry
 
 LayerCounts = Mapping[int, int] | Iterable[tuple[int, int]]
@@ -89,6 +92,8 @@ class PruningPlan:
             GQA-aware (a KV group whose query heads all go loses its K/V rows).
         ffn: ``{layer: FFN channels kept}``; gate/up rows and down columns go.
         modules: ``{layer: nn.Module}`` explicit adapters for layers in ``adapters``.
+        kv: A KV-cache window for every running layer (``KVWindow``, or its dict form
+            ``{"sinks": 4, "window": 256}`` / ``{"sinks": 4, "fraction": 0.5}``), or None.
         name: A label for tables and plots; not part of equality.
         geometry: When given, the plan is validated against it on creation.
 
@@ -103,6 +108,7 @@ class PruningPlan:
     heads: tuple[tuple[int, int], ...] = ()
     ffn: tuple[tuple[int, int], ...] = ()
     modules: tuple[tuple[int, nn.Module], ...] = ()
+    kv: KVWindow | None = None
     name: str = field(default="", compare=False)
     geometry: ModelGeometry | None = field(default=None, compare=False, repr=False)
 
@@ -124,6 +130,8 @@ class PruningPlan:
                     f"modules: layer {layer} has a module but is not in adapters {self.adapters}"
                 )
         set_(self, "modules", mods)
+        if self.kv is not None and not isinstance(self.kv, KVWindow):
+            set_(self, "kv", KVWindow.from_dict(self.kv))
         both = set(self.skip) & set(self.adapters)
         if both:
             raise ValueError(f"layers {sorted(both)} are both skipped and replaced by adapters")
@@ -157,6 +165,14 @@ class PruningPlan:
                 raise ValueError(
                     f"ffn: layer {layer} keeps {count} channels; expected 1..{geometry.intermediate_size[layer]}"
                 )
+        if self.kv is not None:
+            held = self.kv.sinks + (self.kv.window or 0)
+            if held >= geometry.max_position:
+                raise ValueError(
+                    f"kv: sinks {self.kv.sinks} + window {self.kv.window} = {held} tokens reach the context of "
+                    f"{geometry.max_position}: the window would never evict; choose sinks + window < "
+                    f"{geometry.max_position} or drop kv"
+                )
         if len(self.skip) + len(self.adapters) >= n:
             raise ValueError(
                 f"the plan removes all {n} decoder layers (skip={list(self.skip)}, adapters={list(self.adapters)});"
@@ -167,7 +183,7 @@ class PruningPlan:
     @property
     def is_empty(self) -> bool:
         """True when the plan removes nothing (heads/FFN counts at full size still count as slicing)."""
-        return not (self.skip or self.adapters or self.heads or self.ffn)
+        return not (self.skip or self.adapters or self.heads or self.ffn or self.kv)
 
     @property
     def removed_layers(self) -> tuple[int, ...]:
@@ -226,17 +242,25 @@ class PruningPlan:
             parts.append("heads{" + ",".join(f"{i}:{c}" for i, c in self.heads) + "}")
         if self.ffn:
             parts.append("ffn{" + ",".join(f"{i}:{c}" for i, c in self.ffn) + "}")
+        if self.kv is not None:
+            parts.append(f"kv[{self.kv.describe()}]")
         return " ".join(parts) or "none"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (explicit adapter modules are not serialised, only their layers)."""
-        return {
+        """JSON-serialisable form (explicit adapter modules are not serialised, only their layers).
+
+        ``kv`` is written only when the plan has a window, so plans without one serialise as before.
+        """
+        out: dict[str, Any] = {
             "name": self.name,
             "skip": list(self.skip),
             "adapters": list(self.adapters),
             "heads": {str(i): c for i, c in self.heads},
             "ffn": {str(i): c for i, c in self.ffn},
         }
+        if self.kv is not None:
+            out["kv"] = self.kv.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], geometry: ModelGeometry | None = None) -> PruningPlan:
@@ -248,16 +272,18 @@ class PruningPlan:
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"a plan must be a JSON object of plan fields, got {type(data).__name__}")
-        unknown = set(data) - {"name", "skip", "adapters", "heads", "ffn"}
+        unknown = set(data) - {"name", "skip", "adapters", "heads", "ffn", "kv"}
         if unknown:
             raise ValueError(
-                f"unknown plan fields {sorted(unknown)}; expected name, skip, adapters, heads, ffn"
+                f"unknown plan fields {sorted(unknown)}; expected name, skip, adapters, heads, ffn, kv"
             )
+        kv = data.get("kv")
         return cls(
             skip=data.get("skip", ()),
             adapters=data.get("adapters", ()),
             heads=_layer_counts("heads", data.get("heads", {})),
             ffn=_layer_counts("ffn", data.get("ffn", {})),
+            kv=KVWindow.from_dict(kv) if kv is not None else None,
             name=data.get("name", ""),
             geometry=geometry,
         )

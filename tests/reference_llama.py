@@ -9,7 +9,7 @@ channels are summed. Plain float64 math, no KV cache, no transformers code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -49,8 +49,12 @@ class ReferenceLlama:
         adapters: Mapping[int, nn.Module] | None = None,
         kept_heads: Mapping[int, Sequence[int]] | None = None,
         kept_channels: Mapping[int, Sequence[int]] | None = None,
+        visible: Callable[[int, int], bool] | None = None,
     ) -> torch.Tensor:
-        """Logits ``[seq, vocab]`` of ``ids`` with the given structure removed."""
+        """Logits ``[seq, vocab]`` of ``ids`` with the given structure removed.
+
+        ``visible(query_pos, key_pos)``, when given, masks out further causal pairs (KV windows).
+        """
         adapters = adapters or {}
         kept_heads = kept_heads or {}
         kept_channels = kept_channels or {}
@@ -60,6 +64,8 @@ class ReferenceLlama:
         ang = torch.outer(pos, self.inv_freq)
         cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
         causal = torch.ones(t, t, dtype=torch.bool).tril()
+        if visible is not None:
+            causal &= torch.tensor([[visible(i, j) for j in range(t)] for i in range(t)], dtype=torch.bool)
         for i in range(self.n_layers):
             if i in skip:
                 continue
