@@ -40,9 +40,10 @@ Row schema (:data:`LOG_FEATURES`):
 | kept_fraction        | float64       | fraction of matmul FLOPs kept                              |
 | reward               | float64       | the env's reward for this configuration                    |
 | budget_s             | float64, null | latency budget of the row (latency_budget reward), else null |
+| healing              | string, null  | healing active under the plan (``"<name>@<fingerprint>:<group>"``), else null |
 
-``prefix_fidelity`` and ``budget_s`` came after the first format: shards without them
-still read, with nulls there (:data:`OPTIONAL_COLUMNS`).
+``prefix_fidelity``, ``budget_s`` and ``healing`` came after the first format: shards without
+them still read, with nulls there (:data:`OPTIONAL_COLUMNS`).
 | baseline_ppl         | float64       | perplexity of the full model's answer under the full model |
 | strategy             | string        | ``"dfs"``, ``"random"`` or ``"sweep"``                     |
 | order                | int32         | visit order of the configuration within its prompt         |
@@ -103,6 +104,7 @@ LOG_FEATURES = datasets.Features(
         "kept_fraction": datasets.Value("float64"),
         "reward": datasets.Value("float64"),
         "budget_s": datasets.Value("float64"),
+        "healing": datasets.Value("string"),
         "baseline_latency_s": datasets.Value("float64"),
         "baseline_tokens_per_s": datasets.Value("float64"),
         "baseline_ppl": datasets.Value("float64"),
@@ -112,7 +114,7 @@ LOG_FEATURES = datasets.Features(
 )
 
 #: Columns added after the first log format: a shard without them still reads, with nulls there.
-OPTIONAL_COLUMNS = ("prefix_fidelity", "budget_s")
+OPTIONAL_COLUMNS = ("prefix_fidelity", "budget_s", "healing")
 
 #: Key of the exploration's settings (JSON) in every shard's Parquet key-value metadata.
 META_KEY = b"dynprune"

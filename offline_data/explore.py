@@ -413,6 +413,7 @@ def _row(rec: Any, strategy: str, order: int) -> dict[str, Any]:
         "kept_fraction": float(rec.kept_fraction),
         "reward": float(rec.reward),
         "budget_s": None if rec.budget_s is None else float(rec.budget_s),
+        "healing": rec.healing,
         "baseline_latency_s": float(rec.baseline_latency_s),
         "baseline_tokens_per_s": float(rec.baseline_tokens_per_s),
         "baseline_ppl": float(rec.baseline_ppl),

@@ -311,7 +311,7 @@ def test_heal_command_writes_a_folder_the_env_serves(tmp_path: Path, monkeypatch
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     from dynprune.cli import main
 
-    monkeypatch.setattr("dynprune.cli._load", lambda args: _cli_model())
+    monkeypatch.setattr("dynprune.healing_cli.load_model_from_args", lambda args, calibrate=False: _cli_model())
     rows = [{"id": f"{p.id}{c}", "text": p.text, "split": "train"} for p in _prompts(6) for c in "ab"]
     source = tmp_path / "prompts.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -335,3 +335,40 @@ def _cli_model() -> PrunableLM:
 
         _CLI_MODEL.append(tiny(torch.float32))
     return _CLI_MODEL[0]
+
+
+def _saved_random_healing(lm: PrunableLM, folder: Path) -> PlanHealing:
+    """A random kind-grouped healing for ``lm`` written to ``folder`` as ``dynprune heal`` would."""
+    from dynprune.healing import HealingInfo, save_healing
+
+    healing = _random_healing(lm, HealingConfig(grouping="kind", rank=2))
+    info = HealingInfo(model_id=lm.model_id, model_spec="tiny-llama", config=healing.config.to_dict(), table=[],
+                       plans={}, trained_groups=("layers", "heads", "ffn"))
+    save_healing(healing, folder, info)
+    return load_healing(folder, lm)
+
+
+def test_explore_logs_and_the_router_data_say_which_healing(tmp_path: Path) -> None:
+    from agents.router.train import load_router_data
+    from dynprune.models import load_model
+    from dynprune.runtime import ProfileConfig
+    from offline_data.dataset import load_logs
+    from offline_data.explore import explore, prompt_ids_of
+
+    env = {"model": "tiny-llama", "reward": "proxy", "max_new_tokens": 3, "split": "train",
+           "profile": ProfileConfig(new_tokens=2, repeats=1)}
+    healing = _saved_random_healing(load_model("tiny-llama", device="cpu"), tmp_path / "tiny-heal")
+    ids = prompt_ids_of(env)[:1]
+    healed, plain = tmp_path / "healed", tmp_path / "plain"
+    explore({**env, "healing": str(tmp_path / "tiny-heal")}, "dfs", healed, prompt_ids=ids, threshold=0.0,
+            max_scenarios=4)
+    explore(env, "dfs", plain, prompt_ids=ids, threshold=0.0, max_scenarios=4)
+    rows = load_logs(healed).to_list()
+    assert any(r["layers"] for r in rows)
+    for r in rows:  # layer sets are healed by the layers group; the full model never is
+        assert r["healing"] == (f"tiny-heal@{healing.fingerprint}:layers" if r["layers"] else None)
+    assert all(r["healing"] is None for r in load_logs(plain).to_list())
+    assert load_router_data([healed]).healing == f"tiny-heal@{healing.fingerprint}"
+    assert load_router_data([plain]).healing is None
+    with pytest.raises(ValueError, match="different healings"):  # scores under two healings do not mix
+        load_router_data([healed, plain])

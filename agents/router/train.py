@@ -48,6 +48,7 @@ __all__ = [
     "RouterTrainConfig",
     "TrainResult",
     "fbc_targets",
+    "healing_identity",
     "load_router_data",
     "make_config",
     "train_router",
@@ -207,12 +208,15 @@ class RouterData:
         texts: ``{prompt id: prompt text}``.
         configs: ``{prompt id: [(pruned layers, score), ...]}``: every measured layer set (DFS/random).
         pairs: Preference pairs ``{"prompt_id", "winner_layers", "loser_layers", ...}``.
+        healing: ``"<name>@<fingerprint>"`` of the plan-conditional healing the pruned
+            configurations were measured under (``dynprune explore --healing``), or None.
     """
 
     num_layers: int
     texts: dict[str, str]
     configs: dict[str, list[tuple[tuple[int, ...], float]]]
     pairs: list[dict[str, Any]] = field(default_factory=list)
+    healing: str | None = None
 
     @property
     def prompt_ids(self) -> list[str]:
@@ -242,6 +246,11 @@ def _read_pairs(path: str | Path) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
+def healing_identity(label: str | None) -> str | None:
+    """``"<name>@<fingerprint>"`` of a log row's healing label (``"<name>@<fingerprint>:<group>"``), or None."""
+    return None if label is None else label.rsplit(":", 1)[0]
+
+
 def load_router_data(
     log_dirs: Sequence[str | Path],
     pairs: str | Path | Sequence[Mapping[str, Any]] | None = None,
@@ -256,7 +265,8 @@ def load_router_data(
         prompt_ids: Keep only these prompts.
 
     Raises:
-        ValueError: no logs, logs of models with different layer counts, an empty pairs file.
+        ValueError: no logs, logs of models with different layer counts, logs measured under different
+            healings (a configuration's score depends on the healing it was served with), an empty pairs file.
     """
     from dynprune.tasks import load_prompts
     from offline_data.dataset import load_logs, read_meta
@@ -277,6 +287,11 @@ def load_router_data(
         sources.add(src if isinstance(src, str) else "dynprune")
         rows.extend(load_logs(d).to_list())
     assert num_layers is not None
+    # pruned rows only: the none configuration is never healed (logs written before the column: None)
+    healings = {healing_identity(r.get("healing")) for r in rows if r["layers"]}
+    if len(healings) > 1:
+        raise ValueError(f"the logs were measured under different healings {sorted(map(str, healings))} (None: "
+                         "unhealed); train a router on logs explored with one healing (dynprune explore --healing DIR)")
     keep = None if prompt_ids is None else set(prompt_ids)
     if keep is not None:
         rows = [r for r in rows if r["prompt_id"] in keep]
@@ -296,7 +311,7 @@ def load_router_data(
     missing = sorted(wanted - set(texts))
     if missing:
         raise ValueError(f"prompt ids {missing[:5]} of the logs are not in the prompt source(s) {sorted(sources)}")
-    return RouterData(num_layers, {k: texts[k] for k in wanted}, configs, pair_rows)
+    return RouterData(num_layers, {k: texts[k] for k in wanted}, configs, pair_rows, next(iter(healings), None))
 
 
 def fbc_targets(
@@ -503,6 +518,7 @@ def train_router(
         atomic_write_json(out_dir / "config.json", {
             "train": config.to_dict(), "router": router.config.to_dict(),
             "train_prompts": train_ids, "eval_prompts": eval_ids,
+            "healing": data.healing,  # the healing the logs were measured under: serve the router with it
         })
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
