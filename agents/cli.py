@@ -22,11 +22,11 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from agents.checkpoint import CHECKPOINT, load_checkpoint, resume_seed, rewind_logs, save_checkpoint
+from agents.evaluation import evaluate_run
 from dynprune.fileio import WRITE_ERRNOS, WriteFailed, atomic_write_json, describe_os_error
 from dynprune.runfolder import MARKER, RunMarker, open_run_folder, prepare_run_folder
 from envs.run_config import RunConfig
@@ -211,43 +211,6 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate(run_dir: Path, cfg: RunConfig, lm: Any = None, progress: bool = True) -> dict[str, Any]:
-    """Evaluate the trained agent and the baselines on held-out prompts (``agents.evaluation``'s protocol);
-    write test/<agent>.jsonl and test/summary.json."""
-    from agents.base import load_agent
-    from agents.baselines import RandomAgent, StaticAgent
-    from agents.evaluation import agent_records, measure_held_out
-    from dynprune.plots import format_table
-    from dynprune.progress import Progress
-    from dynprune.records import append_record, summarise
-
-    name = cfg.extra["agent"]
-    env = cfg.make_env("test", lm=lm)
-    core = env.unwrapped
-    trained = load_agent(run_dir / "agent.zip", env=env)
-    agents: dict[str, Any] = {name: trained, "random": RandomAgent(core.action_space.n, seed=cfg.seed)}
-    for a, action_name in enumerate(core.action_names):
-        agents["none" if a == 0 else f"static-{action_name}"] = StaticAgent(a, core.action_space.n)
-    out_dir = run_dir / "test"
-    # the files an earlier evaluation wrote, not the folder: anything else a user put there stays
-    for old in [*out_dir.glob("*.jsonl"), out_dir / "summary.json"]:
-        old.unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    bar = Progress(len(core.prompts), "test", "prompts", value_name=f"{name} reward", enabled=progress)
-
-    def write(m: Any, _seconds: float) -> None:  # as each prompt is measured: a killed test keeps its prompts
-        for agent in m.picks:
-            append_record(out_dir / f"{agent}.jsonl", asdict(m.record(agent)))
-        bar.update(1, m.table[m.picks[name]].reward)
-
-    measurements = measure_held_out(env, agents, cfg.seed, on_prompt=write)
-    bar.close()
-    summary = summarise(agent_records(measurements), by="agent")
-    atomic_write_json(out_dir / "summary.json", summary)
-    print(format_table(summary))
-    return summary
-
-
 def test(args: argparse.Namespace) -> int:
     """``dynprune test --run-dir runs/NAME``."""
     run_dir = Path(args.run_dir)
@@ -256,7 +219,7 @@ def test(args: argparse.Namespace) -> int:
     cfg = RunConfig.from_json(json.loads((run_dir / "config.json").read_text()))
     cfg = cfg.replace(**{key: getattr(args, key) for key in ("test_prompts", "test_timing")
                          if getattr(args, key, None) is not None})
-    evaluate(run_dir, cfg)
+    evaluate_run(run_dir, cfg)
     return 0
 
 
@@ -271,7 +234,7 @@ def main_job(args: argparse.Namespace) -> int:
     if rc:
         return rc
     cfg = RunConfig.from_json(json.loads((Path(args.run_dir) / "config.json").read_text()))
-    evaluate(Path(args.run_dir), cfg)
+    evaluate_run(Path(args.run_dir), cfg)
     paths = write_report(Path(args.run_dir))
     print(f"[main] report: {Path(args.run_dir) / 'report'} ({len(paths)} files) in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -1,6 +1,6 @@
 """The held-out evaluation protocol: every table action measured once per prompt, every agent scored on those.
 
-One protocol for ``dynprune test`` (``agents.cli``), ``benchmarks/offline_rl.py`` and
+One protocol for ``dynprune test`` (:func:`evaluate_run`), ``benchmarks/offline_rl.py`` and
 ``benchmarks/pareto.py``:
 
 1. the held-out env (sequential, usually ``timing="live"``) is reset once with ``seed + 1`` and
@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dynprune.types import StepRecord
+
+if TYPE_CHECKING:
+    from envs.run_config import RunConfig
 
 ORACLE = "oracle"
 """Name of the hindsight pick: the action of the best measured reward on each prompt."""
@@ -147,3 +151,43 @@ def hull_quality(h: Sequence[tuple[float, float]], speedup: float) -> float | No
         if x1 <= speedup <= x2:
             return y1 + (y2 - y1) * (speedup - x1) / (x2 - x1)
     return None
+
+
+def evaluate_run(run_dir: Path, cfg: RunConfig, lm: Any = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a run directory's trained agent (``agent.zip``) and the baselines (random, none, every static
+    action) on the held-out prompts of ``cfg`` by :func:`measure_held_out`; write ``test/<agent>.jsonl`` (as
+    each prompt is measured) and ``test/summary.json``; print the summary table and return it.
+
+    ``dynprune test`` and ``main`` (online runs) and ``dynprune offline --test`` call it."""
+    from agents.base import load_agent
+    from agents.baselines import RandomAgent, StaticAgent
+    from dynprune.fileio import atomic_write_json
+    from dynprune.plots import format_table
+    from dynprune.progress import Progress
+    from dynprune.records import append_record, summarise
+
+    name = cfg.extra["agent"]
+    env = cfg.make_env("test", lm=lm)
+    core = env.unwrapped
+    trained = load_agent(run_dir / "agent.zip", env=env)
+    agents: dict[str, Any] = {name: trained, "random": RandomAgent(core.action_space.n, seed=cfg.seed)}
+    for a, action_name in enumerate(core.action_names):
+        agents["none" if a == 0 else f"static-{action_name}"] = StaticAgent(a, core.action_space.n)
+    out_dir = run_dir / "test"
+    # the files an earlier evaluation wrote, not the folder: anything else a user put there stays
+    for old in [*out_dir.glob("*.jsonl"), out_dir / "summary.json"]:
+        old.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bar = Progress(len(core.prompts), "test", "prompts", value_name=f"{name} reward", enabled=progress)
+
+    def write(m: Any, _seconds: float) -> None:  # as each prompt is measured: a killed test keeps its prompts
+        for agent in m.picks:
+            append_record(out_dir / f"{agent}.jsonl", asdict(m.record(agent)))
+        bar.update(1, m.table[m.picks[name]].reward)
+
+    measurements = measure_held_out(env, agents, cfg.seed, on_prompt=write)
+    bar.close()
+    summary = summarise(agent_records(measurements), by="agent")
+    atomic_write_json(out_dir / "summary.json", summary)
+    print(format_table(summary))
+    return summary

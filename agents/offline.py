@@ -38,7 +38,7 @@ import numpy as np
 
 from agents.base import action_count, find_sidecar, read_sidecar, write_sidecar
 
-__all__ = ["ALGOS", "D3rlpyAgent", "train_offline"]
+__all__ = ["ALGOS", "D3rlpyAgent", "quiet_d3rlpy", "train_offline"]
 
 #: Offline algorithms by short name -> d3rlpy config class name.
 ALGOS: dict[str, str] = {
@@ -54,6 +54,16 @@ DEFAULT_CONFIG: dict[str, Any] = {"batch_size": 64, "learning_rate": 3e-4}
 
 #: Name of the d3rlpy file inside an agent's zip.
 LEARNABLE_NAME = "learnable.d3"
+
+
+def quiet_d3rlpy() -> None:
+    """Keep d3rlpy's structlog messages (dataset info, parameters, every epoch) to warnings and above."""
+    import logging
+
+    import d3rlpy  # noqa: F401 - configures structlog on import; filter after that
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
 def _config_class(algo: str) -> Any:

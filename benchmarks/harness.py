@@ -189,7 +189,7 @@ def run(
     lm = None
     if model:
         print(f"loading {args.model} ...", flush=True)
-        lm = load_model(args.model, device=args.device, dtype=args.dtype)
+        lm = load_model(args.model, device=args.device, dtype=args.dtype, calibrate=True)
         print(f"model: {lm}", flush=True)
     machine = machine_info(lm.device if lm is not None else resolve_device(args.device))
     measured = measure(args, lm)

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     lm = load_model(args.model, device=args.device)
     print(f"model: {lm}", flush=True)
-    _ = lm.importance
+    lm.calibrate()
     pool = load_prompts("dynprune", split="test")
     idx = np.random.default_rng(args.seed).choice(len(pool), size=min(args.prompts, len(pool)), replace=False)
     prompts: list[Prompt] = [pool[int(i)] for i in idx]

@@ -210,7 +210,7 @@ def child_plan(spec: dict[str, Any]) -> dict[str, Any]:
     from dynprune.models import load_model
 
     fix_threads(spec["threads"])
-    lm = load_model(spec["model"], device=spec["device"], dtype=spec["dtype"])
+    lm = load_model(spec["model"], device=spec["device"], dtype=spec["dtype"], calibrate=True)
     entry = next(e for e in DEFAULT_TABLE if e.name == spec["action"])
     plan = entry_plan(entry, lm)
     ids = lm.encode_prompt(spec["prompt"], max_new_tokens=spec["max_new_tokens"])
@@ -251,13 +251,12 @@ def child_dqn(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child_offline(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: load the logged sweep, then the peak memory of one d3rlpy learner's training."""
-    from agents.offline import train_offline
+    from agents.offline import quiet_d3rlpy, train_offline
     from dynprune.metrics import fix_threads
-    from offline_data.cli import _quiet_d3rlpy
     from offline_data.dataset import load_logs, to_mdp_dataset
 
     fix_threads(spec["threads"])
-    _quiet_d3rlpy()
+    quiet_d3rlpy()
     data = to_mdp_dataset(load_logs(spec["logs"]), spec["n_actions"])
     cuda = spec["device"].startswith("cuda")
     device = (spec["device"] if ":" in spec["device"] else "cuda:0") if cuda else "cpu:0"  # d3rlpy's spelling
@@ -375,7 +374,7 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
     actions = args.action_list
     # Fill the importance cache once here, so no child calibrates (its memory would join the plan's).
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-    _ = loaded.importance
+    loaded.calibrate()
     device, model_id = str(loaded.device), loaded.model_id
     del loaded
     base = {"model": args.model, "device": device, "dtype": args.dtype, "threads": args.threads, "seed": args.seed,

@@ -53,7 +53,7 @@ import numpy as np
 import envs  # noqa: F401 - registers DynPrune-v0
 from agents.baselines import RandomAgent, StaticAgent
 from agents.evaluation import PromptMeasurement, agent_records, measure_held_out
-from agents.offline import ALGOS, train_offline
+from agents.offline import ALGOS, quiet_d3rlpy, train_offline
 from benchmarks import harness
 from benchmarks.utils import sweep_logs_dir
 from dynprune.models import PrunableLM, load_model
@@ -61,7 +61,6 @@ from dynprune.plots import format_table
 from dynprune.records import summarise
 from dynprune.runtime import TIMINGS, PlanEvaluator
 from envs.run_config import RunConfig, seeded_subset
-from offline_data.cli import _quiet_d3rlpy
 from offline_data.dataset import LEGACY_META_FILE, load_logs, read_meta, shard_path, shard_paths, to_mdp_dataset
 from offline_data.explore import ExploreSummary, explore, prompt_ids_of
 from offline_data.relabel import budget_span, relabel_budgets
@@ -327,7 +326,7 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
     ``lm`` is the model of the sweep and the test env with one worker; ``None`` with more (each
     worker loads its own, and the test env's model is loaded after the sweep).
     """
-    _quiet_d3rlpy()
+    quiet_d3rlpy()
     cfg = args.run_config()
 
     # 1. sweep: every action on every train prompt, one shard per prompt

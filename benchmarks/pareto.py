@@ -52,14 +52,13 @@ from agents.baselines import RandomAgent
 from agents.dqn import SB3Agent, make_dqn
 from agents.evaluation import hull as mixture_hull
 from agents.evaluation import hull_quality, measure_held_out
-from agents.offline import ALGOS, train_offline
+from agents.offline import ALGOS, quiet_d3rlpy, train_offline
 from benchmarks import harness
 from benchmarks.utils import adapters_file
 from dynprune.adapters import AdapterConfig, attach_adapters, load_adapters, save_adapters, train_adapters
 from dynprune.models import PrunableLM, cache_dir
 from dynprune.selection import layers_plan
 from envs.run_config import RunConfig, seeded_subset
-from offline_data.cli import _quiet_d3rlpy
 from offline_data.dataset import load_logs, read_meta, to_mdp_dataset
 from offline_data.explore import explore, prompt_ids_of
 
@@ -342,7 +341,7 @@ def markdown(result: dict[str, Any]) -> str:
 def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
     """Train the agents, measure every point on the held-out prompts, and analyse them."""
     assert lm is not None
-    _quiet_d3rlpy()
+    quiet_d3rlpy()
     cfg = args.run_config()
 
     # 1. controllers, trained on train prompts only (before adapters are attached: the agents act on the

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lm = load_model(args.model, device=args.device)
     if lm.model_id != data.meta["model_id"]:
         raise ValueError(f"the table was built on {data.meta['model_id']}, not on {lm.model_id}")
-    _ = lm.importance
+    lm.calibrate()
     test_ids = [str(x) for x in data.select("test").prompts["prompt_id"]]
     rng = np.random.default_rng(args.seed)
     chosen = sorted(rng.choice(len(test_ids), size=min(args.prompts, len(test_ids)), replace=False).tolist())

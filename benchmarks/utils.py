@@ -430,7 +430,7 @@ def smoke_table(folder: Path) -> Path:
     from dynprune.tasks import load_prompts
 
     torch.set_num_threads(1)
-    lm = load_model("tiny-llama", device="cpu")
+    lm = load_model("tiny-llama", device="cpu", calibrate=True)
     every = load_prompts("dynprune", split=None)
     prompts = [p for p in every if p.split == "train"][:6] + [p for p in every if p.split == "test"][:4]
     lat, _ = calibrate_latency(lm, LatencyCalibration(points=8, repeats=1, prompt_tokens=(4, 32), new_tokens=(2, 4)))

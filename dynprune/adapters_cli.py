@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dynprune.cli_common import add_model_args, load_model_from_args
+
 
 def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
     """The adapters file and its report and plot: ``a.safetensors`` -> ``a.mse.json``, ``a.mse.png``."""
@@ -33,7 +35,6 @@ def _layers(text: str) -> tuple[int, ...]:
 def cmd_adapters_train(args: argparse.Namespace) -> int:
     """Train adapters for a model; write the adapters file, its MSE report and plot; print the table."""
     from dynprune.adapters import AdapterConfig, plot_adapter_mse, save_adapters, train_adapters
-    from dynprune.cli import _load
 
     paths = output_paths(args.out)
     existing = [str(p) for p in paths if p.exists()]
@@ -60,7 +61,7 @@ def cmd_adapters_train(args: argparse.Namespace) -> int:
         from dynprune.tasks import load_prompts
 
         prompts = load_prompts(source, split="train")
-    lm = _load(args)
+    lm = load_model_from_args(args)
     print(f"model: {lm}")
     what = f"prompts from {source!r}" + (" answered correctly" if args.only_correct else "") if prompts else "texts"
     print(
@@ -89,12 +90,11 @@ def cmd_adapters_train(args: argparse.Namespace) -> int:
 def add_adapter_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``adapters train`` to the ``dynprune`` sub-parsers."""
     from dynprune.adapters import DEFAULT_BOTTLENECK
-    from dynprune.cli import _add_model_args
 
     p = sub.add_parser("adapters", help="train bottleneck adapters that stand in for decoder layers")
     asub = p.add_subparsers(dest="adapters_command", required=True)
     t = asub.add_parser("train", help="distil every decoder layer into a bottleneck adapter (MSE to its output)")
-    _add_model_args(t)
+    add_model_args(t)
     t.add_argument("--out", required=True, help="adapters file (.safetensors); .mse.json and .mse.png go beside it")
     t.add_argument("--bottleneck", type=int, default=DEFAULT_BOTTLENECK, help="bottleneck width")
     t.add_argument("--epochs", type=int, default=4, help="passes over the training windows")

@@ -26,26 +26,28 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from dynprune.cli_common import add_model_args, load_model_from_args
 from dynprune.fileio import describe_os_error
 
 DEMO_PROMPT = "What is the capital of France? Answer in one sentence, then name one famous landmark there."
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", default="smollm2-135m", help="model spec: smollm2-135m, tiny-llama, a folder or HF id"
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+#: The modules that add sub-commands to ``dynprune``, in the order of its help, as ``"module:function"``;
+#: ``function(sub)`` adds its commands to the sub-parsers. The packages above the engine (agents,
+#: offline_data, benchmarks) are named, never imported, here: ``dynprune.cli`` imports each one only
+#: when it builds the parser, so ``import dynprune`` loads none of them (tests/test_import_direction.py).
+#: A new command module is one more entry; an entry that fails to import is an error, not a missing command.
+COMMAND_MODULES: tuple[str, ...] = (
+    "dynprune.adapters_cli:add_adapter_commands",  # adapters train
+    "dynprune.healing_cli:add_heal_command",  # heal
+    "agents.cli:add_commands",  # train, test, main
+    "offline_data.cli:add_commands",  # explore, prefs, minari
+    "agents.offline_cli:add_commands",  # offline
+    "agents.router.cli:add_commands",  # router train
+    "dynprune.compress.cli:add_commands",  # compress
+    "benchmarks.cli:add_commands",  # bench
+)
 
-
-def _load(args: argparse.Namespace):  # noqa: ANN202 - returns PrunableLM, imported lazily
-    from dynprune.metrics import fix_threads
-    from dynprune.models import load_model
-
-    fix_threads(args.threads)
-    return load_model(args.model, device=args.device, dtype=args.dtype)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -54,10 +56,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from dynprune.plan import PruningPlan
     from dynprune.selection import ffn_plan, heads_plan, layers_plan
 
-    lm = _load(args)
+    lm = load_model_from_args(args)
     print(f"model: {lm}")
     print("calibrating importance (cached after the first run) ...", flush=True)
-    imp, g = lm.importance, lm.geometry
+    imp, g = lm.calibrate(), lm.geometry
     L = g.num_layers
     plans = [
         PruningPlan(name="none"),
@@ -133,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print a model's identity and geometry."""
-    lm = _load(args)
+    lm = load_model_from_args(args)
     print(lm)
     print(json.dumps(lm.geometry.__dict__, indent=2))
     return 0
@@ -152,7 +154,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         check_writable(Path(args.out).resolve().parent, "--out")
     else:
         check_writable(cache_dir() / "importance", "the cache ($DYNPRUNE_CACHE)")
-    lm = _load(args)
+    lm = load_model_from_args(args)
     imp = calibrate(lm, n_prompts=args.n_prompts, seq_len=args.seq_len)
     path = save_importance(imp, args.out or importance_path(lm.model_id, args.n_prompts, args.seq_len))
     order = sorted(range(len(imp.block_influence)), key=lambda i: imp.block_influence[i])
@@ -172,8 +174,8 @@ def calibrate_latency_cmd(args: argparse.Namespace) -> int:
         save_latency_model,
     )
 
-    lm = _load(args)
-    _ = lm.importance  # head and channel selection (cached) stays out of the timed runs
+    # head and channel selection (cached) stays out of the timed runs
+    lm = load_model_from_args(args, calibrate=True)
     config = LatencyCalibration(points=args.points, repeats=args.repeats, seed=args.seed)
     print(f"model: {lm}; fitting its latency model on {config.points} points x {config.repeats} interleaved "
           "repeats ...", flush=True)
@@ -191,24 +193,27 @@ def calibrate_latency_cmd(args: argparse.Namespace) -> int:
 
 
 def cmd_table_build(args: argparse.Namespace) -> int:
-    """``dynprune table build``: measure every (prompt, action) once (modelled timing) into a Parquet table."""
+    """``dynprune table build``: measure every (prompt, action) once (modelled or live timing) into a Parquet table."""
     from dynprune.latency_model import load_latency_model
     from dynprune.table import build_table
     from dynprune.tasks import load_prompts
 
-    lm = _load(args)
-    _ = lm.importance
+    lm = load_model_from_args(args, calibrate=True)
     if args.adapters:
         from dynprune.adapters import attach_adapters, load_adapters
 
         attach_adapters(lm, load_adapters(args.adapters, lm))
+    if args.healing:  # refuses a healing made for another model, naming both
+        from dynprune.healing import attach_healing
+
+        attach_healing(lm, args.healing)
     prompts = load_prompts(args.prompts, split=None if args.split == "all" else args.split)
     if args.limit is not None:
         prompts = prompts[: args.limit]
     latency = load_latency_model(args.latency_model) if args.latency_model else None
     build_table(lm, prompts, args.out, max_new_tokens=args.max_new_tokens, prompts_source=args.prompts,
                 cache_file=args.cache_file, memo_file=args.memo, latency_model=latency, flush_every=args.flush_every,
-                progress=lambda line: print(line, flush=True))
+                progress=lambda line: print(line, flush=True), timing=args.timing)
     print(f"wrote {args.out}")
     return 0
 
@@ -243,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run a prompt under a few plans and print a table")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--prompt", default=DEMO_PROMPT)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="timed generations per plan (median reported)")
@@ -251,11 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("info", help="print a model's geometry")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(fn=cmd_info)
 
     p = sub.add_parser("calibrate", help="measure and cache importance scores")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--n-prompts", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--out", default=None, help="output file (default: the cache)")
@@ -270,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = p.add_subparsers(dest="table_command", required=True)
     t = tsub.add_parser("build", help="measure every action on every prompt (modelled timing) into a Parquet file; "
                                       "resumes an unfinished file")
-    _add_model_args(t)
+    add_model_args(t)
     t.add_argument("--out", required=True, help="Parquet file to write (an existing one of the same settings resumes)")
     t.add_argument("--prompts", default="dynprune", help="prompt source (see dynprune.tasks)")
     t.add_argument("--split", default="all", help="train, test or all (the split of each prompt is stored)")
@@ -281,34 +286,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cache-file", default=None, help="JSON-lines cache of the full model's answers")
     t.add_argument("--memo", default=None, help="quality memo file (teacher-forced metrics)")
     t.add_argument("--flush-every", type=int, default=10, help="rewrite the file every N prompts")
+    t.add_argument("--timing", choices=("modelled", "live"), default="modelled",
+                   help="modelled (teacher-forced quality, latency model) or live (each plan's own answer, "
+                        "timed beside the full model)")
+    t.add_argument("--healing", default=None, help="healing folder (dynprune heal): pruned plans served healed")
     t.set_defaults(fn=cmd_table_build)
     t = tsub.add_parser("info", help="print what a reward table holds")
     t.add_argument("file")
     t.set_defaults(fn=cmd_table_info)
 
-    from dynprune.adapters_cli import add_adapter_commands
-
-    add_adapter_commands(sub)
-
-    from dynprune.healing_cli import add_heal_command
-
-    add_heal_command(sub)
-
     p = sub.add_parser("report", help="write report.txt and the plots of a run directory")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
 
-    # train / test / main live above the engine (agents, envs); they register through an entry point
-    # so this module never imports them.
-    from importlib.metadata import entry_points
+    # The other commands, this distribution's, from the modules COMMAND_MODULES names (in its order).
+    from importlib import import_module
 
-    for ep in entry_points(group="dynprune.commands"):
-        try:
-            add = ep.load()
-        except ImportError as e:  # a plugin that is not installed must not break the other commands
-            logging.getLogger(__name__).debug("dynprune command plugin %s unavailable: %s", ep.name, e)
-            continue
-        add(sub)
+    for entry in COMMAND_MODULES:
+        module, function = entry.split(":")
+        getattr(import_module(module), function)(sub)
     return parser
 
 

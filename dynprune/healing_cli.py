@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from dynprune.cli_common import add_model_args, load_model_from_args
+
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
@@ -29,7 +31,6 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def cmd_heal(args: argparse.Namespace) -> int:
     """Train healing for a model; write the folder; print the validation table."""
-    from dynprune.cli import _load
     from dynprune.healing import PROJECTIONS, HealingConfig
     from dynprune.healing_train import HealTrainConfig, train_healing
 
@@ -45,7 +46,7 @@ def cmd_heal(args: argparse.Namespace) -> int:
         time_budget_s=args.time_budget_s, kind_weights=args.kind_weights, extra_layer_ks=args.extra_layer_ks,
         seed=args.seed, save_dtype=args.save_dtype,
     )
-    lm = _load(args)
+    lm = load_model_from_args(args, calibrate=True)
     print(f"model: {lm}", flush=True)
     healing, report = train_healing(lm, args.out, config, healing_config, force=args.force, fresh=args.fresh)
     first, last = report.validations[0], report.validations[-1]
@@ -63,10 +64,9 @@ def cmd_heal(args: argparse.Namespace) -> int:
 
 def add_heal_command(sub: argparse._SubParsersAction) -> None:
     """Add ``heal`` to the ``dynprune`` sub-parsers."""
-    from dynprune.cli import _add_model_args
 
     p = sub.add_parser("heal", help="train LoRA healing that runs only under pruned plans (the full model untouched)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--out", required=True, help="healing folder to write (healing.json + lora.safetensors)")
     p.add_argument("--grouping", default="shared", choices=("shared", "kind"),
                    help="one LoRA shared by every pruned plan, or one per kind of plan (layers / heads / ffn)")

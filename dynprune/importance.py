@@ -214,16 +214,18 @@ def importance_path(
     return cache_dir() / "importance" / f"{safe}-n{n_prompts}-s{seq_len}.safetensors"
 
 
-def load_or_calibrate(lm: PrunableLM) -> Importance:
-    """Load the cached default calibration of ``lm``, or calibrate and cache it."""
-    path = importance_path(lm.model_id)
+def load_or_calibrate(lm: PrunableLM, n_prompts: int | None = None, seq_len: int | None = None) -> Importance:
+    """Load the cached calibration of ``lm`` at these settings (default: 64 x 128), or calibrate and cache it."""
+    n_prompts = DEFAULT_N_PROMPTS if n_prompts is None else n_prompts
+    seq_len = DEFAULT_SEQ_LEN if seq_len is None else seq_len
+    path = importance_path(lm.model_id, n_prompts, seq_len)
     if path.is_file():
         try:
             return load_importance(path, lm.model_id)
         except ValueError as e:
             log.warning("ignoring damaged importance cache %s: %s", path, e)
-    log.info("calibrating %s on %d x %d tokens", lm.model_id, DEFAULT_N_PROMPTS, DEFAULT_SEQ_LEN)
-    imp = calibrate(lm)
+    log.info("calibrating %s on %d x %d tokens", lm.model_id, n_prompts, seq_len)
+    imp = calibrate(lm, n_prompts=n_prompts, seq_len=seq_len)
     try:
         save_importance(imp, path)
     except OSError as e:  # a read-only or full cache must not throw away a calibration that succeeded

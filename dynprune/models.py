@@ -339,7 +339,10 @@ def _check_layer_layout(model: nn.Module, spec: str) -> None:
 
 
 def load_model(
-    spec: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+    spec: str = DEFAULT_MODEL,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    calibrate: bool = False,
 ) -> PrunableLM:
     """Load a model by spec and wrap it for pruning.
 
@@ -348,6 +351,9 @@ def load_model(
             a local folder or a Hugging Face id of a Llama-family decoder.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"auto"`` (bf16 on a capable GPU, else fp32) or a dtype name / ``torch.dtype``.
+        calibrate: also set its importance (:meth:`PrunableLM.calibrate`: the cached default
+            calibration, measured and cached first if there is none); without it ``lm.importance``
+            raises until it is set.
 
     Raises:
         ValueError: unknown spec, unsupported architecture, bad device or dtype.
@@ -389,7 +395,10 @@ def load_model(
         model.to(dev)
     model.eval()
     model.requires_grad_(False)
-    return PrunableLM(model, tokenizer, name=spec, model_id=_model_id(spec, folder, model, dt, dev))
+    lm = PrunableLM(model, tokenizer, name=spec, model_id=_model_id(spec, folder, model, dt, dev))
+    if calibrate:
+        lm.calibrate()
+    return lm
 
 
 def _model_id(spec: str, folder: Path | None, model: nn.Module, dtype: torch.dtype, device: torch.device) -> str:
@@ -829,14 +838,36 @@ class PrunableLM:
 
     # -------------------------------------------------------------- importance
     @property
-    def importance(self) -> Importance:
-        """Calibrated importance; loaded from the cache file or calibrated on first use."""
-        if self._importance is None:
-            from dynprune.importance import load_or_calibrate
+    def has_importance(self) -> bool:
+        """Whether importance scores are set (``calibrate``, ``set_importance`` or ``load_model(calibrate=True)``)."""
+        return self._importance is not None
 
-            self.set_importance(load_or_calibrate(self))
-        assert self._importance is not None
+    @property
+    def importance(self) -> Importance:
+        """The importance scores head, channel and block-influence selection use.
+
+        Reading it never calibrates: set them first with :meth:`calibrate` (the cached default
+        calibration, measured once if there is none), ``load_model(..., calibrate=True)`` or
+        :meth:`set_importance`.
+
+        Raises:
+            ValueError: no importance is set; the message names the remedies.
+        """
+        if self._importance is None:
+            raise ValueError(
+                f"{self.model_id} has no importance scores (head, channel and block-influence selection need them): "
+                "call lm.calibrate() (the cached calibration, measured once if none), load it with "
+                "load_model(..., calibrate=True), or lm.set_importance(dynprune.importance.load_importance(path))"
+            )
         return self._importance
+
+    def calibrate(self, n_prompts: int | None = None, seq_len: int | None = None) -> Importance:
+        """Set and return the importance of this model: the cached calibration of these settings (default
+        64 windows x 128 tokens, ``dynprune calibrate``), measured and cached first when there is none."""
+        from dynprune.importance import load_or_calibrate
+
+        self.set_importance(load_or_calibrate(self, n_prompts=n_prompts, seq_len=seq_len))
+        return self.importance
 
     def set_importance(self, importance: Importance) -> None:
         """Use these importance scores from now on (clears the cached slices)."""

@@ -6,7 +6,7 @@ import json
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import gymnasium as gym
@@ -16,7 +16,8 @@ from gymnasium import spaces
 from dynprune.actions import ActionEntry, entry_plan, make_table
 from dynprune.complexity import PPL_SCALE, TOKENS_SCALE
 from dynprune.plan import PruningPlan
-from dynprune.rewards import Outcome, RewardFn, make_reward
+from dynprune.pruning.kv import fraction_held
+from dynprune.rewards import Outcome, RewardFn, make_reward, memory_term
 from dynprune.runtime import TIMINGS, PlanEvaluator, ProfileConfig
 from dynprune.telemetry import MISSING, TELEMETRY_FIELDS, make_monitor, snapshot_to_vector
 from dynprune.types import Baseline, Evaluation, Prompt, StepRecord
@@ -95,6 +96,15 @@ class DynPruneEnv(gym.Env):
     | 8  | ffn-10%    | remove 10 % of all FFN channels, least important first         |
     | 9  | ffn-25%    | 25 % of FFN channels                                           |
 
+    ``action_table="kv"`` appends KV-cache windows (``dynprune.pruning.kv``: each running layer keeps
+    its first 4 cached tokens, StreamingLLM's attention sinks, and its most recent ones):
+
+    | id | name       | plan                                                           |
+    |----|------------|----------------------------------------------------------------|
+    | 10 | kv-50%     | keep the 4 sinks and the most recent 50 % of the context       |
+    | 11 | kv-75%     | keep the 4 sinks and the most recent 25 % of the context       |
+    | 12 | kv-w256    | keep the 4 sinks and the last 256 tokens (memory bounded)      |
+
     ## Observation Space
     ``Box(float32)``; names in ``env.unwrapped.observation_names`` and ``info["observation_names"]``.
 
@@ -130,6 +140,22 @@ class DynPruneEnv(gym.Env):
     memoised teacher-forced pass: the reward of a (prompt, action, load, budget) is deterministic.
     With ``timing="live"`` (evaluation) the plan and the full model are timed side by side.
 
+    Memory: whatever the reward, a step under memory pressure adds
+    ``kv_memory_weight * pressure * (1 - kv_fraction)`` (``dynprune.rewards.memory_term``), where
+    ``pressure = clip((0.25 - mem_available_frac) / 0.25, 0, 1)`` comes from the observed RAM and
+    ``kv_fraction`` is the share of the context's tokens the plan's KV cache holds at its peak:
+
+    | scenario                                   | mem_available_frac | pressure | kv-50% | kv-75% |
+    |--------------------------------------------|--------------------|----------|--------|--------|
+    | idle, busy_cpu, low_battery, gpu_contention | 0.50-0.70          | 0        | 0      | 0      |
+    | low_memory                                 | 0.08 (noise 0.03)  | ~0.68    | ~+0.34 | ~+0.51 |
+
+    This charges each plan ``weight * pressure * kv_fraction`` for the cache it needs, less the
+    constant ``weight * pressure`` every plan pays: plans without a KV window (the whole default
+    table) keep their rewards, so ``DynPruneTable-v0`` agrees; a window earns its quality cost back
+    only when memory is short. ``info["record"]`` carries ``kv_bytes`` / ``baseline_kv_bytes`` (the
+    plan's and the full model's KV-cache bytes at their peak) and ``memory_term``.
+
     ## Starting State
     ``reset`` draws a load scenario (``telemetry="scenario"``), a latency budget
     (with the budget reward) and a prompt from the split, all from ``self.np_random``.
@@ -146,7 +172,7 @@ class DynPruneEnv(gym.Env):
     | prompts             | "dynprune"       | prompt source (see ``dynprune.tasks``) or a list of Prompt  |
     | split               | "train"          | "train", "test" or None (all)                               |
     | max_new_tokens      | 32               | answer length of the full and pruned model                  |
-    | action_table        | "default"        | "default" or a list of ActionEntry / dicts                  |
+    | action_table        | "default"        | "default", "kv" (default + KV windows) or a list of ActionEntry / dicts |
     | reward              | "casrap"         | reward name or object                                       |
     | timing              | "modelled"       | "modelled" (latency model + memoised forward), "live" or "profiled" |
     | telemetry           | "scenario"       | "scenario", "live" or "replay"                              |
@@ -162,6 +188,7 @@ class DynPruneEnv(gym.Env):
     | prompt_embedding    | 0                | N > 0 appends N projected prompt-embedding coordinates      |
     | healing             | None             | healing folder (``dynprune heal``): LoRA active under pruned plans only |
     | adapters            | None             | adapters file (``dynprune adapters train``) for pruned layers |
+    | kv_memory_weight    | 1.0              | reward per whole KV cache freed at full memory pressure (0: off) |
     | device, dtype       | "auto"           | passed to ``load_model``                                    |
     | render_mode         | None             | "ansi" (last step, one line), "rgb_array" (recent steps)  |
 
@@ -209,6 +236,7 @@ class DynPruneEnv(gym.Env):
         prompt_embedding: int = 0,
         healing: str | None = None,
         adapters: str | None = None,
+        kv_memory_weight: float = 1.0,
         device: str = "auto",
         dtype: str = "auto",
         render_mode: str | None = None,
@@ -221,6 +249,11 @@ class DynPruneEnv(gym.Env):
         if prompts_per_episode < 1:
             raise ValueError(f"prompts_per_episode must be >= 1, got {prompts_per_episode}")
         lo, hi = _budget_range(budget_range)
+        weight_ok = isinstance(kv_memory_weight, (int, float)) and math.isfinite(kv_memory_weight)
+        if not (weight_ok and kv_memory_weight >= 0):
+            raise ValueError(f"kv_memory_weight must be a finite number >= 0 (0 turns the memory charge off), "
+                             f"got {kv_memory_weight!r}")
+        self.kv_memory_weight = float(kv_memory_weight)
         if telemetry != "scenario" and scenario is not None:
             raise ValueError(
                 f"scenario={scenario!r} is only used with telemetry='scenario', got telemetry={telemetry!r}; "
@@ -255,6 +288,8 @@ class DynPruneEnv(gym.Env):
         if not self.prompts:
             raise ValueError(f"prompt source {prompts!r} (split {split!r}) has no prompts")
         self.lm = model if isinstance(model, PrunableLM) else load_model(model, device=device, dtype=dtype)
+        if not self.lm.has_importance:  # the table's plans select by importance: the cached calibration, now
+            self.lm.calibrate()
         # A prompt too long for the context fails here, naming it, not when it is first drawn.
         self.lm.check_prompts_fit(self.prompts, max_new_tokens)
         if healing is not None:  # refuses a healing trained for another model, naming both identities
@@ -423,7 +458,12 @@ class DynPruneEnv(gym.Env):
         ev = self.evaluator.evaluate(self._prompt, plan, self.timing, cpu_util=cpu)
         base = self.evaluator.baseline(self._prompt)
         outcome, factor = self._outcome(ev, base)
+        # the KV memory the plan needs, charged under memory pressure (see Rewards)
+        fed = len(base.prompt_ids) + max(0, len(base.answer_ids) - 1)
+        outcome = replace(outcome, kv_fraction=fraction_held(plan.kv, fed),
+                          mem_available_frac=getattr(self._snapshot, "mem_available_frac", None))
         reward, terminated = self.reward_fn(outcome)
+        reward += memory_term(outcome, self.kv_memory_weight)
         return ev, base, outcome, float(reward), bool(terminated), factor
 
     def action_rewards(self) -> np.ndarray:
@@ -498,6 +538,9 @@ class DynPruneEnv(gym.Env):
             prefix_fidelity=ev.prefix_fidelity,
             budget_s=outcome.budget_s,
             healing=self.lm.healing_label(plan),
+            kv_bytes=ev.kv_bytes,
+            baseline_kv_bytes=ev.full_kv_bytes,
+            memory_term=memory_term(outcome, self.kv_memory_weight),
         )
         return record, ev, base, outcome
 

@@ -174,6 +174,43 @@ class RunConfig:
             kwargs["budget_range"] = None
         return cls(**kwargs, extra={k: v for k, v in data.items() if k not in names})
 
+    @classmethod
+    def from_env_settings(cls, env: Mapping[str, Any], **settings: Any) -> RunConfig:
+        """The settings of an env recorded as its DynPrune-v0 keyword arguments (the ``settings["env"]`` that
+        ``dynprune explore`` writes into every shard), so a held-out env matches the one the data came from:
+        DynPrune-v0's defaults for what ``env`` does not name; ``settings`` (the held-out options, the seed,
+        ``adapters``, ``extra``) on top."""
+        import inspect
+
+        from dynprune.runtime import ProfileConfig
+        from envs.dynprune_env import DynPruneEnv
+
+        params = inspect.signature(DynPruneEnv.__init__).parameters
+        env = {**{k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}, **env}
+        for key in ("model", "reward"):
+            if not isinstance(env[key], str):
+                raise ValueError(f"the logs' env {key} {env[key]!r} is not a name; dynprune test needs a named {key}")
+        profile = env.get("profile") or {}
+        defaults = ProfileConfig()  # the env's profile when the logs name none
+        source = env["prompts"]
+        return cls(**{
+            "model": env["model"],
+            "reward": env["reward"],
+            "timing": env["timing"],
+            "max_new_tokens": env["max_new_tokens"],
+            "telemetry": env["telemetry"],
+            "scenario": env["scenario"],
+            "device": env["device"],
+            "profile_tokens": profile.get("new_tokens", defaults.new_tokens),
+            "profile_repeats": profile.get("repeats", defaults.repeats),
+            "prompt_embedding": env.get("prompt_embedding", 0),
+            "budget_range": env["budget_range"],  # the held-out env draws budgets as the logs' env did
+            "healing": env.get("healing"),  # the held-out env attaches the same healing folder
+            "prompt_source": source if isinstance(source, str) else "dynprune",
+            "train_prompts": None,
+            **settings,
+        })
+
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some settings changed (fields, or keys of :attr:`extra`), validated again."""
         names = set(self.field_names())

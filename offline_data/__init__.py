@@ -13,7 +13,8 @@
   actions).
 - :mod:`offline_data.relabel`: latency-budget rows under more budgets (hindsight relabelling).
 - :mod:`offline_data.prefs`: winner/loser pairs of layer sets for preference training.
-- :mod:`offline_data.cli`: ``dynprune explore | relabel | prefs | minari | offline``.
+- :mod:`offline_data.cli`: ``dynprune explore | prefs | minari`` (``dynprune offline``, which trains
+  agents on the logs, is :mod:`agents.offline_cli`: the agents sit above the data).
 
 The names below are imported on first access, so ``import offline_data`` loads neither
 ``datasets`` nor torch.

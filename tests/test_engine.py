@@ -74,6 +74,23 @@ def test_set_importance_clears_cached_slices(tiny_lm):
     assert new_heads.kept_heads == heads.kept_heads and new_ffn.kept == ffn.kept  # same scores, same choice
 
 
+def test_reading_importance_never_calibrates(monkeypatch, tmp_path):
+    monkeypatch.setenv("DYNPRUNE_CACHE", str(tmp_path / "cache"))
+    lm = load_model("tiny-llama", device="cpu")
+    assert not lm.has_importance
+    with pytest.raises(ValueError, match=r"no importance scores.*lm\.calibrate\(\).*calibrate=True"):
+        _ = lm.importance
+    assert not (tmp_path / "cache" / "importance").exists()  # nothing measured, nothing cached
+    with pytest.raises(ValueError, match="no importance scores"):  # a plan that needs it says so too
+        with lm.apply(PruningPlan(heads={0: 2})):
+            pass
+    imp = lm.calibrate(n_prompts=4, seq_len=16)  # explicit: measures and caches
+    assert lm.has_importance and lm.importance is imp
+    assert len(list((tmp_path / "cache" / "importance").glob("*-n4-s16.safetensors"))) == 1
+    again = load_model("tiny-llama", device="cpu")
+    assert again.calibrate(n_prompts=4, seq_len=16).block_influence == imp.block_influence  # read from the cache
+
+
 def test_block_influence_in_range(tiny_lm):
     imp = tiny_lm.importance
     assert len(imp.block_influence) == tiny_lm.geometry.num_layers

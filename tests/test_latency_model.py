@@ -320,7 +320,8 @@ def test_modelled_env_same_seed_same_rewards(private_cache: Path) -> None:
     from dynprune.models import load_model
 
     # a small fit into the (private) cache first: both envs then read it, as every env does after the first
-    load_or_calibrate_latency(load_model("tiny-llama", device="cpu"), LatencyCalibration(points=8, repeats=1))
+    load_or_calibrate_latency(load_model("tiny-llama", device="cpu", calibrate=True),
+                              LatencyCalibration(points=8, repeats=1))
     actions = [int(a) for a in np.random.default_rng(3).integers(0, 10, size=50)]
     prompts = _prompts(6)
     first = _modelled_env_rewards("tiny-llama", 7, actions, prompts=prompts, split=None)
@@ -338,7 +339,7 @@ def test_modelled_env_same_seed_same_rewards_embedded(private_cache: Path) -> No
     from dynprune.models import load_model
 
     torch.set_num_threads(1)
-    lm = load_model("smollm2-135m", device="cpu")
+    lm = load_model("smollm2-135m", device="cpu", calibrate=True)
     lat, _ = calibrate_latency(lm, LatencyCalibration(points=6, repeats=1, prompt_tokens=(8, 32), new_tokens=(2, 4)))
     actions = [int(a) for a in np.random.default_rng(4).integers(0, 10, size=50)]
     kw = {"prompts": _prompts(4), "split": None, "latency_model": lat}

@@ -364,12 +364,14 @@ def test_train_offline_acts_in_the_action_space_and_round_trips(algo, sweep_mdp,
 
 def _parser() -> argparse.ArgumentParser:
     import agents.cli
+    import agents.offline_cli
     import offline_data.cli
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
     agents.cli.add_commands(sub)
     offline_data.cli.add_commands(sub)
+    agents.offline_cli.add_commands(sub)
     return parser
 
 

@@ -21,6 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
+from dynprune.cli_common import add_model_args, load_model_from_args
+
 
 def _check_out(args: argparse.Namespace) -> None:
     from dynprune.compress.folder import check_replaceable
@@ -105,44 +107,40 @@ def print_evaluation(e: dict) -> None:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     """Remove layers, optionally heal with LoRA; write the folder."""
-    from dynprune.cli import _load
     from dynprune.compress.pipeline import compress_layers
 
     _check_out(args)
     heal = None if args.heal == "none" else args.heal
     train, data = _train_config(args), _data_config(args)
-    lm = _load(args)
+    lm = load_model_from_args(args, calibrate=args.select == "block_influence")
     return _finish(args, lm, compress_layers(lm, args.select, args.k, heal=heal, train=train, data=data))
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
     """Distil a layer-removed student (every weight, KL + CE); write the folder."""
-    from dynprune.cli import _load
     from dynprune.compress.pipeline import compress_distill
 
     _check_out(args)
     train = _train_config(args, loss="kd", lora=False, kd_weight=args.kd_weight)
     data = _data_config(args)
-    lm = _load(args)
+    lm = load_model_from_args(args, calibrate=args.select == "block_influence")
     return _finish(args, lm, compress_distill(lm, args.select, args.k, train=train, data=data))
 
 
 def cmd_sparsify(args: argparse.Namespace) -> int:
     """Magnitude / Wanda / 2:4 pruning; write the folder."""
-    from dynprune.cli import _load
     from dynprune.compress.pipeline import compress_sparsity
     from dynprune.compress.sparsity import SparsityConfig
 
     _check_out(args)
     config = SparsityConfig(method=args.method, sparsity=0.5 if args.method == "2:4" else args.sparsity)
     data = _data_config(args)
-    lm = _load(args)
+    lm = load_model_from_args(args)
     return _finish(args, lm, compress_sparsity(lm, config, data))
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """FP16 / BF16 / INT8 / NF4; write the folder."""
-    from dynprune.cli import _load
     from dynprune.compress.pipeline import compress_quantize
     from dynprune.compress.quantize import check_format, require_cuda_bnb
     from dynprune.models import resolve_device
@@ -151,7 +149,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     check_format(args.format)
     if args.format == "nf4":
         require_cuda_bnb(resolve_device(args.device))  # fail before loading anything
-    lm = _load(args)
+    lm = load_model_from_args(args)
     return _finish(args, lm, compress_quantize(lm, args.format))
 
 
@@ -178,10 +176,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
-    from dynprune.cli import _add_model_args
-
     if model:
-        _add_model_args(p)
+        add_model_args(p)
         p.add_argument("--out", required=True, help="compressed model folder to write (atomically)")
         p.add_argument("--force", action="store_true", help="replace an existing --out folder")
         p.add_argument("--seq-len", type=int, default=64, help="tokens per calibration / training window")
