@@ -7,6 +7,10 @@ and ``platform_dependent`` (depends on the machine's speed). A reward returns
 
 Speed-ups are fractions: ``0.2`` means 20 % faster (``baseline / pruned - 1``
 on latency per generated token); a negative value is a slowdown.
+
+Memory: :func:`memory_term` is what the environments add to any reward when the machine is
+short of RAM (the ``low_memory`` scenario): the KV cache a plan needs is charged in proportion
+to the memory pressure, so a KV-cache window (``dynprune.pruning.kv``) pays off there and only there.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ class Outcome:
         kept_fraction: Fraction of per-token matmul FLOPs the plan keeps, in (0, 1].
         latency_s: Effective latency of the pruned generation (load factor applied).
         budget_s: Latency budget of the episode, or None.
+        kv_fraction: Tokens the plan's KV cache holds at its peak over the tokens of the context, in
+            (0, 1]: below 1 only for a KV window (``PruningPlan.kv``).
+        mem_available_frac: Available RAM fraction the agent observed, or None (not known).
     """
 
     speedup: float
@@ -40,6 +47,8 @@ class Outcome:
     kept_fraction: float
     latency_s: float = 0.0
     budget_s: float | None = None
+    kv_fraction: float = 1.0
+    mem_available_frac: float | None = None
 
     @property
     def ppl_degradation(self) -> float:
@@ -159,6 +168,34 @@ class ProxyReward:
 
     def __call__(self, outcome: Outcome) -> tuple[float, bool]:
         return outcome.fidelity + self.weight * (1.0 - outcome.kept_fraction), False
+
+
+MEMORY_PRESSURE_THRESHOLD = 0.25
+"""Available RAM fraction below which the KV cache is charged (idle 0.70, busy_cpu 0.50, low_memory 0.08)."""
+
+
+def memory_pressure(mem_available_frac: float | None, threshold: float = MEMORY_PRESSURE_THRESHOLD) -> float:
+    """``clip((threshold - available) / threshold, 0, 1)``: 0 with RAM to spare, 1 with none left.
+
+    The low_memory scenario (8 % available on average) gives about 0.68; every other scenario 0.
+    Unknown memory (None, or the observation's -1 for a missing field) gives 0.
+    """
+    if mem_available_frac is None or mem_available_frac < 0:
+        return 0.0
+    return min(1.0, max(0.0, (threshold - mem_available_frac) / threshold))
+
+
+def memory_term(outcome: Outcome, weight: float = 1.0, threshold: float = MEMORY_PRESSURE_THRESHOLD) -> float:
+    """What memory pressure adds to a step's reward: ``weight * pressure * (1 - kv_fraction)``.
+
+    Under pressure every plan is charged ``weight * pressure * kv_fraction`` for the KV cache it
+    needs (a whole cache costs ``weight`` at full pressure, the scale of a perfect answer's quality);
+    the part every plan pays alike, ``weight * pressure``, is left out, so a plan that keeps the whole
+    cache (every plan without a KV window) gets exactly the reward it got without the charge, and
+    the reward tables of the default actions stay valid. Without pressure the term is 0, so a window
+    there only costs quality.
+    """
+    return weight * memory_pressure(outcome.mem_available_frac, threshold) * (1.0 - outcome.kv_fraction)
 
 
 REWARDS: dict[str, type] = {

@@ -55,6 +55,7 @@ from dynprune.metrics import fidelity, task_score
 from dynprune.models import PrunableLM
 from dynprune.paired_timing import paired_generate
 from dynprune.plan import NO_PRUNING, PruningPlan
+from dynprune.pruning.kv import kv_bytes
 from dynprune.quality_memo import QualityMemo, quality_key
 from dynprune.types import (
     Baseline,
@@ -405,8 +406,25 @@ class PlanEvaluator:
         key = (plan, len(base.prompt_ids), len(base.answer_ids))
         hit = self._modelled_s.get(key)
         if hit is None:
-            hit = self._modelled_s[key] = self.latency_model.latency_s(self.shapes(plan), key[1], key[2])
+            shapes, model = self.shapes(plan), self.latency_model
+            n, new = key[1], key[2]
+            if plan.kv is None:
+                hit = model.latency_s(shapes, n, new)
+            else:
+                # A KV window shortens what each decode step attends over and copies (the held tokens);
+                # the prefill computes every score of the prompt either way (a mask, not a smaller
+                # product). The step cost is linear in the context, so the mean held context gives the sum.
+                steps = new - 1
+                held = [plan.kv.held_tokens(n + j + 1) for j in range(steps)]
+                decode = steps * model.step_s(shapes, sum(held) / steps) if steps else 0.0
+                hit = model.prefill_s(shapes, n) + decode
+            self._modelled_s[key] = hit
         return hit
+
+    def kv_bytes(self, plan: PruningPlan, base: Baseline) -> int:
+        """KV-cache bytes ``plan`` holds at its peak on this prompt and answer (the last token's pass)."""
+        fed = len(base.prompt_ids) + max(0, len(base.answer_ids) - 1)  # the last answer token is never fed
+        return kv_bytes(self.shapes(plan).kv_width, fed, self.lm.dtype.itemsize, plan.kv)
 
     def quality(self, prompt: Prompt, plan: PruningPlan, base: Baseline | None = None) -> QualityMetrics:
         """Teacher-forced quality of ``plan`` on ``prompt``: from the memo, else one forward pass (then memoised)."""
@@ -439,7 +457,18 @@ class PlanEvaluator:
     def evaluate(
         self, prompt: Prompt, plan: PruningPlan, timing: str = "modelled", cpu_util: float | None = None
     ) -> Evaluation:
-        """Measure ``plan`` on ``prompt``; the empty plan is the full model by definition (speed-up 0)."""
+        """Measure ``plan`` on ``prompt``; the empty plan is the full model by definition (speed-up 0).
+
+        Every timing also gives the KV-cache bytes of the plan and of the full model (counted from
+        shapes, the same in every timing).
+        """
+        ev = self._evaluate(prompt, plan, timing, cpu_util)
+        base = self.baseline(prompt)
+        return replace(ev, kv_bytes=self.kv_bytes(plan, base), full_kv_bytes=self.kv_bytes(NO_PRUNING, base))
+
+    def _evaluate(
+        self, prompt: Prompt, plan: PruningPlan, timing: str, cpu_util: float | None
+    ) -> Evaluation:
         if timing not in TIMINGS:
             raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
         base = self.baseline(prompt)

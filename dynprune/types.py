@@ -264,6 +264,9 @@ class StepRecord:
         agent: Name of the agent that chose the action.
         healing: The plan-conditional healing active in the step (``"<name>@<fingerprint>:<group>"``,
             ``dynprune.healing``), or None: no healing, or the ``none`` action (never healed).
+        kv_bytes, baseline_kv_bytes: KV-cache bytes the plan and the full model hold at their peak on
+            this prompt and answer (``Evaluation.kv_bytes``); None in records that predate them.
+        memory_term: What the memory pressure added to the reward (``dynprune.rewards.memory_term``).
     """
 
     episode: int
@@ -295,6 +298,9 @@ class StepRecord:
     prefix_fidelity: float | None = None
     budget_s: float | None = None
     healing: str | None = None
+    kv_bytes: int | None = None
+    baseline_kv_bytes: int | None = None
+    memory_term: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -355,6 +361,10 @@ class Evaluation:
             agreement overestimates it (SmolLM2-135M, the same 80 prompts, table plans other than
             none / layers-25 % / ffn-25 %: 0.62-0.76 teacher-forced vs 0.08-0.27 live;
             benchmarks/results/policy_headroom_casrap_{profiled,live}-n80_logged.json).
+        kv_bytes: KV-cache bytes the plan holds at its peak, while the answer's last token is
+            computed (running layers x kept KV heads x tokens held: a KV window holds only its
+            sinks and recent tokens; ``dynprune.pruning.kv.kv_bytes``); 0 when not computed.
+        full_kv_bytes: The same for the full model on the same prompt and answer.
     """
 
     timing: str
@@ -369,6 +379,13 @@ class Evaluation:
     kept_fraction: float
     seconds: float
     prefix_fidelity: float = 1.0
+    kv_bytes: int = 0
+    full_kv_bytes: int = 0
+
+    @property
+    def kv_fraction(self) -> float:
+        """``kv_bytes / full_kv_bytes``: the share of the full model's KV cache the plan holds (1.0 unknown)."""
+        return self.kv_bytes / self.full_kv_bytes if self.full_kv_bytes > 0 else 1.0
 
     @property
     def full_latency_s(self) -> float:

@@ -9,18 +9,26 @@ the same positions masked out. ``ATOL`` as in test_pruning.py (transformers' flo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
+import gymnasium as gym
 import pytest
 import torch
 from reference_llama import ReferenceLlama
 
+import envs  # noqa: F401  (registers DynPrune-v0)
 from dynprune.actions import ActionEntry, entry_plan, make_table
 from dynprune.generation import forward_with_cache
+from dynprune.latency_model import DECODE_FEATURES, PREFILL_FEATURES, LatencyModel, latency_key
 from dynprune.paired_timing import paired_generate
 from dynprune.plan import PruningPlan
 from dynprune.pruning.kv import KVWindow, SinkWindowLayer, fraction_held, kv_bytes, kv_cache_bytes
+from dynprune.records import record_from_dict
+from dynprune.rewards import memory_pressure
+from dynprune.runtime import PlanEvaluator
+from dynprune.types import Prompt
 
 ATOL = 1e-4
 TEXT = "The quick brown fox jumps over the lazy dog, then runs far away into the green hills."
@@ -198,3 +206,71 @@ def test_kv_bytes_formula():
     assert kv_bytes(192, 1000, 4, w) == 2 * 192 * 104 * 4 and kv_bytes(192, 1000, 4) == 2 * 192 * 1000 * 4
     assert fraction_held(KVWindow(sinks=4, fraction=0.5), 1000) == pytest.approx(504 / 1000)
     assert fraction_held(None, 1000) == 1.0
+
+
+# ----------------------------------------------------------------------------- runtime and env
+
+LONG = [Prompt(id=f"long-{i}", text=" ".join([TEXT] * 3) + f" Question {i}: what ran away?") for i in range(2)]
+
+
+def _latency_model(lm):
+    """Fixed, positive coefficients: deterministic modelled timing without a calibration."""
+    return LatencyModel(latency_key(lm), tuple([1e-4] * len(PREFILL_FEATURES)), tuple([1e-4] * len(DECODE_FEATURES)))
+
+
+def test_evaluation_counts_kv_bytes_and_a_window_shortens_modelled_decode(tiny_lm32):
+    ev = PlanEvaluator(tiny_lm32, max_new_tokens=6, latency_model=_latency_model(tiny_lm32))
+    prompt = LONG[0]
+    base = ev.baseline(prompt)
+    fed = len(base.prompt_ids) + len(base.answer_ids) - 1
+    g = tiny_lm32.geometry
+    full_bytes = 2 * g.num_layers * g.num_kv_heads[0] * g.head_dim * 4 * fed
+    window = KVWindow(sinks=4, window=16)
+    none, kv, skip = (ev.evaluate(prompt, p) for p in (PruningPlan(), PruningPlan(kv=window), PruningPlan(skip=[0])))
+    assert none.kv_bytes == none.full_kv_bytes == full_bytes
+    assert kv.kv_bytes == full_bytes * 20 // fed and kv.full_kv_bytes == full_bytes
+    assert skip.kv_bytes == full_bytes * 3 // 4  # a skipped layer caches nothing
+    assert kv.speedup > 0  # decode attends over 20 positions instead of ~fed
+    assert ev.modelled_latency_s(PruningPlan(kv=window), base) < ev.modelled_latency_s(PruningPlan(), base)
+    # the live path measures the same bytes (shapes, not timings)
+    live = ev.evaluate(prompt, PruningPlan(kv=window), timing="live")
+    assert live.kv_bytes == kv.kv_bytes and live.text is not None
+
+
+def test_memory_term_charges_the_kv_cache_under_low_memory_only(tiny_lm32):
+    kw = {"model": tiny_lm32, "prompts": LONG, "split": None, "max_new_tokens": 6, "action_table": "kv",
+          "reward": "accuracy_efficiency", "latency_model": _latency_model(tiny_lm32), "sequential": True}
+    table = make_table("kv")
+    names = [e.name for e in table]
+    by_scenario = {}
+    for scenario in ("idle", "low_memory"):
+        env = gym.make("DynPrune-v0", scenario=scenario, **kw).unwrapped
+        env.reset(seed=0)
+        records = env.action_records()
+        by_scenario[scenario] = records
+        mem = env._snapshot.mem_available_frac
+        for r in records:
+            if not r.action_name.startswith("kv"):
+                assert r.memory_term == 0.0  # plans without a window: rewards as before
+            assert r.kv_bytes <= r.baseline_kv_bytes
+            # the JSON round trip keeps the new fields
+            assert record_from_dict(json.loads(json.dumps(dataclasses.asdict(r)))) == r
+        kvr = records[names.index("kv-75%")]
+        assert kvr.kv_bytes < kvr.baseline_kv_bytes
+        expect = memory_pressure(mem) * (1 - kvr.kv_bytes / kvr.baseline_kv_bytes)
+        assert kvr.memory_term == pytest.approx(expect, rel=1e-12)
+    assert all(r.memory_term == 0.0 for r in by_scenario["idle"])
+    assert by_scenario["low_memory"][names.index("kv-75%")].memory_term > 0.4
+    idle_best = max(by_scenario["idle"], key=lambda r: r.reward)
+    assert not idle_best.action_name.startswith("kv")  # under idle a window only costs quality
+    # the same quality, a different reward: only the memory term moved
+    for a, b in zip(by_scenario["idle"], by_scenario["low_memory"], strict=True):
+        assert b.reward - b.memory_term == pytest.approx(a.reward, abs=1e-12)
+    with pytest.raises(ValueError, match="kv_memory_weight must be a finite number >= 0.*-1"):
+        gym.make("DynPrune-v0", kv_memory_weight=-1, **kw)
+
+
+def test_memory_pressure_values():
+    assert memory_pressure(0.70) == 0.0 and memory_pressure(0.25) == 0.0
+    assert memory_pressure(0.08) == pytest.approx(0.68)
+    assert memory_pressure(0.0) == 1.0 and memory_pressure(None) == 0.0 and memory_pressure(-1.0) == 0.0
