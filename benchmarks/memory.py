@@ -40,15 +40,13 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks import harness
-from benchmarks.utils import TIMED_PROMPT, rotated, summary
+from benchmarks.utils import TIMED_PROMPT, peak_during, rotated, summary
 from dynprune.models import PrunableLM
 
 MIB = float(1 << 20)
@@ -116,88 +114,6 @@ class Args(harness.Args):
     def algo_list(self) -> list[str]:
         """``offline_algos`` as a list."""
         return [a.strip() for a in self.offline_algos.split(",") if a.strip()]
-
-
-# ----------------------------------------------------------------------------- peak memory of a region
-
-
-def _status_kib(field: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), or None off Linux."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def current_rss() -> int:
-    """Resident set size of this process, bytes."""
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def peak_during(fn: Callable[[], Any], device: Any = None) -> dict[str, Any]:
-    """Run ``fn`` and return the RSS before it and the peak RSS during it (and peak VRAM on CUDA), bytes.
-
-    Method: reset the kernel's peak mark (``/proc/self/clear_refs`` = 5) and read ``VmHWM``
-    after; where that is not possible, sample RSS every millisecond in a thread.
-    """
-    import gc
-
-    import torch
-
-    gc.collect()
-    cuda = device is not None and torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        vram_before = torch.cuda.memory_allocated(device)
-    lifetime_peak = _status_kib("VmHWM")
-    before = current_rss()
-    method = "VmHWM after /proc/self/clear_refs=5"
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        sampler = None
-    except OSError:
-        method = "psutil RSS sampled every 1 ms"
-        peak_box = {"peak": before}
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                peak_box["peak"] = max(peak_box["peak"], current_rss())
-                time.sleep(0.001)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-    t0 = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - t0
-    if sampler is None:
-        hwm = _status_kib("VmHWM")
-        peak = hwm * 1024 if hwm is not None else current_rss()
-    else:
-        stop.set()
-        sampler.join()
-        peak = max(peak_box["peak"], current_rss())
-    out: dict[str, Any] = {
-        "rss_before": before,
-        "peak_rss": peak,
-        "delta_rss": peak - before,
-        "process_peak_before": lifetime_peak * 1024 if lifetime_peak is not None else None,
-        "method": method,
-        "seconds": seconds,
-    }
-    if cuda:
-        torch.cuda.synchronize(device)
-        out.update(vram_before=vram_before, peak_vram_allocated=torch.cuda.max_memory_allocated(device),
-                   peak_vram_reserved=torch.cuda.max_memory_reserved(device))
-    return out
 
 
 # ----------------------------------------------------------------------------- child processes
