@@ -19,6 +19,7 @@ from torch import nn
 from transformers import Cache, DynamicCache
 
 from dynprune.metrics import Timer, perplexity
+from dynprune.pruning.kv import prefill_chunk
 from dynprune.types import ScoreResult
 
 
@@ -38,9 +39,27 @@ def _cache_keyword(model_class: type) -> str:
 
 
 def forward_with_cache(model: nn.Module, input_ids: torch.Tensor, cache: Cache, **kwargs: object) -> torch.Tensor:
-    """Run ``model`` on ``input_ids`` through ``cache`` (updated in place); return the logits."""
+    """Run ``model`` on ``input_ids`` through ``cache`` (updated in place); return the logits.
+
+    Under a KV-window plan a long input runs in chunks (``dynprune.pruning.kv.prefill_chunk``), so
+    no pass holds more than a chunk's scores and the cache no more than the window and a chunk;
+    the logits are those of one pass.
+    """
     kwargs[cache_keyword(model)] = cache
-    return model(input_ids=input_ids, use_cache=True, **kwargs).logits
+    chunk = prefill_chunk(model) if input_ids.shape[1] > 1 else None
+    if chunk is None or input_ids.shape[1] <= chunk:
+        return model(input_ids=input_ids, use_cache=True, **kwargs).logits
+    keep = kwargs.pop("logits_to_keep", 0)
+    pieces = list(torch.split(input_ids, chunk, dim=1))
+    last_only = isinstance(keep, int) and 0 < keep <= pieces[-1].shape[1]
+    rows = []
+    for i, piece in enumerate(pieces):
+        if last_only and i < len(pieces) - 1:
+            model(input_ids=piece, use_cache=True, logits_to_keep=1, **kwargs)  # fills the cache only
+            continue
+        rows.append(model(input_ids=piece, use_cache=True, logits_to_keep=keep if last_only else 0, **kwargs).logits)
+    logits = torch.cat(rows, dim=1)
+    return logits if last_only or not keep else logits[:, -keep:]
 
 
 def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:

@@ -1018,7 +1018,7 @@ class PrunableLM:
                 # the running layers' attention only: a removed layer neither caches nor attends
                 removed = set(plan.removed_layers)
                 running = [layer.self_attn for i, layer in enumerate(self._layers) if i not in removed]
-                undo.append(apply_kv_window(running, plan.kv))
+                undo.append(apply_kv_window(running, plan.kv, owner=self.model))
             self._active = plan
             yield self
         finally:

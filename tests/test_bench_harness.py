@@ -153,3 +153,25 @@ def test_policy_headroom_default_sweep_is_offline_rl_default() -> None:
     expected = sweep_logs_dir(o.model, o.reward, o.timing, o.train_prompts, o.max_new_tokens, o.seed)
     p = policy_headroom.OFFLINE_RL_SWEEP
     assert sweep_logs_dir("smollm2-135m", seed=0, **p) == expected
+
+
+@pytest.mark.slow  # three fresh model processes and a tiny latency fit: ~30 s on an idle 2-core CPU
+def test_kv_cache_smoke(tmp_path: Path) -> None:
+    """benchmarks/kv_cache.py end to end on tiny-llama: every action beside the full model, the sweep, the load."""
+    from benchmarks import kv_cache
+
+    out = tmp_path / "kv.json"
+    result = kv_cache.main(["--smoke", "--out", str(out), "--threads", "1"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert list(result["actions"]) == ["none", "kv-50%", "kv-w256"]
+    none, half = result["actions"]["none"], result["actions"]["kv-50%"]
+    assert half["kv_bytes_held_max_mib"]["median"] < none["kv_bytes_held_max_mib"]["median"]
+    assert half["kv_fraction_counted"]["median"] < 0.6 and none["kv_fraction_counted"]["median"] == 1.0
+    for key in ("speedup", "prefix_fidelity", "token_agreement", "peak_rss_over_loaded_mib"):
+        assert half[key] is not None
+    for reward in ("accuracy_efficiency", "casrap"):
+        sweep = result["sweep"][reward]
+        assert set(sweep["best_idle"]) == {p["id"] for p in result["prompts"]}
+        idle = sweep["scenarios"]["idle"][0]["actions"]
+        assert all(a["memory_term"] == 0.0 for a in idle.values())
+    assert "load_average" in json.dumps(result["machine_load_start"])

@@ -274,3 +274,40 @@ def test_memory_pressure_values():
     assert memory_pressure(0.70) == 0.0 and memory_pressure(0.25) == 0.0
     assert memory_pressure(0.08) == pytest.approx(0.68)
     assert memory_pressure(0.0) == 1.0 and memory_pressure(None) == 0.0 and memory_pressure(-1.0) == 0.0
+
+
+@pytest.mark.parametrize("window", [KVWindow(sinks=2, window=7), KVWindow(sinks=1, fraction=0.25)],
+                         ids=lambda w: w.describe())
+def test_long_inputs_run_in_chunks_with_the_same_logits(tiny_lm, ref, ids, monkeypatch, window):
+    """A cached pass longer than the prefill chunk runs chunk by chunk; every position's logits as in one pass."""
+    import dynprune.pruning.kv as kv_module
+
+    monkeypatch.setattr(kv_module, "MIN_PREFILL_CHUNK", 16)
+    monkeypatch.setattr(kv_module, "PREFILL_CHUNK", 16)
+    want = ref.logits(ids, visible=visible(window))
+    calls = []
+    hook = tiny_lm.model.model.register_forward_pre_hook(lambda m, a, k: calls.append(k["input_ids"].shape[1]),
+                                                         with_kwargs=True)
+    try:
+        with tiny_lm.apply(PruningPlan(kv=window)):
+            every = forward_with_cache(tiny_lm.model, torch.tensor([ids]), tiny_lm.new_cache())[0]
+            cache = tiny_lm.new_cache()
+            last = forward_with_cache(tiny_lm.model, torch.tensor([ids]), cache, logits_to_keep=1)[0]
+            tail = forward_with_cache(tiny_lm.model, torch.tensor([ids[:40]]), tiny_lm.new_cache(), logits_to_keep=20)
+    finally:
+        hook.remove()
+    n_chunks = math.ceil(len(ids) / 16)
+    assert calls[:n_chunks] == [16] * (n_chunks - 1) + [len(ids) - 16 * (n_chunks - 1)]
+    torch.testing.assert_close(every, want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(last, want[-1:], atol=ATOL, rtol=0)
+    torch.testing.assert_close(tail[0], ref.logits(ids[:40], visible=visible(window))[-20:], atol=ATOL, rtol=0)
+    assert cache.get_seq_length() == len(ids)
+    # without a window nothing is chunked
+    calls.clear()
+    hook = tiny_lm.model.model.register_forward_pre_hook(lambda m, a, k: calls.append(k["input_ids"].shape[1]),
+                                                         with_kwargs=True)
+    try:
+        forward_with_cache(tiny_lm.model, torch.tensor([ids]), tiny_lm.new_cache(), logits_to_keep=1)
+    finally:
+        hook.remove()
+    assert calls == [len(ids)]

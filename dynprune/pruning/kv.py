@@ -22,6 +22,13 @@ Two parts, both reversible and put in place by ``PrunableLM.apply`` only:
   a multi-token pass (prefill, teacher-forced scoring) has pairs the window cuts.
 
 A decode step (one query) needs no mask of its own: the cache holds exactly the keys it may see.
+
+A long prompt is fed in chunks (:func:`prefill_chunk`, used by ``generation.forward_with_cache``):
+a masked pass materialises its query x key scores, so one pass over an n-token prompt would hold
+n^2 scores per head, more than the full model's causal kernel and its whole cache. In chunks of C
+tokens a pass holds at most C x (S + W + C) scores and the cache S + W + C tokens, whatever the
+prompt's length: what bounded attention memory means on a memory-tight device. The logits are
+the same (every query sees exactly its window either way; the tests check both against the reference).
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ from transformers.cache_utils import DynamicLayer
 
 #: Attention implementations whose masks the window can rewrite (a boolean or an additive float mask).
 KV_ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+#: Prompt tokens per prefill pass under a fractional window (its cache grows with the context anyway).
+PREFILL_CHUNK = 256
+#: Fewest prompt tokens per prefill pass under a fixed window (fewer passes cost more than they save).
+MIN_PREFILL_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,11 @@ class KVWindow:
     def recent_at(self, position: int) -> int:
         """``W(p)`` at one position."""
         return int(self.recent(torch.tensor([position], dtype=torch.long))[0])
+
+    @property
+    def prefill_chunk(self) -> int:
+        """Prompt tokens per prefill pass: the window (at least 64) when fixed, else 256."""
+        return max(MIN_PREFILL_CHUNK, self.window) if self.window is not None else PREFILL_CHUNK
 
     def held_tokens(self, n_tokens: int) -> int:
         """Tokens a layer's cache holds while the last of ``n_tokens`` attends (its peak)."""
@@ -282,11 +298,15 @@ def check_attention(config: Any, impl: str | None = None) -> None:
         )
 
 
-def apply_kv_window(attention: Iterable[nn.Module], window: KVWindow) -> Callable[[], None]:
+def apply_kv_window(
+    attention: Iterable[nn.Module], window: KVWindow, owner: nn.Module | None = None
+) -> Callable[[], None]:
     """Put ``window`` on every attention module given (a forward pre-hook each); return the undo.
 
     Modules with their own sliding window (``self_attn.sliding_window`` set: Mistral, Qwen2/3
     sliding layers) keep it: their cache is already bounded and their mask is the model's.
+    ``owner`` (the causal-LM module) is marked with the window, so cached passes over a long
+    input run in chunks (:func:`prefill_chunk`).
     """
     handles = []
     for attn in attention:
@@ -295,11 +315,22 @@ def apply_kv_window(attention: Iterable[nn.Module], window: KVWindow) -> Callabl
             continue
         handles.append(attn.register_forward_pre_hook(_window_hook(window), with_kwargs=True))
 
+    if owner is not None:
+        owner._dynprune_kv_window = window
+
     def undo() -> None:
         for h in handles:
             h.remove()
+        if owner is not None:
+            del owner._dynprune_kv_window
 
     return undo
+
+
+def prefill_chunk(model: nn.Module) -> int | None:
+    """Input tokens per cached pass of ``model`` under a KV window, or None when none is applied."""
+    window = getattr(model, "_dynprune_kv_window", None)
+    return window.prefill_chunk if window is not None else None
 
 
 def kv_cache_bytes(cache: Any) -> int:
@@ -337,5 +368,6 @@ __all__ = [
     "fraction_held",
     "kv_bytes",
     "kv_cache_bytes",
+    "prefill_chunk",
     "window_allowed",
 ]
