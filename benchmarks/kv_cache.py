@@ -64,7 +64,7 @@ class Args(harness.Args):
     """tokens generated per paired run and per memory run; the env's answer limit too"""
     repeats: int = 1
     """paired runs per (prompt, action), actions rotated between repeats"""
-    memory_repeats: int = 1
+    memory_repeats: int = 2
     """fresh-process peak-memory runs per action (and the full model), order rotated"""
     rewards: str = "accuracy_efficiency,casrap"
     """rewards of the scenario sweep, comma-separated"""

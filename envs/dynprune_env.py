@@ -105,6 +105,10 @@ class DynPruneEnv(gym.Env):
     | 11 | kv-75%     | keep the 4 sinks and the most recent 25 % of the context       |
     | 12 | kv-w256    | keep the 4 sinks and the last 256 tokens (memory bounded)      |
 
+    A window's quality is measured like any plan's (teacher-forced with the same positions masked,
+    or live); its modelled speed-up is that of its plan without the window (the latency model has no
+    window terms; measured live on SmolLM2-135M: within -10..+1 %, ``benchmarks/results/kv_cache.json``).
+
     ## Observation Space
     ``Box(float32)``; names in ``env.unwrapped.observation_names`` and ``info["observation_names"]``.
 
