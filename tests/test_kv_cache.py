@@ -17,11 +17,13 @@ import gymnasium as gym
 import pytest
 import torch
 from reference_llama import ReferenceLlama
+from transformers import AutoModelForCausalLM, Qwen2Config
 
 import envs  # noqa: F401  (registers DynPrune-v0)
 from dynprune.actions import ActionEntry, entry_plan, make_table
 from dynprune.generation import forward_with_cache
 from dynprune.latency_model import DECODE_FEATURES, PREFILL_FEATURES, LatencyModel, latency_key
+from dynprune.models import PrunableLM, byte_tokenizer
 from dynprune.paired_timing import paired_generate
 from dynprune.plan import PruningPlan
 from dynprune.pruning.kv import KVWindow, SinkWindowLayer, fraction_held, kv_bytes, kv_cache_bytes
@@ -313,3 +315,39 @@ def test_long_inputs_run_in_chunks_with_the_same_logits(tiny_lm, ref, ids, monke
     finally:
         hook.remove()
     assert calls == [len(ids)]
+
+
+def _tiny_qwen2() -> PrunableLM:
+    """A float64 tiny Qwen2: layers 0-1 full attention, 2-3 their own sliding window of 8 (transformers' layout)."""
+    tok = byte_tokenizer()
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                         use_sliding_window=True, sliding_window=8, max_window_layers=2, initializer_range=0.25,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    return PrunableLM(model.double().eval().requires_grad_(False), tok, name="tiny-qwen2")
+
+
+def test_sliding_layers_keep_their_own_window_and_cached_steps_match_the_masked_pass():
+    """Qwen2 mixing full and sliding layers: the window goes on the full ones only, in transformers' own cache."""
+    lm = _tiny_qwen2()
+    ids = [lm.bos_id, *lm.encode_text(TEXT)][:48]
+    before = lm.logits(ids)
+    plans = (PruningPlan(kv=KVWindow(sinks=2, window=6)), PruningPlan(skip=[1], kv=KVWindow(sinks=1, fraction=0.3)))
+    for plan in plans:
+        with lm.apply(plan):
+            masked = lm.logits(ids)[0]  # no cache: the window as a mask
+            cache = lm.new_cache()
+            rows = [forward_with_cache(lm.model, torch.tensor([ids[:16]]), cache)[0]]
+            rows += [forward_with_cache(lm.model, torch.tensor([[t]]), cache)[0] for t in ids[16:]]
+            kinds = [type(layer).__name__ for layer in cache.layers]
+        torch.testing.assert_close(torch.cat(rows), masked, atol=1e-9, rtol=0)
+        n_full = 2 - len(plan.skip)
+        assert kinds == ["SinkWindowLayer"] * n_full + ["DynamicSlidingWindowLayer"] * 2
+    assert torch.equal(lm.logits(ids), before)
+    with pytest.raises(ValueError, match="needs a running full-attention layer"), \
+            lm.apply(PruningPlan(skip=[0, 1], kv=KVWindow(window=4))):
+        pass
+    assert torch.equal(lm.logits(ids), before)

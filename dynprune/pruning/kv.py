@@ -308,13 +308,18 @@ def apply_kv_window(
     ``owner`` (the causal-LM module) is marked with the window, so cached passes over a long
     input run in chunks (:func:`prefill_chunk`).
     """
-    handles = []
+    handles: list[Any] = []
     for attn in attention:
         check_attention(attn.config, _implementation(attn))
         if getattr(attn, "sliding_window", None):
             continue
         handles.append(attn.register_forward_pre_hook(_window_hook(window), with_kwargs=True))
 
+    if not handles:
+        raise ValueError(
+            "a KV-window plan needs a running full-attention layer; every running layer keeps its own sliding "
+            "window (config.sliding_window), which already bounds its cache: drop kv from the plan"
+        )
     if owner is not None:
         owner._dynprune_kv_window = window
 
