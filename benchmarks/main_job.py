@@ -61,7 +61,10 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
     """``dynprune main`` in a subprocess, then the model's load time from its cache and from an empty one."""
     extra = ["--episodes", "8", "--train-prompts", "4", "--test-prompts", "2", "--max-new-tokens", "3",
              "--profile-tokens", "2", "--profile-repeats", "1"] if args.smoke else []
-    threads = {} if args.threads is None else {"OMP_NUM_THREADS": str(args.threads)}
+    # smoke: one thread unless --threads says otherwise (a tiny model on two threads of a loaded machine spins:
+    # 56 s against 16 s for the same smoke run at load 5 on 2 cores)
+    n_threads = 1 if args.threads is None and args.smoke else args.threads
+    threads = {} if n_threads is None else {"OMP_NUM_THREADS": str(n_threads)}
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(Path(tmp) / "cache") if args.fresh_cache else os.environ.get("DYNPRUNE_CACHE", "")
         env = {**os.environ, **threads, **({"DYNPRUNE_CACHE": cache} if cache else {})}

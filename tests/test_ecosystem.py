@@ -27,12 +27,13 @@ FAST = {"model": "tiny-llama", "max_new_tokens": 4, "reward": "proxy",
 
 
 @pytest.mark.slow
-def test_make_vec_env_and_subproc_train_dqn():
+def test_make_vec_env_and_subproc_train_dqn(monkeypatch):
     """SB3 asks for render_mode="rgb_array" by default; both vec env kinds train a few DQN steps."""
     from stable_baselines3 import DQN
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import SubprocVecEnv
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the subprocess envs' torch: a tiny model spins on more threads
     for cls in (None, SubprocVecEnv):
         kwargs = {"vec_env_cls": cls} if cls is not None else {}
         venv = make_vec_env("DynPrune-v0", n_envs=2, seed=0, env_kwargs=FAST, **kwargs)

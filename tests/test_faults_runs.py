@@ -350,7 +350,7 @@ sys.exit(main(argv))
 
 def killed(where: str, n: int, *argv: str | Path) -> subprocess.CompletedProcess:
     """Run ``dynprune argv`` in a child that kills itself with SIGKILL at (where, n)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # one thread: a tiny model spins on more
     proc = subprocess.run([sys.executable, "-c", KILL_DRIVER, where, str(n), *map(str, argv)],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]

@@ -222,7 +222,8 @@ def test_a_truncated_shard_is_reported_by_name_and_the_rest_load(dfs_logs, tmp_p
 @pytest.mark.slow
 def test_two_spawned_workers_write_the_same_rows_as_one(dfs_logs, tmp_path, prompt_ids):
     # ~10 s: each spawned process imports torch and builds its own env
-    summary = explore(TINY_ENV, "dfs", tmp_path, prompt_ids=prompt_ids, threshold=0.0, max_scenarios=4, workers=2)
+    summary = explore(TINY_ENV, "dfs", tmp_path, prompt_ids=prompt_ids, threshold=0.0, max_scenarios=4, workers=2,
+                      threads=1)
     assert [w.done for w in summary.workers] == [(prompt_ids[0], prompt_ids[2]), (prompt_ids[1],)]
     one, two = load_logs(dfs_logs), load_logs(tmp_path)
     # each prompt is seeded by its id: the split over workers does not change its rows
