@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, str] = {
     "gpu": "benchmarks.gpu",  # measures nothing without CUDA unless --smoke or --models is given
     "healing": "benchmarks.healing",  # needs the healing folders of `dynprune heal` (benchmarks/README.md)
     "kv_cache": "benchmarks.kv_cache",  # KV-cache windows on long prompts; the memory scenario sweep
+    "answer": "benchmarks.answer",  # an hour or more: live held-out tables, then every agent x seeds
     "pareto": "benchmarks.pareto",  # last: it draws the compress and router results beside its own points
 }
 """Benchmark name -> module with a ``main(argv)``; ``all`` runs them in this order."""

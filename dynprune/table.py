@@ -86,9 +86,10 @@ class RewardTable:
 
 
 def table_meta(lm: PrunableLM, max_new_tokens: int, actions: Sequence[ActionEntry], plans: Sequence[Any],
-               latency: LatencyModel, prompts_source: str) -> dict[str, Any]:
+               latency: LatencyModel, prompts_source: str, timing: str = "modelled") -> dict[str, Any]:
     """The metadata that identifies a table build (a resumed build must match it)."""
     table = lm.model.get_input_embeddings().weight
+    healing = getattr(lm, "healing", None)
     return {
         "format": FORMAT,
         "model": lm.name,
@@ -98,7 +99,11 @@ def table_meta(lm: PrunableLM, max_new_tokens: int, actions: Sequence[ActionEntr
         "adapters": sorted(int(i) for i in lm.adapters),
         "max_new_tokens": int(max_new_tokens),
         "prompts": prompts_source,
-        "timing": "modelled",
+        "timing": timing,
+        # the plan-conditional healing served under pruned plans (dynprune.healing), or None
+        # labels: each action's "<name>@<fingerprint>:<group>" (None: served unhealed), as DynPrune-v0 records them
+        "healing": None if healing is None else {"name": healing.name, "fingerprint": healing.fingerprint,
+                                                 "labels": [healing.label(p) for p in plans]},
         "actions": [{"name": e.name, "kind": e.kind, "amount": e.amount, "plan": p.to_dict()}
                     for e, p in zip(actions, plans, strict=True)],
         "latency_model": latency.to_dict(),
@@ -109,7 +114,8 @@ def table_meta(lm: PrunableLM, max_new_tokens: int, actions: Sequence[ActionEntr
 
 def _identity(meta: dict[str, Any]) -> dict[str, Any]:
     """What must agree for a resumed build to add rows to an existing table."""
-    keep = ("format", "model_id", "device", "dtype", "adapters", "max_new_tokens", "prompts", "actions")
+    keep = ("format", "model_id", "device", "dtype", "adapters", "max_new_tokens", "prompts", "actions", "timing",
+            "healing")
     ident = {k: meta.get(k) for k in keep}
     lat = meta.get("latency_model") or {}
     ident["latency"] = (lat.get("key"), lat.get("prefill"), lat.get("decode"))
@@ -215,12 +221,19 @@ def build_table(
     latency_model: LatencyModel | None = None,
     flush_every: int = 10,
     progress: Callable[[str], None] | None = print,
+    timing: str = "modelled",
 ) -> Path:
     """Measure every action of ``actions`` (default table) on every prompt and write the table to ``out``.
 
-    Modelled timing: the full model's answer once per prompt (``cache_file`` keeps answers
+    ``timing="modelled"``: the full model's answer once per prompt (``cache_file`` keeps answers
     across runs), one teacher-forced pass per (prompt, action) (``memo_file`` keeps them),
     latency from ``latency_model`` (default: the cached fit of ``lm`` as it runs now).
+    ``timing="live"``: each plan generates its own greedy answer timed beside the full model
+    (``dynprune.paired_timing``: forward passes interleaved), so speed-up, token agreement,
+    prefix fidelity and task score are those of the served answer (the honest live step of
+    DynPrune-v0); the full model's latency is its own timed generation. A held-out live table
+    scores every agent on the same measurements. With healing attached (``lm.set_healing``)
+    pruned plans are served healed; the metadata records which healing.
     Resumes from an existing ``out`` built with the same settings.
     """
     from dynprune.actions import DEFAULT_TABLE, entry_plan
@@ -229,6 +242,8 @@ def build_table(
 
     if flush_every < 1:
         raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+    if timing not in ("modelled", "live"):
+        raise ValueError(f"timing must be 'modelled' or 'live' for a table, got {timing!r}")
     ids = [p.id for p in prompts]
     if len(set(ids)) != len(ids):
         raise ValueError("prompt ids must be unique in a table")
@@ -236,7 +251,7 @@ def build_table(
     actions = tuple(actions or DEFAULT_TABLE)
     ev = PlanEvaluator(lm, max_new_tokens, cache_file=cache_file, memo=memo_file, latency_model=latency_model)
     plans = [entry_plan(e, lm, use_adapters=bool(lm.adapters)) for e in actions]
-    meta = table_meta(lm, max_new_tokens, actions, plans, ev.latency_model, prompts_source)
+    meta = table_meta(lm, max_new_tokens, actions, plans, ev.latency_model, prompts_source, timing)
     done = {r["prompt_id"]: r for r in _existing_rows(out, meta)}
     todo = [p for p in prompts if p.id not in done]
     say = progress or (lambda line: None)
@@ -252,14 +267,14 @@ def build_table(
 
     for k, prompt in enumerate(todo, 1):
         base = ev.baseline(prompt)
-        evals = [ev.evaluate(prompt, plan, "modelled") for plan in plans]
+        evals = [ev.evaluate(prompt, plan, timing) for plan in plans]
         done[prompt.id] = {
             "prompt_id": prompt.id, "split": prompt.split, "category": prompt.category, "text": prompt.text,
             "prompt_tokens": len(base.prompt_ids), "feature_tokens": base.features.n_tokens,
             "prompt_perplexity": base.features.perplexity, "complexity": base.features.complexity,
             "answer_tokens": len(base.answer_ids), "baseline_ppl": base.ppl,
             "baseline_task_score": base.task_score,
-            "full_latency_s": ev.modelled_latency_s(NO_PRUNING, base),
+            "full_latency_s": ev.modelled_latency_s(NO_PRUNING, base) if timing == "modelled" else base.latency_s,
             "embedding": lm.prompt_embedding(prompt.text).tolist(),
             **{name: [getattr(e, name) for e in evals] for name in ACTION_COLUMNS},
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,19 @@ def table_path(table: str | Path) -> Path:
     have = sorted(f.stem for f in TABLES_DIR.glob("*.parquet"))
     raise ValueError(f"table {table!r} is neither a file nor a shipped table (shipped: {have}); "
                      "build one with: dynprune table build --model MODEL --out FILE.parquet")
+
+
+def healing_fingerprint(folder: str | Path) -> str:
+    """The weights' fingerprint a healing folder records (its ``healing.json``, ``dynprune.healing.read_info``).
+
+    Read here as plain JSON, so this module needs no torch.
+    """
+    path = Path(folder) / "healing.json"  # dynprune.healing.INFO_FILE
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{folder} is not a healing folder with a fingerprint ({path}: {e}); "
+                         "make one with dynprune heal --out DIR") from None
 
 
 class DynPruneTableEnv(gym.Env):
@@ -91,6 +105,7 @@ class DynPruneTableEnv(gym.Env):
     | sequential          | False          | visit prompts in order instead of at random                  |
     | budget_range        | (0.8, 1.2)     | budget / full latency under the load (x budget_scale)        |
     | prompt_embedding    | 0              | N > 0 appends N projected prompt-embedding coordinates       |
+    | healing             | None           | healing folder the table must have been built with (checked) |
 
     ```python
     import gymnasium as gym
@@ -99,6 +114,10 @@ class DynPruneTableEnv(gym.Env):
     obs, info = env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     ```
+
+    A table built with healing (``dynprune table build --healing DIR``) serves its pruned actions
+    healed: ``env.unwrapped.healing`` names it and each step's ``info["healing"]`` is the label
+    DynPrune-v0 records for the action (None for ``none`` and for unhealed tables).
 
     ## Version History
     * v0: first version.
@@ -118,6 +137,7 @@ class DynPruneTableEnv(gym.Env):
         sequential: bool = False,
         budget_range: tuple[float, float] = (0.8, 1.2),
         prompt_embedding: int = 0,
+        healing: str | Path | None = None,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
@@ -140,6 +160,17 @@ class DynPruneTableEnv(gym.Env):
                                     trace=trace if telemetry == "replay" else None, device=self.data.meta["device"])
         self.timing = str(self.data.meta.get("timing", "modelled"))
         self.action_names: tuple[str, ...] = self.data.action_names
+        stored = self.data.meta.get("healing")  # None: built unhealed (or before tables recorded healing)
+        if healing is not None:
+            want, have = healing_fingerprint(healing), None if stored is None else stored["fingerprint"]
+            if want != have:
+                built = "unhealed" if stored is None else f"with healing {stored['name']}@{have}"
+                raise ValueError(f"the table was built {built}, not with healing {healing} ({want}); build one "
+                                 f"with: dynprune table build --healing {healing} --out FILE.parquet")
+        self.healing: str | None = None if stored is None else f"{stored['name']}@{stored['fingerprint']}"
+        """``"<name>@<fingerprint>"`` of the healing the table's pruned actions were measured with, or None."""
+        self._healing_labels: tuple[str | None, ...] = (
+            tuple(stored["labels"]) if stored is not None else (None,) * len(self.action_names))
         self.action_space = spaces.Discrete(len(self.action_names))
         self.plans: tuple[dict[str, Any], ...] = tuple(a["plan"] for a in self.data.meta["actions"])
 
@@ -243,18 +274,21 @@ class DynPruneTableEnv(gym.Env):
             speedup=self._speedup[prompt][action],
             baseline_ppl=self._baseline_ppl[prompt],
             pruned_ppl=self._ppl[prompt][action],
-            fidelity=self._prefix[prompt][action],
+            prefix_fidelity=self._prefix[prompt][action],
             task_score=self._task[prompt][action],
             kept_fraction=self._kept[prompt][action],
             latency_s=self._latency[prompt][action] * factor,
             budget_s=full * factor * budget_rel if budget_rel is not None else None,
         )
 
+    def action_outcomes(self) -> list[Outcome]:
+        """The :class:`Outcome` of every action on the current prompt, load and budget (action-id order)."""
+        factor = float(self.monitor.latency_factor)
+        return [self.outcome(self._index, a, factor, self._budget_rel) for a in range(self.action_space.n)]
+
     def action_rewards(self) -> np.ndarray:
         """Reward of every action on the current prompt, load and budget (for the oracle)."""
-        factor = float(self.monitor.latency_factor)
-        return np.array([self.reward_fn(self.outcome(self._index, a, factor, self._budget_rel))[0]
-                         for a in range(self.action_space.n)], dtype=np.float64)
+        return np.array([self.reward_fn(o)[0] for o in self.action_outcomes()], dtype=np.float64)
 
     # ---------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # noqa: ANN201
@@ -293,8 +327,9 @@ class DynPruneTableEnv(gym.Env):
             "action_name": self.action_names[a],
             "timing": self.timing,
             "speedup": outcome.speedup,
-            "prefix_fidelity": outcome.fidelity,
+            "prefix_fidelity": outcome.prefix_fidelity,
             "budget_s": outcome.budget_s,
+            "healing": self._healing_labels[a],
         }
         if not terminated:
             self._index = self._next_prompt()
