@@ -88,7 +88,7 @@ class Args(harness.Args):
     """rewards to answer for, comma-separated"""
     seeds: int = 3
     """training seeds per learned agent"""
-    dqn_steps: int = 15_000
+    dqn_steps: int = 10_000
     """Double DQN environment steps on the train table"""
     offline_steps: int = 3_000
     """d3rlpy gradient steps (CQL, BCQ)"""
