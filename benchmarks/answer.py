@@ -32,7 +32,8 @@ healed one (plan-conditional LoRA, ``dynprune heal``; ``--healing ""`` skips it)
    hull around the agent's mean speed-up, mixed with the odds that give that speed-up, score
    ``lam * q_a(p) + (1 - lam) * q_b(p)`` on each prompt (what a per-prompt random mixture of
    static plans gets in expectation). The best static action is the best on the held-out
-   measurements themselves (hindsight: a baseline no deployable static choice beats). Also:
+   measurements themselves (hindsight: a baseline no deployable static choice beats; the one a
+   deployer would pick, best on the train sweep, is reported beside it). Also:
    the share of the oracle's lead over the best static action kept, and action agreement
    across seeds (share of held-out prompts where every seed picks the same action).
 4. **The goal** per (model, reward): the best learned agent (by IQM reward) beats the hull at
@@ -283,7 +284,7 @@ def train_sweep(table: Path, reward: str, scenario: str, sweeps: int, seed: int)
 
 
 def run_learners(args: Args, variant: str, reward: str, train_table: Path, held: Heldout, work: Path,
-                 encode: Any) -> dict[str, list[list[int]]]:
+                 encode: Any, sweep: tuple[np.ndarray, ...]) -> dict[str, list[list[int]]]:
     """Train every learned agent for every seed (or read its saved picks); ``{agent: [picks per seed]}``."""
     import d3rlpy
 
@@ -298,7 +299,6 @@ def run_learners(args: Args, variant: str, reward: str, train_table: Path, held:
     names = ["ddqn", "cql", "bcq", "fbc-light", "dpo-light", "orpo-light"]
     if args.minilm:
         names += ["fbc-minilm", "dpo-minilm", "orpo-minilm"]
-    sweep: tuple[np.ndarray, ...] | None = None
     out: dict[str, list[list[int]]] = {name: [] for name in names}
     for seed in range(args.seeds):
         fbc: dict[str, Any] = {}
@@ -315,8 +315,6 @@ def run_learners(args: Args, variant: str, reward: str, train_table: Path, held:
                 model.learn(args.dqn_steps)
                 agent: Any = SB3Agent(model)
             elif name in ("cql", "bcq"):
-                if sweep is None:
-                    sweep = train_sweep(train_table, reward, args.scenario, args.offline_sweeps, args.seed)
                 obs, acts, rews = sweep[0], sweep[1], sweep[2]
                 ds = d3rlpy.dataset.MDPDataset(observations=obs, actions=acts, rewards=rews,
                                                terminals=np.ones(len(obs), np.float32),  # one-step episodes
@@ -326,8 +324,6 @@ def run_learners(args: Args, variant: str, reward: str, train_table: Path, held:
                                       n_steps_per_epoch=args.offline_steps)
             else:
                 method, encoder = name.split("-")
-                if sweep is None:
-                    sweep = train_sweep(train_table, reward, args.scenario, args.offline_sweeps, args.seed)
                 feats = router_features(sweep[3], encoder, encode)
                 config = ActionRouterConfig(method=method, epochs=args.router_epochs)
                 agent = train_action_router(feats, sweep[4], config, seed=seed, encoder=encoder, encode=encode,
@@ -507,7 +503,8 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
         for reward in args.reward_list:
             t = time.perf_counter()
             held = heldout_pass(paths["heldout"], reward, args.scenario)
-            runs = run_learners(args, variant, reward, paths["train"], held, work, encode)
+            sweep = train_sweep(paths["train"], reward, args.scenario, args.offline_sweeps, args.seed)
+            runs = run_learners(args, variant, reward, paths["train"], held, work, encode, sweep)
             seeds = range(args.seeds)
             from agents.baselines import RandomAgent
 
@@ -515,6 +512,10 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
             walls[f"{variant}_{reward}_agents_s"] = time.perf_counter() - t
             t = time.perf_counter()
             res = score(args, held, runs)
+            # the static action a deployer would pick without the test set: best mean reward on the train sweep
+            picked = f"static:{int(np.argmax(sweep[4].mean(axis=0)))}"
+            res["static_picked_on_train"] = {"agent": picked, **{k: res["agents"][picked][k] for k in
+                                             ("reward_mean", "reward_iqm", "speedup", "prefix_fidelity")}}
             res["train_s"] = {name: [json.loads((work / "picks" / variant / reward / f"{name}-s{s}.json").read_text())
                                      ["train_s"] for s in seeds]
                               for name in runs if name != "random"}
