@@ -72,7 +72,7 @@ class Args(harness.Args):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.smoke:
-            self.prompts, self.prompt_tokens, self.new_tokens = 2, 120, 4
+            self.prompts, self.prompt_tokens, self.new_tokens, self.memory_repeats = 2, 120, 4, 1
             self.actions = "kv-50%,kv-w256"
         self.require_positive("prompts", "prompt_tokens", "new_tokens", "repeats", "memory_repeats")
         _ = self.action_list, self.reward_list  # names checked before the model loads
