@@ -119,11 +119,11 @@ def row(
         "k": k,
         "layers": list(plan.removed_layers),
         "mode": mode,
-        "fidelity_mean": statistics.fmean(e.fidelity for e in profiled),
-        "fidelity_median": statistics.median(e.fidelity for e in profiled),
+        "fidelity_mean": statistics.fmean(e.token_agreement for e in profiled),
+        "fidelity_median": statistics.median(e.token_agreement for e in profiled),
         "exact_match_teacher_forced": statistics.fmean(e.exact_match for e in profiled),
         "ppl_ratio_gmean": gmean([e.ppl / b for e, b in zip(profiled, base_ppl, strict=True)]),
-        "live_token_agreement": statistics.fmean(e.fidelity for e in live) if live else None,
+        "live_token_agreement": statistics.fmean(e.token_agreement for e in live) if live else None,
         "live_exact_match": statistics.fmean(e.exact_match for e in live) if live else None,
         "live_speedup_median": statistics.median(1.0 + e.speedup for e in live) if live else None,
         "live_task_score_mean": statistics.fmean(scores) if scores else None,
@@ -198,10 +198,11 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
             "category": p.category,
             "k": k,
             "mode": mode,
-            "fidelity": profiled[k, mode][i].fidelity,
+            "fidelity": profiled[k, mode][i].token_agreement,
             "ppl_ratio": profiled[k, mode][i].ppl / base_ppl[i],
             **(
-                {"live_token_agreement": live[k, mode][i].fidelity, "live_speedup": 1.0 + live[k, mode][i].speedup}
+                {"live_token_agreement": live[k, mode][i].token_agreement,
+                 "live_speedup": 1.0 + live[k, mode][i].speedup}
                 if i < len(live_prompts)
                 else {}
             ),

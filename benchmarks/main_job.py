@@ -97,7 +97,7 @@ def print_table(result: dict[str, Any]) -> None:
           f"{cached if cached is None else round(cached, 1)} s from the converted cache")
     for name, row in result["summary"].items():
         print(f"  {name:<18} reward {row['mean_reward']:+.3f}  speed-up {100 * row['mean_speedup']:+.1f} %  "
-              f"fidelity {row['mean_fidelity']:.3f}")
+              f"token agreement {row['mean_token_agreement']:.3f}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -267,7 +267,7 @@ def per_prompt_rows(measurements: list[PromptMeasurement]) -> list[dict[str, Any
             "observation": list(m.observation),  # what every agent acted on (names: observation_names)
             "rewards": m.rewards,
             "speedups": [r.speedup for r in m.table],
-            "fidelities": [r.fidelity for r in m.table],
+            "fidelities": [r.token_agreement for r in m.table],
             "picks": dict(m.picks),
         }
         for m in measurements

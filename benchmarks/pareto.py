@@ -215,7 +215,7 @@ def point(name: str, family: str, records: list[dict[str, Any]], costs: list[flo
         "family": family,
         "n": len(records),
         "speedup": _spread(speed),
-        "fidelity": _spread([r["fidelity"] for r in records]),
+        "fidelity": _spread([r["token_agreement"] for r in records]),
         "ppl_change": _spread([r["ppl_change"] for r in records]),
         "task_score": statistics.fmean(tasks) if tasks else None,
         "reward": statistics.fmean(r["reward"] for r in records),

@@ -120,8 +120,10 @@ def sweep_from_rows(rows: list[dict[str, Any]], names: list[str], speedup: str =
         means = {a: statistics.fmean(r["speedup"] for r in table if r["action"] == a) for a in range(n_actions)}
         casrap = CasrapReward()
         table = [
+            # CASRAP reads no fidelity: the logged token agreement stands in for the prefix fidelity
             {**r, "reward": casrap(Outcome(speedup=means[r["action"]], baseline_ppl=r["baseline_ppl"],
-                                           pruned_ppl=r["ppl"], fidelity=r["fidelity"], task_score=r["task_score"],
+                                           pruned_ppl=r["ppl"], prefix_fidelity=r["fidelity"],
+                                           task_score=r["task_score"],
                                            kept_fraction=r["kept_fraction"], latency_s=r["latency_s"]))[0]}
             for r in table
         ]

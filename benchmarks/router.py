@@ -140,7 +140,7 @@ def tiny_encoder(folder: Path) -> str:
 
 def quality(rec: Any) -> float:
     """The score of a live record: task score when the prompt has one, else fidelity (``prefs.row_score``)."""
-    return row_score({"task_score": rec.task_score, "fidelity": rec.fidelity, "timing": rec.timing})
+    return row_score({"task_score": rec.task_score, "fidelity": rec.token_agreement, "timing": rec.timing})
 
 
 def interp(x: float, xs: list[float], ys: list[float]) -> float:
@@ -325,7 +325,8 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:  # noqa: C901 
         for key in keys:
             rec = first[key]
             entry["configs"][",".join(map(str, key))] = {
-                "layers": list(key), "quality": quality(rec), "fidelity": rec.fidelity, "task_score": rec.task_score,
+                "layers": list(key), "quality": quality(rec), "fidelity": rec.token_agreement,
+                "task_score": rec.task_score,
                 "latency_s": [t[1] for t in times[key]], "full_latency_s": [t[0] for t in times[key]],
             }
         entry["picks"] = {name: ",".join(map(str, plan.removed_layers)) for name, plan in plans.items()}

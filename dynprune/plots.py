@@ -415,7 +415,8 @@ def plot_test_comparison(summary: Mapping[str, GroupSummary], path: str | os.Pat
     panels = [
         ("mean_reward", "std_reward", 1.0, "Mean reward", "reward per step (unitless)"),
         ("mean_speedup", "std_speedup", 100.0, "Mean speed-up", "speed-up vs full model (%)"),
-        ("mean_fidelity", "std_fidelity", 1.0, "Mean fidelity", "token agreement with full model (0-1)"),
+        ("mean_token_agreement", "std_token_agreement", 1.0, "Mean token agreement",
+         "token agreement with full model (0-1)"),
     ]
     for ax, (mk, sk, k, title, ylabel) in zip(axes, panels, strict=True):
         means = [_nan(summary[n][mk]) * k for n in names]  # type: ignore[literal-required]
@@ -438,12 +439,12 @@ def plot_speedup_fidelity(summary: Mapping[str, GroupSummary], path: str | os.Pa
     fig, ax = _figure(figsize=(7.5, 5.5))
     for n in names:
         s = summary[n]
-        x, y = _nan(s["mean_speedup"]) * 100, _nan(s["mean_fidelity"])
+        x, y = _nan(s["mean_speedup"]) * 100, _nan(s["mean_token_agreement"])
         ax.errorbar(
             x,
             y,
             xerr=_nan(s["std_speedup"]) * 100,
-            yerr=_nan(s["std_fidelity"]),
+            yerr=_nan(s["std_token_agreement"]),
             fmt="o",
             ms=7,
             capsize=3,
@@ -483,7 +484,7 @@ def format_table(summary: Mapping[str, GroupSummary], name_header: str = "agent"
     """
     if not summary:
         return "(no data)"
-    headers = [name_header, "n", "reward", "speed-up %", "fidelity", "ppl change %", "task", "action mix"]
+    headers = [name_header, "n", "reward", "speed-up %", "agreement", "ppl change %", "task", "action mix"]
     rows = []
     for name, s in summary.items():
         rows.append(
@@ -492,7 +493,7 @@ def format_table(summary: Mapping[str, GroupSummary], name_header: str = "agent"
                 str(s["n"]),
                 f"{_fmt(s['mean_reward'], sign=True)} +/- {_fmt(s['std_reward'], digits=2)}",
                 _fmt(s["mean_speedup"], 100.0, sign=True),
-                _fmt(s["mean_fidelity"]),
+                _fmt(s["mean_token_agreement"]),
                 _fmt(s["mean_ppl_change"], 100.0, sign=True),
                 _fmt(s["mean_task_score"]),
                 " ".join(f"{a}={c}" for a, c in s["action_mix"].items()),

@@ -85,6 +85,8 @@ def _to_json(m: QualityMetrics) -> dict[str, Any]:
 
 
 def _from_json(d: dict[str, Any]) -> QualityMetrics:
+    if "fidelity" in d and "token_agreement" not in d:  # a memo written before the rename
+        d = {("token_agreement" if k == "fidelity" else k): v for k, v in d.items()}
     return QualityMetrics(**{k: (float(v) if isinstance(v, str) else v) for k, v in d.items()})
 
 

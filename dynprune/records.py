@@ -195,8 +195,11 @@ def record_from_dict(data: Mapping[str, Any]) -> StepRecord:
     """Build a :class:`StepRecord` from its ``dataclasses.asdict`` form.
 
     Keys that ``StepRecord`` does not have are ignored (logs written by a newer version
-    still read); a missing required key raises ``ValueError`` naming it.
+    still read); a missing required key raises ``ValueError`` naming it. Records written before
+    ``fidelity`` was renamed ``token_agreement`` read with their ``fidelity`` as the token agreement.
     """
+    if "fidelity" in data and "token_agreement" not in data:
+        data = {("token_agreement" if k == "fidelity" else k): v for k, v in data.items()}
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise ValueError(f"StepRecord fields missing: {missing}")
@@ -239,8 +242,8 @@ class GroupSummary(TypedDict):
     std_reward: float
     mean_speedup: float
     std_speedup: float
-    mean_fidelity: float
-    std_fidelity: float
+    mean_token_agreement: float
+    std_token_agreement: float
     mean_ppl_change: float
     std_ppl_change: float
     mean_task_score: float | None
@@ -263,7 +266,7 @@ def _as_record(r: StepRecord | Mapping[str, Any]) -> StepRecord:
 def _summarise_group(records: list[StepRecord]) -> GroupSummary:
     reward = _mean_std([r.reward for r in records])
     speedup = _mean_std([r.speedup for r in records])
-    fidelity = _mean_std([r.fidelity for r in records])
+    agreement = _mean_std([r.token_agreement for r in records])
     ppl = _mean_std([r.ppl_change for r in records])
     scores = [r.task_score for r in records if r.task_score is not None]
     # order the mix by action id so tables list actions in action-table order
@@ -278,8 +281,8 @@ def _summarise_group(records: list[StepRecord]) -> GroupSummary:
         std_reward=reward[1],
         mean_speedup=speedup[0],
         std_speedup=speedup[1],
-        mean_fidelity=fidelity[0],
-        std_fidelity=fidelity[1],
+        mean_token_agreement=agreement[0],
+        std_token_agreement=agreement[1],
         mean_ppl_change=ppl[0],
         std_ppl_change=ppl[1],
         mean_task_score=math.fsum(scores) / len(scores) if scores else None,

@@ -27,9 +27,9 @@ class Outcome:
         speedup: Throughput gain of the pruned model, ``t_full / t_pruned - 1`` per token.
         baseline_ppl: Perplexity of the full model's answer under the full model.
         pruned_ppl: Perplexity of the full model's answer under the pruned model.
-        fidelity: Agreement of the pruned output with the full model's, in [0, 1]; DynPrune-v0
-            passes the prefix agreement (``Evaluation.prefix_fidelity``), which profiled timing
-            measures exactly as live timing does.
+        prefix_fidelity: Share of the full model's answer the pruned model reproduces before its first
+            different token, in [0, 1] (``Evaluation.prefix_fidelity``): profiled timing measures it
+            exactly as live timing does, so it is the fidelity every reward sees.
         task_score: Ground-truth score of the pruned output, or None without ground truth.
         kept_fraction: Fraction of per-token matmul FLOPs the plan keeps, in (0, 1].
         latency_s: Effective latency of the pruned generation (load factor applied).
@@ -42,7 +42,7 @@ class Outcome:
     speedup: float
     baseline_ppl: float
     pruned_ppl: float
-    fidelity: float
+    prefix_fidelity: float
     task_score: float | None
     kept_fraction: float
     latency_s: float = 0.0
@@ -56,9 +56,27 @@ class Outcome:
         return self.pruned_ppl / self.baseline_ppl - 1.0 if self.baseline_ppl > 0 else 0.0
 
     @property
+    def fidelity(self) -> float:
+        """Deprecated name of :attr:`prefix_fidelity` (``fidelity`` alone also meant token agreement elsewhere)."""
+        return self.prefix_fidelity
+
+    @property
     def quality(self) -> float:
-        """Task score when the prompt has ground truth, else fidelity to the full model."""
-        return self.task_score if self.task_score is not None else self.fidelity
+        """:func:`quality` of this step: its task score when the prompt has ground truth, else its prefix fidelity."""
+        return quality(self.task_score, self.prefix_fidelity)
+
+
+def quality(task_score: float | None, fidelity: float) -> float:
+    """The quality of a pruned answer, one rule for the rewards, the preference pairs (``offline_data.prefs``)
+    and the DFS exploration (``offline_data.explore``): its task score when the prompt has ground truth and
+    the score is known, else its fidelity to the full model's answer.
+
+    The caller passes the fidelity it has: the rewards pass the prefix fidelity (:attr:`Outcome.prefix_fidelity`);
+    the logs pass the token agreement of their rows (logs written before prefix fidelity was logged have
+    only that one), and pass ``task_score=None`` for a profiled row, whose task score is known only for
+    plans that reproduce the full answer (``offline_data.prefs.row_score``).
+    """
+    return float(task_score) if task_score is not None else float(fidelity)
 
 
 @runtime_checkable
@@ -153,11 +171,11 @@ class LatencyBudgetReward:
 
 @dataclass(frozen=True)
 class ProxyReward:
-    """Deterministic proxy: fidelity plus compute removed, no clock involved.
+    """Deterministic proxy: prefix fidelity plus compute removed, no clock involved.
 
-    ``fidelity + weight * (1 - kept_fraction)``: fidelity is the teacher-forced
-    agreement (deterministic on a fixed machine), ``kept_fraction`` is counted
-    from the plan. For determinism and replay tests.
+    ``prefix_fidelity + weight * (1 - kept_fraction)``: the prefix fidelity is teacher-forced
+    (deterministic on a fixed machine), ``kept_fraction`` is counted from the plan. For
+    determinism and replay tests.
     """
 
     weight: float = 1.0
@@ -167,7 +185,7 @@ class ProxyReward:
     needs_budget: bool = False
 
     def __call__(self, outcome: Outcome) -> tuple[float, bool]:
-        return outcome.fidelity + self.weight * (1.0 - outcome.kept_fraction), False
+        return outcome.prefix_fidelity + self.weight * (1.0 - outcome.kept_fraction), False
 
 
 MEMORY_PRESSURE_THRESHOLD = 0.25

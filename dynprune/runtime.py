@@ -436,7 +436,7 @@ class PlanEvaluator:
             exact = score.agreement == 1.0
             hit = QualityMetrics(
                 ppl=score.perplexity,
-                fidelity=score.agreement,
+                token_agreement=score.agreement,
                 exact_match=float(exact),
                 prefix_fidelity=teacher_forced_prefix(score.argmax_ids, base.answer_ids),
                 # every argmax agrees: the pruned greedy answer is the full one, and so is its task score
@@ -484,7 +484,7 @@ class PlanEvaluator:
                 latency_s=plan_s,
                 tokens_per_s=n / plan_s,
                 ppl=q.ppl,
-                fidelity=q.fidelity,
+                token_agreement=q.token_agreement,
                 exact_match=q.exact_match,
                 task_score=q.task_score,
                 text=None,
@@ -504,7 +504,7 @@ class PlanEvaluator:
                 latency_s=run.pruned_latency_s,
                 tokens_per_s=n / run.pruned_latency_s,
                 ppl=q.ppl,
-                fidelity=fid.token_agreement,
+                token_agreement=fid.token_agreement,
                 exact_match=fid.exact_match,
                 task_score=prompt_task_score(prompt, text) if base.task_score is not None else None,
                 text=text,
@@ -522,7 +522,7 @@ class PlanEvaluator:
             latency_s=pruned_latency,
             tokens_per_s=n / pruned_latency,
             ppl=q.ppl,
-            fidelity=q.fidelity,
+            token_agreement=q.token_agreement,
             exact_match=q.exact_match,
             task_score=q.task_score,
             text=None,

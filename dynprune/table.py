@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 META_KEY = b"dynprune"
-ACTION_COLUMNS = ("speedup", "latency_s", "ppl", "fidelity", "exact_match", "prefix_fidelity", "task_score",
+ACTION_COLUMNS = ("speedup", "latency_s", "ppl", "token_agreement", "exact_match", "prefix_fidelity", "task_score",
                   "kept_fraction")
 """Per-action quantities, one list of length (actions) per prompt row, as ``Evaluation`` has them."""
 PROMPT_COLUMNS = ("prompt_id", "split", "category", "text", "prompt_tokens", "feature_tokens", "prompt_perplexity",
@@ -159,6 +159,8 @@ def read_table(path: str | Path) -> RewardTable:
     meta = json.loads(raw)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: reward table format {meta.get('format')!r}, expected {FORMAT}; rebuild it")
+    if "fidelity" in table.column_names and "token_agreement" not in table.column_names:  # built before the rename
+        table = table.rename_columns(["token_agreement" if c == "fidelity" else c for c in table.column_names])
     missing = [c for c in (*PROMPT_COLUMNS, *ACTION_COLUMNS) if c not in table.column_names]
     if missing:
         raise ValueError(f"{path} lacks columns {missing}; rebuild it with dynprune table build")

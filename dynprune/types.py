@@ -252,7 +252,8 @@ class StepRecord:
         speedup: ``baseline_latency_s / pruned_latency_s - 1`` (0.2 = 20 % faster; negative = slower).
         baseline_ppl, pruned_ppl: Perplexity of the full model's answer under each model.
         ppl_change: ``pruned_ppl / baseline_ppl - 1``.
-        fidelity: Token agreement of the pruned output (or teacher-forced argmax) with the full model's answer.
+        token_agreement: Token agreement of the pruned output (or teacher-forced argmax) with the full model's
+            answer (``fidelity`` in records written before the rename: :func:`dynprune.records.record_from_dict`).
         prefix_fidelity: Share of the full answer reproduced before the first different token (what the
             rewards see as fidelity: teacher-forced scoring measures it exactly as a generation does).
         task_score: Gold-answer / function-call score when the prompt has ground truth, else None.
@@ -288,7 +289,7 @@ class StepRecord:
     baseline_ppl: float
     pruned_ppl: float
     ppl_change: float
-    fidelity: float
+    token_agreement: float
     task_score: float | None
     kept_fraction: float
     reward: float
@@ -345,7 +346,7 @@ class Evaluation:
         latency_s: Pruned latency for those tokens.
         tokens_per_s: Pruned throughput.
         ppl: Perplexity of the full model's answer under the pruned model.
-        fidelity: Live: token agreement of the pruned greedy output with the full answer;
+        token_agreement: Live: token agreement of the pruned greedy output with the full answer;
             profiled: teacher-forced argmax agreement with the full answer.
         exact_match: Live: 1.0 for an identical answer; profiled: 1.0 when every argmax agrees.
         task_score: Ground-truth score of the pruned answer (live), or None.
@@ -356,7 +357,7 @@ class Evaluation:
             different token. The same number in both timings (greedy decoding is deterministic:
             the teacher-forced argmax agrees with the full answer up to position j exactly when
             the free-running generation does), so rewards use it: quality learnt from profiled
-            steps carries over to live ones. ``fidelity`` (token agreement) also counts tokens
+            steps carries over to live ones. ``token_agreement`` also counts tokens
             that line up again after a divergence, which only a generation can show; teacher-forced
             agreement overestimates it (SmolLM2-135M, the same 80 prompts, table plans other than
             none / layers-25 % / ffn-25 %: 0.62-0.76 teacher-forced vs 0.08-0.27 live;
@@ -372,7 +373,7 @@ class Evaluation:
     latency_s: float
     tokens_per_s: float
     ppl: float
-    fidelity: float
+    token_agreement: float
     exact_match: float
     task_score: float | None
     text: str | None
@@ -433,14 +434,14 @@ class QualityMetrics:
 
     Attributes:
         ppl: Perplexity of the full model's answer under the pruned model.
-        fidelity: Share of answer positions where the pruned model's argmax is the answer's token.
+        token_agreement: Share of answer positions where the pruned model's argmax is the answer's token.
         exact_match: 1.0 when every argmax agrees (the pruned greedy answer is the full one).
         prefix_fidelity: Share of the answer the pruned model reproduces before its first different token.
         task_score: The full answer's task score when the pruned answer is the full one, else None.
     """
 
     ppl: float
-    fidelity: float
+    token_agreement: float
     exact_match: float
     prefix_fidelity: float
     task_score: float | None = None

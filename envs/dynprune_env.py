@@ -28,7 +28,7 @@ BUDGET_FIELD = "latency_budget"
 
 
 _BASELINE_KEYS = ("latency_s", "tokens_per_s", "ppl", "task_score")
-_PRUNED_KEYS = ("latency_s", "tokens_per_s", "ppl", "fidelity", "exact_match", "task_score", "speedup")
+_PRUNED_KEYS = ("latency_s", "tokens_per_s", "ppl", "token_agreement", "exact_match", "task_score", "speedup")
 
 
 def _number(value: float | None) -> float:
@@ -446,7 +446,7 @@ class DynPruneEnv(gym.Env):
             speedup=ev.speedup,
             baseline_ppl=base.ppl,
             pruned_ppl=ev.ppl,
-            fidelity=ev.prefix_fidelity,  # the same in every timing (see Evaluation)
+            prefix_fidelity=ev.prefix_fidelity,  # the same in every timing (see Evaluation)
             task_score=ev.task_score,
             kept_fraction=ev.kept_fraction,
             latency_s=ev.latency_s * factor,
@@ -533,7 +533,7 @@ class DynPruneEnv(gym.Env):
             baseline_ppl=base.ppl,
             pruned_ppl=ev.ppl,
             ppl_change=outcome.ppl_degradation,
-            fidelity=ev.fidelity,
+            token_agreement=ev.token_agreement,
             task_score=ev.task_score,
             kept_fraction=ev.kept_fraction,
             reward=reward,
@@ -585,7 +585,7 @@ class DynPruneEnv(gym.Env):
             baseline={"latency_s": record.baseline_latency_s, "tokens_per_s": record.baseline_tokens_per_s,
                       "ppl": base.ppl, "task_score": _number(base.task_score)},
             pruned={"latency_s": record.pruned_latency_s, "tokens_per_s": record.pruned_tokens_per_s,
-                    "ppl": ev.ppl, "fidelity": ev.fidelity, "exact_match": float(ev.exact_match),
+                    "ppl": ev.ppl, "token_agreement": ev.token_agreement, "exact_match": float(ev.exact_match),
                     "task_score": _number(ev.task_score), "speedup": ev.speedup},
             texts={"baseline": base.text, "pruned": ev.text} if ev.timing == "live" else {"baseline": "", "pruned": ""},
             **extra_info,

@@ -387,7 +387,7 @@ def _score(rec: Any) -> float:
     """
     from offline_data.prefs import row_score
 
-    return row_score({"task_score": rec.task_score, "fidelity": rec.fidelity, "timing": rec.timing})
+    return row_score({"task_score": rec.task_score, "fidelity": rec.token_agreement, "timing": rec.timing})
 
 
 def _row(rec: Any, strategy: str, order: int) -> dict[str, Any]:
@@ -406,7 +406,7 @@ def _row(rec: Any, strategy: str, order: int) -> dict[str, Any]:
         "tokens_per_s": float(rec.pruned_tokens_per_s),
         "ppl": float(rec.pruned_ppl),
         "ppl_change": float(rec.ppl_change),
-        "fidelity": float(rec.fidelity),
+        "fidelity": float(rec.token_agreement),  # the logs' column name (token agreement)
         "prefix_fidelity": None if rec.prefix_fidelity is None else float(rec.prefix_fidelity),
         "task_score": None if rec.task_score is None else float(rec.task_score),
         "speedup": float(rec.speedup),

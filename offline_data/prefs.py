@@ -26,6 +26,7 @@ import datasets
 import numpy as np
 
 from dynprune.fileio import atomic_path
+from dynprune.rewards import quality
 
 __all__ = ["MODES", "PAIR_FEATURES", "compare", "preference_pairs", "row_score", "write_pairs"]
 
@@ -48,7 +49,8 @@ SCORE_TOL = 1e-9
 
 
 def row_score(row: Mapping[str, Any]) -> float:
-    """The score of a logged row: its task score when it has one from a live generation, else its fidelity.
+    """The score of a logged row: :func:`dynprune.rewards.quality` of its task score when it has one from a
+    live generation, else of its fidelity (the ``fidelity`` column: token agreement, which every log has).
 
     Profiled timing has no pruned generation, so there a task score is only known for plans
     that reproduce the full model's answer (it is copied from the full model) and is missing
@@ -57,10 +59,8 @@ def row_score(row: Mapping[str, Any]) -> float:
     fidelity; a live row of a prompt with ground truth by its task score. A row without a
     ``timing`` key counts as live.
     """
-    task = row.get("task_score")
-    if task is not None and row.get("timing", "live") == "live":
-        return float(task)
-    return float(row["fidelity"])
+    live = row.get("timing", "live") == "live"
+    return quality(row.get("task_score") if live else None, row["fidelity"])
 
 
 def compare(score_a: float, layers_a: int, score_b: float, layers_b: int) -> int:

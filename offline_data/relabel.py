@@ -135,8 +135,8 @@ def relabel_row(
         speedup=float(row["speedup"]),
         baseline_ppl=float(row["baseline_ppl"]),
         pruned_ppl=float(row["ppl"]),
-        # the reward's quality is the task score when there is one; fidelity is then not read
-        fidelity=float(row["prefix_fidelity"]) if row["prefix_fidelity"] is not None else float("nan"),
+        # the reward's quality is the task score when there is one; the prefix fidelity is then not read
+        prefix_fidelity=float(row["prefix_fidelity"]) if row["prefix_fidelity"] is not None else float("nan"),
         task_score=task,
         kept_fraction=float(row["kept_fraction"]),
         latency_s=float(row["latency_s"]),

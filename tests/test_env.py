@@ -110,7 +110,7 @@ def test_none_action_is_the_full_model(tiny_lm32):
     env = make(tiny_lm32, reward="casrap")
     env.reset(seed=0)
     _, reward, _, _, info = env.step(0)
-    assert info["pruned"]["speedup"] == 0.0 and info["pruned"]["fidelity"] == 1.0
+    assert info["pruned"]["speedup"] == 0.0 and info["pruned"]["token_agreement"] == 1.0
     assert reward == 0.0
 
 
@@ -137,7 +137,7 @@ def test_malformed_prompt_file_names_file_and_line(tmp_path, tiny_lm32):
 
 def test_casrap_reward_rules():
     r = CasrapReward()
-    base = {"baseline_ppl": 10.0, "fidelity": 1.0, "task_score": None, "kept_fraction": 0.8}
+    base = {"baseline_ppl": 10.0, "prefix_fidelity": 1.0, "task_score": None, "kept_fraction": 0.8}
     assert r(Outcome(speedup=0.10, pruned_ppl=11.0, **base)) == pytest.approx((0.7 * 0.10 - 0.3 * 0.1, False))
     assert r(Outcome(speedup=0.15, pruned_ppl=10.0, **base)) == pytest.approx((0.7 * 0.15 + 1, False))
     assert r(Outcome(speedup=0.25, pruned_ppl=9.0, **base)) == pytest.approx((0.7 * 0.25 + 2, False))
@@ -148,9 +148,9 @@ def test_casrap_reward_rules():
 def test_latency_budget_reward_orders_met_above_missed():
     r = LatencyBudgetReward()
     kw = {"speedup": 0.0, "baseline_ppl": 1.0, "pruned_ppl": 1.0, "task_score": None, "kept_fraction": 1.0}
-    met = r(Outcome(fidelity=0.0, latency_s=1.0, budget_s=1.0, **kw))[0]
-    missed = r(Outcome(fidelity=1.0, latency_s=1.1, budget_s=1.0, **kw))[0]
-    worse = r(Outcome(fidelity=1.0, latency_s=1.5, budget_s=1.0, **kw))[0]
+    met = r(Outcome(prefix_fidelity=0.0, latency_s=1.0, budget_s=1.0, **kw))[0]
+    missed = r(Outcome(prefix_fidelity=1.0, latency_s=1.1, budget_s=1.0, **kw))[0]
+    worse = r(Outcome(prefix_fidelity=1.0, latency_s=1.5, budget_s=1.0, **kw))[0]
     assert met > missed > worse
     assert make_reward("proxy").deterministic and not make_reward("casrap").deterministic
 

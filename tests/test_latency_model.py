@@ -215,7 +215,7 @@ def test_memo_hit_returns_identical_metrics_without_a_forward_pass(tiny_lm32, ti
     for (pid, plan), w in want.items():
         prompt = next(p for p in _prompts(3) if p.id == pid)
         got = second.evaluate(prompt, plan, "modelled")
-        for f in ("speedup", "latency_s", "ppl", "fidelity", "exact_match", "task_score", "prefix_fidelity"):
+        for f in ("speedup", "latency_s", "ppl", "token_agreement", "exact_match", "task_score", "prefix_fidelity"):
             assert getattr(got, f) == getattr(w, f), f
     assert second.forward_passes == 0 and second.memo.hits == 12
     assert [e.speedup for e in again] == [want[k].speedup for k in want]

@@ -46,7 +46,7 @@ def test_offline_rl_smoke(tmp_path: Path) -> None:
     assert sum(n.startswith("static-") for n in names) == n_actions - 1
     for row in data["agents"]:
         assert row["n"] == 2 and sum(row["action_mix"].values()) == 2
-        assert {"mean_reward", "std_reward", "mean_speedup", "mean_fidelity"} <= set(row)
+        assert {"mean_reward", "std_reward", "mean_speedup", "mean_token_agreement"} <= set(row)
     # every agent was scored on the same measurements: nobody beats the oracle
     oracle = next(row["mean_reward"] for row in data["agents"] if row["agent"] == "oracle")
     assert all(row["mean_reward"] <= oracle + 1e-9 for row in data["agents"])

@@ -45,7 +45,7 @@ def test_action_mean_speedup_recomputes_casrap():
     from dynprune.rewards import CasrapReward, Outcome
 
     mean_sp = np.mean([r["speedup"] for r in rows if r["action"] == 2])
-    expected = CasrapReward()(Outcome(speedup=mean_sp, baseline_ppl=2.0, pruned_ppl=4.0, fidelity=1.0,
+    expected = CasrapReward()(Outcome(speedup=mean_sp, baseline_ppl=2.0, pruned_ppl=4.0, prefix_fidelity=1.0,
                                       task_score=None, kept_fraction=0.8, latency_s=1.0))[0]
     np.testing.assert_allclose(sweep.rewards[:, 2], expected)
 

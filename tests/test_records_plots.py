@@ -49,7 +49,7 @@ def make_records(n: int = 40, agent: str = "ddqn", seed: int = 0, steps_per_epis
                 baseline_ppl=base_ppl,
                 pruned_ppl=base_ppl * (1 + ppl_change),
                 ppl_change=ppl_change,
-                fidelity=float(rng.uniform(0.5, 1)),
+                token_agreement=float(rng.uniform(0.5, 1)),
                 task_score=None if i % 3 else float(rng.integers(2)),
                 kept_fraction=float(rng.uniform(0.7, 1)),
                 reward=0.7 * speedup - 0.3 * ppl_change,
@@ -134,13 +134,14 @@ def test_valid_json_that_is_not_a_step_record_raises(tmp_path: Path) -> None:
 
 def test_summarise_hand_checked() -> None:
     base = make_records(3)
-    vals = [  # (action, name, reward, speedup, fidelity, ppl_change, task_score)
+    vals = [  # (action, name, reward, speedup, token_agreement, ppl_change, task_score)
         (0, "none", 0.0, 0.0, 1.0, 0.0, 1.0),
         (2, "layers-10%", 0.3, 0.2, 0.8, 0.1, None),
         (2, "layers-10%", -0.6, 0.1, 0.6, 0.5, 0.0),
     ]
     recs = [
-        dataclasses.replace(r, action=a, action_name=n, reward=rw, speedup=s, fidelity=f, ppl_change=p, task_score=t)
+        dataclasses.replace(r, action=a, action_name=n, reward=rw, speedup=s, token_agreement=f, ppl_change=p,
+                            task_score=t)
         for r, (a, n, rw, s, f, p, t) in zip(base, vals, strict=True)
     ]
     out = summarise(recs)
@@ -149,7 +150,7 @@ def test_summarise_hand_checked() -> None:
     assert s["n"] == 3
     assert s["mean_reward"] == pytest.approx(-0.1)
     assert s["mean_speedup"] == pytest.approx(0.1)
-    assert s["mean_fidelity"] == pytest.approx(0.8)
+    assert s["mean_token_agreement"] == pytest.approx(0.8)
     assert s["mean_ppl_change"] == pytest.approx(0.2)
     assert s["mean_task_score"] == pytest.approx(0.5)
     # population std of (0, 0.2, 0.1): sqrt(((-0.1)^2 + 0.1^2 + 0) / 3)

@@ -188,3 +188,17 @@ def test_table_vs_live_benchmark_smoke(tmp_path: Path, monkeypatch: pytest.Monke
     assert {"ddqn", "random", "oracle", "static-none"} <= set(data["mean_reward"])
     assert data["mean_reward"]["static-none"] == {"table": 0.0, "live": 0.0}
     assert -1.0 <= data["spearman"] <= 1.0 and set(data["met"]) == {"spearman"}
+
+
+def test_a_table_built_before_the_token_agreement_rename_still_reads(table_file: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    new = read_table(table_file)
+    old = pq.read_table(table_file)
+    meta = old.schema.metadata
+    old = old.rename_columns(["fidelity" if c == "token_agreement" else c for c in old.column_names])
+    old = old.replace_schema_metadata(meta)
+    pq.write_table(old, tmp_path / "old.parquet")
+    again = read_table(tmp_path / "old.parquet")
+    np.testing.assert_array_equal(again.actions["token_agreement"], new.actions["token_agreement"])
+    assert "fidelity" not in again.actions
