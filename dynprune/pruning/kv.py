@@ -22,6 +22,8 @@ Two parts, both reversible and put in place by ``PrunableLM.apply`` only:
   a multi-token pass (prefill, teacher-forced scoring) has pairs the window cuts.
 
 A decode step (one query) needs no mask of its own: the cache holds exactly the keys it may see.
+Like the rest of dynprune's decoding this is batch 1 without padding: the window's mask replaces
+the model's causal mask in a pass it cuts (a padding mask would be dropped there).
 
 A long prompt is fed in chunks (:func:`prefill_chunk`, used by ``generation.forward_with_cache``):
 a masked pass materialises its query x key scores, so one pass over an n-token prompt would hold
