@@ -101,6 +101,9 @@ class Args(harness.Args):
     """also train routers on the embedded MiniLM sentence encoder"""
     scenario: str = "mixed"
     """load scenario(s) of the envs"""
+    score_only: bool = False
+    """measure nothing: train and score on the tables as they are (an unfinished held-out table is scored on
+    the prompts it holds, and the result says how many)"""
     reps: int = 2000
     """bootstrap repetitions of the IQM / mean intervals and of the paired differences"""
     poi_reps: int = 200
@@ -201,6 +204,12 @@ def build_tables(args: Args, lm: PrunableLM, work: Path) -> tuple[dict[str, dict
         attach_healing(lm, healing)
         paths = {"train": original_train if variant == ORIGINAL else work / f"{variant}-train.parquet",
                  "heldout": work / f"{variant}-heldout-live.parquet"}
+        if args.score_only:
+            missing = [str(p) for p in paths.values() if not p.is_file()]
+            if missing:
+                raise ValueError(f"--score-only needs the tables of a previous run; missing: {missing}")
+            out[variant] = paths
+            continue
         if paths["train"] != shipped:
             t = time.perf_counter()
             build_table(lm, train, paths["train"], latency_model=latency, cache_file=answers,

@@ -128,8 +128,11 @@ def test_answer_smoke_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert result["tables"]["healed"]["healing"] is not None and result["tables"]["original"]["healing"] is None
     picks = sorted(p.name for p in (work / "picks" / "healed" / "latency_budget").iterdir())
     assert "ddqn-s1.json" in picks
-    # a second run resumes: nothing is retrained, the same picks give the same numbers
-    again = answer.main(argv)
+    # a second run resumes: nothing is measured or retrained, the same picks give the same numbers
+    again = answer.main([*argv, "--score-only"])
     assert again["results"]["original"]["latency_budget"]["agents"]["ddqn"]["reward_mean"] == \
         result["results"]["original"]["latency_budget"]["agents"]["ddqn"]["reward_mean"]
     assert again["walls"]["original_latency_budget_agents_s"] < result["walls"]["original_latency_budget_agents_s"]
+    assert "original_heldout_live_s" in result["walls"] and "original_heldout_live_s" not in again["walls"]
+    with pytest.raises(ValueError, match="score-only"):
+        answer.main(["--smoke", "--out", str(out), "--work", str(tmp_path / "empty"), "--score-only"])
