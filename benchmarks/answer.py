@@ -460,7 +460,8 @@ def score(args: Args, held: Heldout, runs: dict[str, list[list[int]]]) -> dict[s
     # the point estimates are what is stored and drawn: few repetitions for the (unused) intervals
     profiles, _ = rly.create_performance_profile({k: reward[k] for k in [*learned, best_static, "oracle"]}, taus,
                                                  reps=10)
-    best = max(learned, key=lambda k: out[k]["reward_iqm"]) if learned else None
+    trained = [k for k in learned if k != "random"]  # the goal is about controllers that learned something
+    best = max(trained, key=lambda k: out[k]["reward_iqm"]) if trained else None
     goal = None
     if best is not None:
         hq = out[best]["hull_quality"]
@@ -593,6 +594,45 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{key}: {line}")
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "" if value is None else spec.format(value)
+
+
+def write_markdown(result: dict[str, Any], path: Path) -> None:
+    """The answer and one table per (model, reward), as the README shows them."""
+    actions = result["actions"]
+    lines = ["# Does a per-prompt controller beat static pruning?", ""]
+    lines += [f"- **{key}**: {line}" for key, line in result["answer"].items()]
+    for variant, by_reward in result["results"].items():
+        for reward, res in by_reward.items():
+            picked = res.get("static_picked_on_train", {})
+            lines += ["", f"## {variant} model, {reward} reward ({res['prompts']} held-out prompts)", "",
+                      f"Best static action (hindsight, on these prompts): {label(res['best_static'], actions)}; "
+                      f"the one picked on the train sweep: {label(picked.get('agent', '?'), actions)} "
+                      f"(mean reward {picked.get('reward_mean', float('nan')):+.3f}). Oracle lead over the best "
+                      f"static action: {res['oracle_lead']:+.3f}.", "",
+                      "| agent | IQM reward (95 % CI) | mean reward | speed-up | prefix fidelity | task score | "
+                      "P(improve) vs best static | P(improve) vs hull | prefix fidelity vs hull at equal speed-up "
+                      "(95 % CI) | oracle lead kept | seeds agree |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
+            for k, row in sorted(res["agents"].items(), key=lambda kv: -kv[1]["reward_iqm"]):
+                lo, hi = row["reward_iqm_ci"]
+                hq = row["hull_quality"]
+                hull = "beyond the hull" if hq.get("beyond_hull") else \
+                    f"{hq['mean']:+.3f} ({hq['ci'][0]:+.3f}..{hq['ci'][1]:+.3f})"
+                poi_s = (row.get("poi_vs_best_static") or {}).get("p")
+                poi_h = (row.get("poi_vs_hull") or {}).get("p")
+                lead, agree = row["lead_kept"], row.get("seed_agreement")
+                seeds = f" ({row['runs']} seeds)" if row["runs"] > 1 else ""
+                lines.append(
+                    f"| {label(k, actions)}{seeds} | {row['reward_iqm']:+.3f} ({lo:+.3f}..{hi:+.3f}) | "
+                    f"{row['reward_mean']:+.3f} | {row['speedup'] * 100:+.1f} % | {row['prefix_fidelity']:.3f} | "
+                    f"{_fmt(row['task_score'], '{:.3f}')} | {_fmt(poi_s, '{:.2f}')} | {_fmt(poi_h, '{:.2f}')} | "
+                    f"{hull} | {_fmt(None if lead is None else lead * 100, '{:.0f} %')} | "
+                    f"{_fmt(None if agree is None else agree * 100, '{:.0f} %')} |")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def _grid(result: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return [(v, r, res) for v, by in result["results"].items() for r, res in by.items()]
 
@@ -710,7 +750,7 @@ def plot_profiles(result: dict[str, Any], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, run, write the JSON and the figures, print the table."""
     return harness.run(harness.parse_args(Args, argv), measure, table=print_table,
-                       files={".png": plot_pareto, "_intervals.png": plot_intervals,
+                       files={".md": write_markdown, ".png": plot_pareto, "_intervals.png": plot_intervals,
                               "_winloss.png": plot_winloss, "_profiles.png": plot_profiles})
 
 
