@@ -637,18 +637,36 @@ def _grid(result: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return [(v, r, res) for v, by in result["results"].items() for r, res in by.items()]
 
 
-def plot_pareto(result: dict[str, Any], path: Path) -> None:
-    """Speed-up vs prefix fidelity per (model, reward): statics, hull, learned agents (seed spread), oracle."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _panels(result: dict[str, Any], width: float, height: float, by_variant: bool, **kw: Any) -> tuple[Any, list]:
+    """A figure with one panel per (model, reward): one row per model (``by_variant``) or a single row."""
+    plt = _pyplot()
     grid = _grid(result)
-    n_v = len(result["results"])
-    n_r = max(1, len(grid) // max(1, n_v))
-    fig, axes = plt.subplots(n_v, n_r, figsize=(4.6 * n_r, 3.8 * n_v), squeeze=False)
-    for ax, (variant, reward, res) in zip(axes.flat, grid, strict=False):
+    rows = len(result["results"]) if by_variant else 1
+    cols = max(1, len(grid) // rows)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, **kw)
+    return fig, [(ax, *cell) for ax, cell in zip(axes.flat, grid, strict=False)]
+
+
+def _save(fig: Any, path: Path, **kw: Any) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, **kw)
+    _pyplot().close(fig)
+
+
+def plot_pareto(result: dict[str, Any], path: Path) -> None:
+    """Speed-up vs prefix fidelity per (model, reward): statics, hull, learned agents (seed spread), oracle."""
+    plt = _pyplot()
+    fig, panels = _panels(result, 4.6, 3.8, by_variant=True)
+    for ax, variant, reward, res in panels:
         ag = res["agents"]
         st = [(row["speedup"], row["prefix_fidelity"]) for k, row in ag.items() if k.startswith("static:")]
         ax.scatter(*zip(*st, strict=True), c="grey", s=18, label="static actions")
@@ -666,19 +684,14 @@ def plot_pareto(result: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{variant} / {reward}", fontsize=9)
         ax.set_xlabel("live speed-up (T_full / T_plan - 1)")
         ax.set_ylabel("prefix fidelity")
-    axes.flat[0].legend(fontsize=6, loc="lower left")
+    panels[0][0].legend(fontsize=6, loc="lower left")
     fig.suptitle("Held-out prompts, each action measured live once; bars: min-max over seeds", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_intervals(result: dict[str, Any], path: Path) -> None:
     """rliable's interval plot: IQM reward and 95 % CI per agent, one panel per (model, reward)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    _pyplot()
     from rliable import plot_utils
 
     grid = _grid(result)
@@ -693,20 +706,13 @@ def plot_intervals(result: dict[str, Any], path: Path) -> None:
         points[k], intervals[k] = np.array(pts), np.array(cis).T
     fig, _ = plot_utils.plot_interval_estimates(points, intervals, [f"{v}/{r}" for v, r, _ in grid],
                                                 algorithms=names, xlabel="IQM reward", max_ticks=3)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, bbox_inches="tight")
 
 
 def plot_winloss(result: dict[str, Any], path: Path) -> None:
     """Per-prompt win / tie / loss of each learned agent (seeds averaged) against the best static action."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid = _grid(result)
-    fig, axes = plt.subplots(1, len(grid), figsize=(3.2 * len(grid), 3.4), squeeze=False, sharey=True)
-    for ax, (variant, reward, res) in zip(axes.flat, grid, strict=False):
+    fig, panels = _panels(result, 3.2, 3.4, by_variant=False, sharey=True)
+    for ax, variant, reward, res in panels:
         ks = [k for k in res["agents"] if not k.startswith("static:")]
         w = [res["agents"][k]["vs_best_static"]["win"] for k in ks]
         t = [res["agents"][k]["vs_best_static"]["tie"] for k in ks]
@@ -718,33 +724,23 @@ def plot_winloss(result: dict[str, Any], path: Path) -> None:
         ax.set_yticks(y, ks, fontsize=7)
         ax.set_title(f"{variant}/{reward}", fontsize=8)
         ax.set_xlabel("share of held-out prompts")
-    axes.flat[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    panels[0][0].legend(fontsize=6)
+    _save(fig, path)
 
 
 def plot_profiles(result: dict[str, Any], path: Path) -> None:
     """rliable performance profiles of the reward: share of (seed, prompt) runs above each reward level."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid = _grid(result)
-    fig, axes = plt.subplots(1, len(grid), figsize=(3.6 * len(grid), 3.2), squeeze=False)
-    for ax, (variant, reward, res) in zip(axes.flat, grid, strict=False):
+    fig, panels = _panels(result, 3.6, 3.2, by_variant=False)
+    for ax, variant, reward, res in panels:
         prof = res["profiles"]
         for k, v in prof.items():
             if k != "taus":
                 ax.plot(prof["taus"], v, lw=1, label=label(k, result["actions"]))
         ax.set_title(f"{variant}/{reward}", fontsize=8)
         ax.set_xlabel("reward level tau")
-    axes.flat[0].set_ylabel("fraction of runs with reward > tau")
-    axes.flat[0].legend(fontsize=5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    panels[0][0].set_ylabel("fraction of runs with reward > tau")
+    panels[0][0].legend(fontsize=5)
+    _save(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
