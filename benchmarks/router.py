@@ -207,7 +207,7 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:  # noqa: C901 
     dfs_dir = cache_dir() / "logs" / f"router-{slug}-dfs-tok{args.max_new_tokens}-seed{args.seed}"
     print(f"(1) DFS on {len(dfs_ids)} train prompts -> {dfs_dir}", flush=True)
     t0 = time.perf_counter()
-    explored = explore(kw, "dfs", dfs_dir, prompt_ids=dfs_ids, max_scenarios=args.dfs_scenarios,
+    explored = explore(kw, "dfs", dfs_dir, prompt_ids=dfs_ids, max_configs=args.dfs_scenarios,
                        threshold=args.dfs_threshold, seed=args.seed, progress=True)
     dfs_wall = time.perf_counter() - t0
     log_dirs = [dfs_dir]

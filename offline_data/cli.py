@@ -6,7 +6,7 @@ module is cheap: torch and datasets load inside the commands.
 ::
 
     dynprune explore --strategy sweep --out logs/sweep --model smollm2-135m --prompts 40 --workers 2
-    dynprune explore --strategy dfs --out logs/dfs --threshold 0.8 --max-scenarios 20
+    dynprune explore --strategy dfs --out logs/dfs --threshold 0.8 --max-configs 20
     dynprune prefs --logs logs/dfs --mode all --out logs/dfs-pairs.parquet
     dynprune minari --logs logs/sweep --dataset-id dynprune/smollm2-sweep-v0
 
@@ -21,6 +21,16 @@ import time
 from typing import Any
 
 from envs.run_config import RunConfig
+
+
+class _Deprecated(argparse.Action):
+    """Stores the value under the new option's name and says which option to use instead."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        print(f"dynprune: {option_string} is deprecated; use {new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
@@ -49,7 +59,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
             args.out,
             prompt_ids=ids,
             threshold=args.threshold,
-            max_scenarios=args.max_scenarios,
+            max_configs=args.max_configs,
             n_random=args.n_random,
             max_frac=args.max_frac,
             seed=args.seed,
@@ -117,7 +127,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--prompts", type=int, default=None, help="explore only the first N prompts of the split")
     p.add_argument("--threshold", type=float, default=0.8,
                    help="DFS: go deeper while the score (task score, else fidelity) stays at or above this")
-    p.add_argument("--max-scenarios", type=int, default=20, help="DFS: configurations per prompt")
+    p.add_argument("--max-configs", type=int, default=20, help="DFS: configurations per prompt")
+    # the old name (a "scenario" is a load profile elsewhere): still accepted, with a note
+    p.add_argument("--max-scenarios", type=int, dest="max_configs", action=_Deprecated, help=argparse.SUPPRESS)
     p.add_argument("--n-random", type=int, default=5, help="random: layer sets per prompt")
     p.add_argument("--max-frac", type=float, default=0.5, help="random: largest fraction of layers pruned")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine (prompts dealt round-robin)")

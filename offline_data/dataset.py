@@ -208,10 +208,20 @@ def _meta_json(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, sort_keys=True, default=str).encode("utf-8")
 
 
+def _current_names(meta: Any) -> Any:
+    """``meta`` with the explore setting ``max_scenarios`` under its current name ``max_configs`` (logs written
+    before the rename compare equal to, and resume as, the same settings written now)."""
+    explore = meta.get("settings", {}).get("explore") if isinstance(meta, dict) else None
+    if isinstance(explore, dict) and "max_scenarios" in explore and "max_configs" not in explore:
+        renamed = {("max_configs" if k == "max_scenarios" else k): v for k, v in explore.items()}
+        return {**meta, "settings": {**meta["settings"], "explore": renamed}}
+    return meta
+
+
 def _shard_meta(path: Path) -> dict[str, Any] | None:
     """The settings stored in one shard's footer; None when it has none (raises when unreadable)."""
     raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
-    return None if raw is None else json.loads(raw)
+    return None if raw is None else _current_names(json.loads(raw))
 
 
 def read_meta(log_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -248,7 +258,7 @@ def read_meta(log_dir: str | os.PathLike[str]) -> dict[str, Any]:
         return found[1]
     legacy = log_dir / LEGACY_META_FILE
     if legacy.is_file():
-        return json.loads(legacy.read_text())
+        return _current_names(json.loads(legacy.read_text()))
     raise FileNotFoundError(
         f"{log_dir}: no shard with dynprune settings (and no {LEGACY_META_FILE}): "
         "not a dynprune explore log directory, or no prompt finished yet"
@@ -275,7 +285,7 @@ def migrate_legacy_meta(log_dir: str | os.PathLike[str]) -> int:
     if not legacy.is_file():
         return 0
     try:
-        meta = json.loads(legacy.read_text())
+        meta = _current_names(json.loads(legacy.read_text()))
     except ValueError as err:
         raise ValueError(f"{legacy} is not a dynprune settings file ({err}); move it out of the log folder") from err
     if not isinstance(meta, dict) or "settings" not in meta:

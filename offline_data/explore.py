@@ -12,7 +12,7 @@ Strategies (per prompt):
   child when its score (task score when the prompt has one and timing is live, else fidelity
   to the full model; see :func:`offline_data.prefs.row_score`)
   stays at or above ``threshold`` and go deeper from it; when the score drops, backtrack and
-  try the next layer. At most ``max_scenarios`` configurations per prompt, the unpruned one
+  try the next layer. At most ``max_configs`` configurations per prompt, the unpruned one
   included.
 - ``random``: ``n_random`` distinct random layer sets of 1 .. ``max_frac * L`` layers.
 - ``sweep``: every action of the DynPrune-v0 table.
@@ -117,7 +117,7 @@ def dfs_configs(
     num_layers: int,
     score_fn: Callable[[frozenset[int]], float],
     threshold: float,
-    max_scenarios: int = 20,
+    max_configs: int = 20,
     order: Sequence[int] | None = None,
     max_layers: int | None = None,
 ) -> list[Scored]:
@@ -127,13 +127,13 @@ def dfs_configs(
     set, each layer of ``order`` not yet in it is tried in turn: the child set is scored;
     when its score is at or above ``threshold`` the search goes deeper from the child, else
     it backtracks and tries the next layer. A set reached twice (``{0, 2}`` from ``{0}`` and
-    from ``{2}``) is scored once. The search stops after ``max_scenarios`` scored sets.
+    from ``{2}``) is scored once. The search stops after ``max_configs`` scored sets.
 
     Args:
         num_layers: Decoder layers of the model.
         score_fn: Score of a set of pruned layers (higher is better); called once per set.
         threshold: A child is kept (expanded) when ``score >= threshold``.
-        max_scenarios: At most this many sets are scored, the empty set included.
+        max_configs: At most this many sets are scored, the empty set included.
         order: Layers to try, in the order tried (default ``0 .. num_layers - 1``).
         max_layers: Largest set tried (default ``num_layers - 1``: one layer always stays).
 
@@ -142,14 +142,14 @@ def dfs_configs(
 
     Example:
         >>> cost = [1, 6, 2, 3]
-        >>> visits = dfs_configs(4, lambda s: 10 - sum(cost[i] for i in s), threshold=5, max_scenarios=4)
+        >>> visits = dfs_configs(4, lambda s: 10 - sum(cost[i] for i in s), threshold=5, max_configs=4)
         >>> [sorted(v.layers) for v in visits]
         [[], [0], [0, 1], [0, 2]]
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-    if max_scenarios < 1:
-        raise ValueError(f"max_scenarios must be >= 1, got {max_scenarios}")
+    if max_configs < 1:
+        raise ValueError(f"max_configs must be >= 1, got {max_configs}")
     order = list(range(num_layers)) if order is None else _layer_list("order", order, num_layers)
     max_layers = num_layers - 1 if max_layers is None else int(max_layers)
     if not 0 <= max_layers < num_layers:
@@ -169,7 +169,7 @@ def dfs_configs(
         if len(parent) >= max_layers:
             return
         for layer in order:
-            if len(visits) >= max_scenarios:
+            if len(visits) >= max_configs:
                 return
             if layer in parent:
                 continue
@@ -253,7 +253,8 @@ class ExploreConfig:
     Attributes:
         strategy: ``"dfs"``, ``"random"`` or ``"sweep"``.
         threshold: DFS: a layer set is expanded when its score is at or above this.
-        max_scenarios: DFS: configurations measured per prompt, the unpruned one included.
+        max_configs: DFS: configurations measured per prompt, the unpruned one included (``max_scenarios``
+            in logs written before the rename: a scenario is a load profile elsewhere).
         n_random: Random: layer sets per prompt.
         max_frac: Random: largest fraction of the layers pruned in one set.
         seed: Seeds each prompt's observation and random sets together with its id.
@@ -263,7 +264,7 @@ class ExploreConfig:
 
     strategy: str = "dfs"
     threshold: float = 0.8
-    max_scenarios: int = 20
+    max_configs: int = 20
     n_random: int = 5
     max_frac: float = 0.5
     seed: int = 0
@@ -273,8 +274,9 @@ class ExploreConfig:
         """Check every value; raise ``ValueError`` naming the bad one."""
         if self.strategy not in STRATEGIES:
             raise ValueError(f"ExploreConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.max_scenarios < 1:
-            raise ValueError(f"ExploreConfig.max_scenarios must be >= 1, got {self.max_scenarios}")
+        if self.max_configs < 1:
+            raise ValueError(f"ExploreConfig.max_configs must be >= 1, got {self.max_configs}; pass --max-configs N "
+                             "with N >= 1")
         if self.n_random < 1:
             raise ValueError(f"ExploreConfig.n_random must be >= 1, got {self.n_random}")
         if not 0.0 < self.max_frac <= 1.0:
@@ -466,7 +468,7 @@ class _PromptExplorer:
                 self.num_layers,
                 lambda layers: self._measure(layers, rows),
                 threshold=cfg.threshold,
-                max_scenarios=cfg.max_scenarios,
+                max_configs=cfg.max_configs,
                 order=self.candidates,
             )
         elif cfg.strategy == "random":
@@ -653,7 +655,7 @@ def explore(
     out_dir: str | os.PathLike[str],
     prompt_ids: Sequence[str] | None = None,
     threshold: float = 0.8,
-    max_scenarios: int = 20,
+    max_configs: int = 20,
     n_random: int = 5,
     seed: int = 0,
     workers: int = 1,
@@ -663,6 +665,7 @@ def explore(
     backend: str = "processes",
     threads: int | None = None,
     retries: int = 3,
+    max_scenarios: int | None = None,
 ) -> ExploreSummary:
     """Explore prompts and log every measured configuration as Parquet shards in ``out_dir``.
 
@@ -677,7 +680,7 @@ def explore(
         out_dir: The log directory; re-running into it skips finished prompts.
         prompt_ids: Prompts to explore (default: every prompt of the env's source and split).
         threshold: DFS keep threshold on the score (task score, else fidelity).
-        max_scenarios: DFS configurations per prompt.
+        max_configs: DFS configurations per prompt.
         n_random: Random layer sets per prompt.
         seed: Seed of observations and random sets (combined with each prompt id).
         workers: Processes (spawned), or Ray tasks; prompt ids are dealt round-robin.
@@ -693,6 +696,7 @@ def explore(
             CPUs as it runs threads).
         retries: Ray: times a task is run again after its worker process died (a re-run skips
             the prompts the dead attempt finished).
+        max_scenarios: Deprecated name of ``max_configs`` (a warning; it wins when given).
 
     Returns:
         What was measured and skipped.
@@ -703,8 +707,11 @@ def explore(
             finished prompt is kept, so a re-run resumes. With one in-process worker its error
             is raised as is.
     """
+    if max_scenarios is not None:
+        warnings.warn("explore(max_scenarios=...) is deprecated; pass max_configs=", DeprecationWarning, stacklevel=2)
+        max_configs = max_scenarios
     config = ExploreConfig(
-        strategy=strategy, threshold=threshold, max_scenarios=max_scenarios, n_random=n_random,
+        strategy=strategy, threshold=threshold, max_configs=max_configs, n_random=n_random,
         max_frac=max_frac, seed=seed, adapters=None if adapters is None else str(Path(adapters).resolve()),
     )
     if workers < 1:

@@ -78,7 +78,7 @@ def test_dfs_visit_order_threshold_and_backtracking_on_a_scripted_scorer():
         calls.append(layers)
         return toy_score(layers)
 
-    visits = dfs_configs(4, score, threshold=5, max_scenarios=100)
+    visits = dfs_configs(4, score, threshold=5, max_configs=100)
     assert [(tuple(sorted(v.layers)), v.score, v.kept) for v in visits] == TOY_VISITS
     # each set scored once, in the order returned
     assert calls == [v.layers for v in visits]
@@ -91,18 +91,18 @@ def test_dfs_visit_order_threshold_and_backtracking_on_a_scripted_scorer():
 @pytest.mark.parametrize("cap", [1, 6, 9])
 def test_dfs_stops_at_the_scenario_cap(cap):
     calls = []
-    visits = dfs_configs(4, lambda s: calls.append(s) or toy_score(s), threshold=5, max_scenarios=cap)
+    visits = dfs_configs(4, lambda s: calls.append(s) or toy_score(s), threshold=5, max_configs=cap)
     assert len(visits) == len(calls) == cap
     assert [tuple(sorted(v.layers)) for v in visits] == [v[0] for v in TOY_VISITS[:cap]]
 
 
 def test_dfs_order_and_bad_arguments():
-    visits = dfs_configs(4, toy_score, threshold=5, max_scenarios=3, order=[3, 2])
+    visits = dfs_configs(4, toy_score, threshold=5, max_configs=3, order=[3, 2])
     assert [tuple(sorted(v.layers)) for v in visits] == [(), (3,), (2, 3)]
     with pytest.raises(ValueError, match="out of range 0..3"):
         dfs_configs(4, toy_score, threshold=5, order=[4])
-    with pytest.raises(ValueError, match="max_scenarios"):
-        dfs_configs(4, toy_score, threshold=5, max_scenarios=0)
+    with pytest.raises(ValueError, match="max_configs"):
+        dfs_configs(4, toy_score, threshold=5, max_configs=0)
 
 
 def test_random_configs_are_seeded_distinct_and_bounded():
@@ -134,7 +134,7 @@ def prompt_ids() -> list[str]:
 @pytest.fixture(scope="module")
 def dfs_logs(tmp_path_factory, prompt_ids) -> Path:
     out = tmp_path_factory.mktemp("dfs")
-    explore(TINY_ENV, "dfs", out, prompt_ids=prompt_ids, threshold=0.0, max_scenarios=4)
+    explore(TINY_ENV, "dfs", out, prompt_ids=prompt_ids, threshold=0.0, max_configs=4)
     return out
 
 
@@ -215,14 +215,14 @@ def test_a_truncated_shard_is_reported_by_name_and_the_rest_load(dfs_logs, tmp_p
     assert len(ds) == 2 * 4 and set(ds["prompt_id"]) == {prompt_ids[0], prompt_ids[2]}
     # a re-run measures the damaged prompt again and leaves the others alone
     with pytest.warns(RuntimeWarning, match=broken.name):
-        summary = explore(TINY_ENV, "dfs", logs, prompt_ids=prompt_ids, threshold=0.0, max_scenarios=4)
+        summary = explore(TINY_ENV, "dfs", logs, prompt_ids=prompt_ids, threshold=0.0, max_configs=4)
     assert summary.done == (prompt_ids[1],) and check_logs(logs) == []
 
 
 @pytest.mark.slow
 def test_two_spawned_workers_write_the_same_rows_as_one(dfs_logs, tmp_path, prompt_ids):
     # ~10 s: each spawned process imports torch and builds its own env
-    summary = explore(TINY_ENV, "dfs", tmp_path, prompt_ids=prompt_ids, threshold=0.0, max_scenarios=4, workers=2,
+    summary = explore(TINY_ENV, "dfs", tmp_path, prompt_ids=prompt_ids, threshold=0.0, max_configs=4, workers=2,
                       threads=1)
     assert [w.done for w in summary.workers] == [(prompt_ids[0], prompt_ids[2]), (prompt_ids[1],)]
     one, two = load_logs(dfs_logs), load_logs(tmp_path)
@@ -239,7 +239,7 @@ def test_pruned_layers_use_their_adapter_when_the_model_has_one(tmp_path, prompt
     config = AdapterConfig(layers=(2, 3))
     path = save_adapters(init_adapters(lm, config), tmp_path / "a.safetensors", lm.model_id, config.bottleneck)
     logs = tmp_path / "logs"
-    explore(TINY_ENV, "dfs", logs, prompt_ids=prompt_ids[:1], threshold=0.0, max_scenarios=8, adapters=path)
+    explore(TINY_ENV, "dfs", logs, prompt_ids=prompt_ids[:1], threshold=0.0, max_configs=8, adapters=path)
     rows = load_logs(logs).to_list()
     assert len(rows) == 8 and read_meta(logs)["settings"]["explore"]["adapters"] == str(path.resolve())
     for r in rows:
@@ -470,3 +470,30 @@ def test_writing_no_pairs_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no preference pairs to write"):
         write_pairs([], tmp_path / "pairs.parquet")
     assert not (tmp_path / "pairs.parquet").exists()
+
+
+def test_max_scenarios_is_a_deprecated_alias_and_old_logs_resume(dfs_logs, tmp_path, prompt_ids, capsys):
+    import pyarrow.parquet as pq
+
+    from offline_data.cli import add_commands
+    from offline_data.dataset import META_KEY
+
+    sub = argparse.ArgumentParser().add_subparsers(dest="command")
+    add_commands(sub)
+    args = sub.choices["explore"].parse_args(["--strategy", "dfs", "--out", "x", "--max-scenarios", "7"])
+    assert args.max_configs == 7 and "use --max-configs" in capsys.readouterr().err
+    with pytest.warns(DeprecationWarning, match="max_configs"):
+        with pytest.raises(ValueError, match="max_configs must be >= 1"):
+            explore(TINY_ENV, "dfs", tmp_path / "none", prompt_ids=prompt_ids, max_scenarios=0)
+    # logs whose shards say max_scenarios (written before the rename) read and resume as the same settings
+    old = tmp_path / "old"
+    old.mkdir()
+    for path in shard_paths(dfs_logs)[:1]:
+        table = pq.read_table(path)
+        meta = json.loads(table.schema.metadata[META_KEY])
+        explore_settings = meta["settings"]["explore"]
+        explore_settings["max_scenarios"] = explore_settings.pop("max_configs")
+        pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps(meta)}), old / path.name)
+    assert read_meta(old)["settings"] == read_meta(dfs_logs)["settings"]
+    summary = explore(TINY_ENV, "dfs", old, prompt_ids=prompt_ids[:1], threshold=0.0, max_configs=4)
+    assert summary.skipped == (prompt_ids[0],)

@@ -389,7 +389,7 @@ def test_empty_preference_file_is_refused(tmp_path, tiny_lm32):
 
     logs = tmp_path / "logs"
     kw = {"model": tiny_lm32, "max_new_tokens": 3, "reward": "proxy"}
-    explore(kw, "dfs", logs, prompt_ids=["qa-0001"], max_scenarios=3)
+    explore(kw, "dfs", logs, prompt_ids=["qa-0001"], max_configs=3)
     # an empty pairs file with the pairs schema (written with pyarrow: prefs.write_pairs([]) fails in datasets)
     import pyarrow.parquet as pq
 
@@ -497,7 +497,7 @@ def test_cli_trains_fbc_then_dpo(tmp_path, tiny_bert, tiny_lm32):
 
     logs = tmp_path / "logs"
     explore({"model": tiny_lm32, "max_new_tokens": 3, "reward": "proxy"}, "dfs", logs,
-            prompt_ids=["qa-0001", "qa-0003", "qa-0004"], max_scenarios=4)
+            prompt_ids=["qa-0001", "qa-0003", "qa-0004"], max_configs=4)
     fbc = tmp_path / "fbc"
     rc = main(["router", "train", "--method", "fbc", "--logs", str(logs), "--run-dir", str(fbc),
                "--encoder", tiny_bert, "--epochs", "2", "--eval-fraction", "0.3", "--success-threshold", "0.5"])
