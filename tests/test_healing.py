@@ -372,3 +372,51 @@ def test_explore_logs_and_the_router_data_say_which_healing(tmp_path: Path) -> N
     assert load_router_data([plain]).healing is None
     with pytest.raises(ValueError, match="different healings"):  # scores under two healings do not mix
         load_router_data([healed, plain])
+
+
+def test_a_table_built_healed_serves_and_names_its_healing(trained: tuple, tiny_lm32: PrunableLM,
+                                                            tmp_path: Path) -> None:
+    import gymnasium as gym
+
+    import envs  # noqa: F401 - registers the ids
+    from dynprune.actions import make_table
+    from dynprune.latency_model import LatencyCalibration, calibrate_latency
+    from dynprune.table import build_table, read_table
+    from dynprune.tasks import load_prompts
+
+    out, healing, _ = trained
+    latency, _ = calibrate_latency(tiny_lm32, LatencyCalibration(points=4, repeats=1, prompt_tokens=(4, 16),
+                                                                 new_tokens=(2, 3)))
+    actions = make_table([{"name": "none", "kind": "none"}, *ONE_PLAN_TABLE,
+                          {"name": "ffn-25%", "kind": "ffn", "amount": 0.25}])
+    prompts = load_prompts("dynprune", split="train")[:2]
+    plain_file, healed_file = tmp_path / "plain.parquet", tmp_path / "healed.parquet"
+    kw = {"max_new_tokens": 4, "actions": actions, "latency_model": latency, "progress": None}
+    build_table(tiny_lm32, prompts, plain_file, **kw)
+    attach_healing(tiny_lm32, out)
+    try:
+        build_table(tiny_lm32, prompts, healed_file, **kw)
+        with pytest.raises(ValueError, match="healing"):  # a healed build does not resume an unhealed table
+            build_table(tiny_lm32, prompts, plain_file, **kw)
+    finally:
+        tiny_lm32.set_healing(None)
+    plain, healed = read_table(plain_file), read_table(healed_file)
+    layers = healed.action_names.index("layers-25%")
+    assert healed.actions["prefix_fidelity"][:, 0].tolist() == plain.actions["prefix_fidelity"][:, 0].tolist()
+    assert healed.actions["ppl"][:, layers].tolist() != plain.actions["ppl"][:, layers].tolist()  # healed numbers
+
+    env = gym.make("DynPruneTable-v0", table=healed_file, split=None, reward="proxy", healing=str(out))
+    core = env.unwrapped
+    assert core.healing == f"tiny-heal@{healing.fingerprint}"
+    env.reset(seed=0)
+    labels = []
+    for action in range(3):
+        labels.append(env.step(action)[4]["healing"])
+        env.reset()
+    # as DynPrune-v0 records them: none never healed, the trained layers group, ffn (untrained) unhealed
+    assert labels == [None, f"tiny-heal@{healing.fingerprint}:layers", None]
+    assert gym.make("DynPruneTable-v0", table=plain_file, split=None).unwrapped.healing is None
+    with pytest.raises(ValueError, match="built unhealed"):
+        gym.make("DynPruneTable-v0", table=plain_file, split=None, healing=str(out))
+    with pytest.raises(ValueError, match="not a healing folder"):
+        gym.make("DynPruneTable-v0", table=healed_file, split=None, healing=str(tmp_path))
