@@ -156,6 +156,12 @@ def train(args: argparse.Namespace) -> int:
         atomic_write_json(run_dir / "config.json", cfg.to_json())
     run = cfg.extra  # the command's own settings: agent, episodes, checkpoint_every, tensorboard
     env = cfg.make_env("train")
+    # --episodes counts episodes and SB3 counts steps: an episode of the train env is one prompt and one step
+    # (RunConfig leaves prompts_per_episode at 1; CASRAP's early termination ends that same step), so the step
+    # counts below are episode counts. Checked, not assumed.
+    if env.unwrapped.prompts_per_episode != 1:
+        raise ValueError(f"dynprune train runs one-step episodes; the train env has prompts_per_episode="
+                         f"{env.unwrapped.prompts_per_episode}")
     print(f"[train] {run['agent']} on {env.unwrapped.lm.model_id}: {len(env.unwrapped.prompts)} train prompts, "
           f"{run['episodes']} episodes, reward={cfg.reward}, timing={cfg.timing}", flush=True)
     done_steps, first_episode = 0, 0
@@ -163,7 +169,7 @@ def train(args: argparse.Namespace) -> int:
         model = load_checkpoint(DoubleDQN, run_dir, env)
         done_steps = model.num_timesteps
         if run["episodes"] < done_steps:
-            raise ValueError(f"--episodes {run['episodes']} is fewer than the {done_steps} steps this run has "
+            raise ValueError(f"--episodes {run['episodes']} is fewer than the {done_steps} episodes this run has "
                              f"trained; pass --episodes {done_steps} or more")
         # new draws of prompts, scenarios and exploration from here (not a replay of step 0's)
         model.set_random_seed(resume_seed(cfg.seed, done_steps))

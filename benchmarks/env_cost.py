@@ -3,7 +3,7 @@
 Three measurements on one loaded model, all in the same run:
 
 1. **Steps/s against the naive step.** The naive step (the peer implementations'
-   step, DESIGN.md: full generation, pruned generation, prompt perplexity and both
+   step of CASRAP's reference code: full generation, pruned generation, prompt perplexity and both
    answers' perplexity, nothing cached; :func:`benchmarks.env_throughput.naive_step`)
    beside ``DynPrune-v0`` steps (``reset`` + ``step``: every episode is one prompt)
    with ``timing="live"`` (plan and full model timed side by side), ``"profiled"`` and

@@ -3,7 +3,7 @@
 Three ways to run the same sequence of (prompt, action) steps on one loaded model,
 measured side by side in one run:
 
-- **naive** (the peer implementations' step, DESIGN.md): every step generates with the
+- **naive** (the step of CASRAP's reference code): every step generates with the
   full model, generates with the pruned model, computes the prompt's perplexity and
   the perplexity of both answers. Nothing is cached.
 - **live**: ``DynPrune-v0`` with ``timing="live"``: the full model's answer and the

@@ -1,9 +1,9 @@
 """Action tables: named entries that map a discrete action id to a pruning plan.
 
 A table is data: a list of :class:`ActionEntry` (name, kind, amount), so a user can
-pass their own. The default follows the runtime-pruning system in DESIGN.md
-(CASRAP): none; attention heads 5/10/15 %; layers 5/10/15/25 %; FFN channels
-10/25 %. Layer entries skip the ``k = round(amount * L)`` (at least 1) layers of
+pass their own. The default follows CASRAP's table (RL-driven runtime pruning: a Double
+DQN picks a plan per prompt): none; attention heads 5/10/15 %; layers 5/10/15/25 %; FFN
+channels 10/25 %. Layer entries skip the ``k = round(amount * L)`` (at least 1) layers of
 lowest block influence, or replace them by adapters when adapters are loaded.
 
 The ``"kv"`` table (opt-in: ``make_table("kv")``, ``action_table="kv"``) is the default table

@@ -1,7 +1,7 @@
 """Prompt complexity features: token count, prompt perplexity, complexity score.
 
 The complexity score is CASRAP's: ``0.6 * min(1, tokens / 200) + 0.4 * min(1, ppl / 50)``
-(RL-driven runtime pruning, DESIGN.md). Both inputs are measured on the raw prompt
+(CASRAP: RL-driven runtime pruning). Both inputs are measured on the raw prompt
 text (no chat template) under the *full* model: the template's fixed tokens would
 dilute the signal, and the features must not depend on the agent's choice.
 """

@@ -1,9 +1,8 @@
 """Plan-conditional healing: LoRA adapters that run only while a pruned plan is applied.
 
-A small model breaks under skipping (DESIGN.md, "Healing for dynamic pruning"); training that
-expects the skips heals it (LayerSkip, FlexiDepth, LayerRoute). A LoRA shared by every path
-also moves the *unpruned* model away from the original, so here the LoRA weights belong to
-pruned plans only:
+A small model breaks under skipping; training that expects the skips heals it (LayerSkip,
+FlexiDepth, LayerRoute). A LoRA shared by every path also moves the *unpruned* model away from
+the original, so here the LoRA weights belong to pruned plans only:
 
 - a :class:`PlanHealing` holds LoRA pairs ``(A, B)`` (Hu et al. 2021: ``W x + (alpha / r) B A x``)
   per *group*, decoder layer and projection; ``grouping="shared"`` has one group for every pruned

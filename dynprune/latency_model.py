@@ -1,10 +1,9 @@
 """A calibrated latency model: prefill and per-token decode time of any plan, from its shapes.
 
 The expected latency of a dense decoder under a plan is a deterministic function of shapes
-(DESIGN.md, "The reward signal"): which layers run, how many query / KV heads and FFN channels
-each keeps, how long the prompt, the answer and the KV cache are. What varies from one timed
-run to the next is load, not signal. So the env's ``timing="modelled"`` asks this model, not a
-clock.
+alone: which layers run, how many query / KV heads and FFN channels each keeps, how long the
+prompt, the answer and the KV cache are. What varies from one timed run to the next is load,
+not signal. So the env's ``timing="modelled"`` asks this model, not a clock.
 
 **Model.** A generation of ``N`` tokens after an ``n``-token prompt costs one prefill
 (``n`` tokens, logits of the last position only) and ``N - 1`` single-token decode steps,

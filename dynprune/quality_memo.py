@@ -1,6 +1,6 @@
 """An exact memo of teacher-forced quality: one forward pass per (model, adapters, prompt, plan, settings), ever.
 
-The quality half of a reward is deterministic (DESIGN.md, "The reward signal"): the same
+The quality half of a reward is deterministic: the same
 model, adapters, prompt, plan and generation settings give the same full answer and the same
 teacher-forced metrics every time. So a (prompt, plan) pair is measured once and looked up
 after that, in memory and optionally on disk.

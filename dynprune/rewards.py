@@ -93,7 +93,7 @@ class RewardFn(Protocol):
 
 @dataclass(frozen=True)
 class CasrapReward:
-    """RL-driven runtime pruning (CASRAP) reward, DESIGN.md.
+    """The reward of CASRAP (RL-driven runtime pruning: a Double DQN picks a plan per prompt).
 
     ``0.7 * speedup - 0.3 * max(0, ppl degradation)``, plus a bonus of +1 at a
     speed-up of at least 15 % and +2 at 20 %; a slower model gets

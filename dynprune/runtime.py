@@ -1,7 +1,7 @@
 """Evaluate pruning plans on prompts, cheaply and honestly.
 
 :class:`PlanEvaluator` is the engine behind every environment step, the oracle
-and exploration. Its cost model (DESIGN.md, "Cost model of one environment step"):
+and exploration. Its cost model:
 
 - The full model's answer to a prompt does not depend on the agent: it is
   generated once per (prompt, generation settings) and cached (memory, and
