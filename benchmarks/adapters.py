@@ -3,7 +3,7 @@
 One loaded model, three steps:
 
 1. **Train** a bottleneck adapter (``x + up(relu(down(x)))``) for every decoder layer by
-   white-box distillation (:func:`dynprune.adapters.train_adapters`) on the *training*
+   white-box distillation (:func:`dynprune.adapter_training.train_adapters`) on the *training*
    split of the shipped prompt set (``dynprune.importance.default_texts()``). Per layer,
    the held-out reconstruction MSE of skipping (identity) and of the trained adapter;
    a bar chart of both beside the JSON. The adapters file goes to dynprune's cache
@@ -41,14 +41,9 @@ from typing import Any
 
 from benchmarks import harness
 from benchmarks.utils import adapters_file, rotated, seeded_subset
-from dynprune.adapters import (
-    AdapterConfig,
-    AdapterReport,
-    attach_adapters,
-    plot_adapter_mse,
-    save_adapters,
-    train_adapters,
-)
+from dynprune.adapter_files import save_adapters
+from dynprune.adapter_training import AdapterConfig, AdapterReport, plot_adapter_mse, train_adapters
+from dynprune.adapters import attach_adapters
 from dynprune.models import PrunableLM
 from dynprune.plan import PruningPlan
 from dynprune.runtime import PlanEvaluator

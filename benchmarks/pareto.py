@@ -55,7 +55,9 @@ from agents.evaluation import hull_quality, measure_held_out
 from agents.offline import ALGOS, quiet_d3rlpy, train_offline
 from benchmarks import harness
 from benchmarks.utils import adapters_file
-from dynprune.adapters import AdapterConfig, attach_adapters, load_adapters, save_adapters, train_adapters
+from dynprune.adapter_files import load_adapters, save_adapters
+from dynprune.adapter_training import AdapterConfig, train_adapters
+from dynprune.adapters import attach_adapters
 from dynprune.models import PrunableLM, cache_dir
 from dynprune.selection import layers_plan
 from envs.run_config import RunConfig, seeded_subset

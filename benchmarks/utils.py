@@ -41,7 +41,7 @@ from dynprune.fileio import atomic_write_json
 from envs.run_config import seeded_subset  # noqa: F401 - the one prompt-subset rule, re-exported for the scripts
 
 if TYPE_CHECKING:
-    from dynprune.adapters import AdapterConfig
+    from dynprune.adapter_training import AdapterConfig
     from dynprune.models import PrunableLM
     from dynprune.plan import PruningPlan
 

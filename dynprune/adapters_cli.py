@@ -34,7 +34,8 @@ def _layers(text: str) -> tuple[int, ...]:
 
 def cmd_adapters_train(args: argparse.Namespace) -> int:
     """Train adapters for a model; write the adapters file, its MSE report and plot; print the table."""
-    from dynprune.adapters import AdapterConfig, plot_adapter_mse, save_adapters, train_adapters
+    from dynprune.adapter_files import save_adapters
+    from dynprune.adapter_training import AdapterConfig, plot_adapter_mse, train_adapters
 
     paths = output_paths(args.out)
     existing = [str(p) for p in paths if p.exists()]

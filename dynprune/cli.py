@@ -200,7 +200,8 @@ def cmd_table_build(args: argparse.Namespace) -> int:
 
     lm = load_model_from_args(args, calibrate=True)
     if args.adapters:
-        from dynprune.adapters import attach_adapters, load_adapters
+        from dynprune.adapter_files import load_adapters
+        from dynprune.adapters import attach_adapters
 
         attach_adapters(lm, load_adapters(args.adapters, lm))
     if args.healing:  # refuses a healing made for another model, naming both

@@ -591,7 +591,7 @@ def calibration_adapters(lm: PrunableLM) -> dict[int, Any]:
     """Adapters for the calibration's adapter plans: the model's own, else fresh ones (same shapes)."""
     if lm.adapters:
         return dict(lm.adapters)
-    from dynprune.adapters import AdapterConfig, init_adapters
+    from dynprune.adapter_training import AdapterConfig, init_adapters
 
     return dict(init_adapters(lm, AdapterConfig()))
 

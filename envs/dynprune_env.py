@@ -301,7 +301,8 @@ class DynPruneEnv(gym.Env):
 
             attach_healing(self.lm, healing)
         if adapters is not None:  # before the first table plan is built, so layer actions use them
-            from dynprune.adapters import attach_adapters, load_adapters
+            from dynprune.adapter_files import load_adapters
+            from dynprune.adapters import attach_adapters
 
             attach_adapters(self.lm, load_adapters(adapters, self.lm))
         if self.lm.device.type == "cuda":

@@ -564,7 +564,8 @@ def run_worker(
     env = _make_env(env_kwargs)
     core = env.unwrapped
     if config.adapters is not None:
-        from dynprune.adapters import attach_adapters, load_adapters
+        from dynprune.adapter_files import load_adapters
+        from dynprune.adapters import attach_adapters
 
         # before the first table plan is built, so layer actions use the adapters too
         attach_adapters(core.lm, load_adapters(config.adapters, core.lm))

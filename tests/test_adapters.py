@@ -14,18 +14,16 @@ import pytest
 import torch
 from conftest import CALIBRATION_TEXTS
 
-from dynprune.adapters import (
+from dynprune.adapter_files import load_adapters, save_adapters
+from dynprune.adapter_training import (
     AdapterConfig,
     AdapterReport,
-    BottleneckAdapter,
-    attach_adapters,
     init_adapters,
-    load_adapters,
     plot_adapter_mse,
     record_layer_io,
-    save_adapters,
     train_adapters,
 )
+from dynprune.adapters import BottleneckAdapter, attach_adapters
 from dynprune.adapters_cli import add_adapter_commands, output_paths
 from dynprune.models import PrunableLM, load_model
 from dynprune.plan import PruningPlan

@@ -29,7 +29,7 @@ FORBIDDEN = {
 #: Engine modules that hold, edit or run the model: agents pick actions from observations, and the env
 #: (and the engine below it) applies them, so no agent module imports these ...
 MODEL_MODULES = ("dynprune.models", "dynprune.pruning", "dynprune.plan", "dynprune.selection", "dynprune.importance",
-                 "dynprune.healing", "dynprune.healing_train", "dynprune.adapters", "dynprune.compress",
+                 "dynprune.healing", "dynprune.healing_train", "dynprune.adapter", "dynprune.compress",
                  "dynprune.generation", "dynprune.paired_timing", "dynprune.latency_model")
 #: ... except these: the router's ``--features tokens`` computes its features from the model's own embeddings.
 MODEL_ALLOWED = {("agents.router.cli", "dynprune.models")}

@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
-from dynprune.adapters import init_adapters
+from dynprune.adapter_training import init_adapters
 from dynprune.plan import PruningPlan
 from dynprune.runtime import ProfileConfig
 from envs.dynprune_env import step_record

@@ -232,7 +232,8 @@ def test_two_spawned_workers_write_the_same_rows_as_one(dfs_logs, tmp_path, prom
 
 
 def test_pruned_layers_use_their_adapter_when_the_model_has_one(tmp_path, prompt_ids):
-    from dynprune.adapters import AdapterConfig, init_adapters, save_adapters
+    from dynprune.adapter_files import save_adapters
+    from dynprune.adapter_training import AdapterConfig, init_adapters
     from dynprune.models import load_model
 
     lm = load_model("tiny-llama", device="cpu")

@@ -74,7 +74,8 @@ def test_seeded_subset_is_one_rule():
 def test_offline_run_on_adapter_logs_is_tested_with_those_adapters(tmp_path):
     """The held-out env of an offline agent trained on adapter logs attaches the same adapters (it used not to:
     config.json named the file and nothing read it, so the layer actions skipped the layers instead)."""
-    from dynprune.adapters import AdapterConfig, init_adapters, save_adapters
+    from dynprune.adapter_files import save_adapters
+    from dynprune.adapter_training import AdapterConfig, init_adapters
     from dynprune.models import load_model
 
     lm = load_model("tiny-llama")  # the spec the commands load (the file is checked against its model id)
