@@ -231,7 +231,7 @@ def test(args: argparse.Namespace) -> int:
 
 def main_job(args: argparse.Namespace) -> int:
     """Train a Double DQN on the embedded model, test it on held-out prompts, write the report."""
-    from dynprune.plots import write_report
+    from dynprune.report import write_report
 
     if args.run_dir is None:
         args.run_dir = f"runs/main-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -162,9 +162,9 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, lm: Any = None, progress: bool =
     from agents.base import load_agent
     from agents.baselines import RandomAgent, StaticAgent
     from dynprune.fileio import atomic_write_json
-    from dynprune.plots import format_table
     from dynprune.progress import Progress
     from dynprune.records import append_record, summarise
+    from dynprune.report import format_table
 
     name = cfg.extra["agent"]
     env = cfg.make_env("test", lm=lm)

@@ -57,8 +57,8 @@ from agents.offline import ALGOS, quiet_d3rlpy, train_offline
 from benchmarks import harness
 from benchmarks.utils import sweep_logs_dir
 from dynprune.models import PrunableLM, load_model
-from dynprune.plots import format_table
 from dynprune.records import summarise
+from dynprune.report import format_table
 from dynprune.runtime import TIMINGS, PlanEvaluator
 from envs.run_config import RunConfig, seeded_subset
 from offline_data.dataset import LEGACY_META_FILE, load_logs, read_meta, shard_path, shard_paths, to_mdp_dataset

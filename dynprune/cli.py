@@ -231,7 +231,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write the report of a run directory."""
     from pathlib import Path
 
-    from dynprune.plots import write_report
+    from dynprune.report import write_report
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

@@ -1,4 +1,4 @@
-"""Run logs (dynprune.records) and the report (dynprune.plots) on synthetic StepRecords."""
+"""Run logs (dynprune.records), figures (dynprune.plots) and the report (dynprune.report) on synthetic records."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynprune.plots import PLOT_FILES, format_table, write_report
 from dynprune.records import append_record, read_jsonl, read_records, summarise
+from dynprune.report import PLOT_FILES, format_table, write_report
 from dynprune.types import StepRecord
 
 ACTIONS = ["none", "heads-10%", "layers-10%", "ffn-10%"]
