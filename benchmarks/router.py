@@ -51,8 +51,10 @@ import torch
 
 import envs  # noqa: F401 - registers the env ids
 from agents.router.agent import RouterAgent
+from agents.router.configs import DPOConfig, FBCConfig, ORPOConfig
+from agents.router.data import load_router_data
 from agents.router.model import Router, RouterConfig, SentenceEncoder
-from agents.router.train import DPOConfig, FBCConfig, ORPOConfig, load_router_data, train_router
+from agents.router.train import train_router
 from benchmarks import harness
 from benchmarks.utils import seeded_subset, summary
 from dynprune.models import PrunableLM, cache_dir

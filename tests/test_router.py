@@ -11,6 +11,8 @@ import torch
 
 from agents.router import cli as router_cli
 from agents.router.agent import RouterAgent, nearest_entry
+from agents.router.configs import METHODS, DPOConfig, FBCConfig, ORPOConfig
+from agents.router.data import RouterData, fbc_targets, load_router_data
 from agents.router.losses import (
     config_logprob,
     dpo_loss,
@@ -21,17 +23,7 @@ from agents.router.losses import (
 )
 from agents.router.model import FEATURES, Router, RouterConfig, RouterOutput, SentenceEncoder, load_router
 from agents.router.topk import TOPK_METHODS, gumbel_topk, hard_topk, sinkhorn_topk
-from agents.router.train import (
-    METHODS,
-    DPOConfig,
-    FBCConfig,
-    ORPOConfig,
-    RouterData,
-    fbc_targets,
-    load_router_data,
-    train_router,
-    trainable_parameters,
-)
+from agents.router.train import train_router, trainable_parameters
 
 WORDS = ["what", "is", "the", "capital", "of", "france", "two", "plus", "write", "a", "poem", "about", "rain",
          "sum", "list", "numbers", "python", "function", "?", "."]

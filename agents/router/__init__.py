@@ -4,7 +4,8 @@
   :class:`RouterConfig`, :class:`Router`, :func:`load_router`;
 - :mod:`agents.router.topk`: differentiable top-k (Sinkhorn, Gumbel);
 - :mod:`agents.router.losses`: FBC, DPO, ORPO;
-- :mod:`agents.router.train`: config dataclasses, data loading, the training loop;
+- :mod:`agents.router.configs`, :mod:`agents.router.data`, :mod:`agents.router.train`: the training
+  settings (a config dataclass per method), the data (logs and preference pairs), the training loop;
 - :mod:`agents.router.agent`: :class:`RouterAgent` (DynPruneLayers-v0 masks, DynPrune-v0 nearest entry);
 - :mod:`agents.router.cli`: ``dynprune router train``.
 

@@ -25,7 +25,7 @@ from typing import Any
 from dynprune.runfolder import prepare_run_folder
 
 # Literal copies, so building the ``dynprune`` parser does not import torch (a test checks they match).
-METHODS = ("fbc", "dpo", "orpo")  # agents.router.train.METHODS
+METHODS = ("fbc", "dpo", "orpo")  # agents.router.configs.METHODS
 FEATURES = ("minilm", "tokens")  # agents.router.model.FEATURES
 TOPK_METHODS = ("none", "sinkhorn", "gumbel")  # agents.router.topk.TOPK_METHODS
 #: What a router run writes (top-level names, glob patterns): ``--force`` deletes these and nothing else.
@@ -38,8 +38,10 @@ def train_command(args: argparse.Namespace) -> int:
     import torch
 
     from agents.router.agent import RouterAgent
+    from agents.router.configs import make_config
+    from agents.router.data import load_router_data
     from agents.router.model import Router, RouterConfig, SentenceEncoder, load_router
-    from agents.router.train import load_router_data, make_config, train_router
+    from agents.router.train import train_router
 
     common = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "set_term",
                                              "eval_fraction", "eval_every", "success_threshold", "seed")

@@ -1,42 +1,29 @@
 """Train the router from logged exploration (FBC) and preference pairs (DPO, ORPO).
 
-Data (:func:`load_router_data`): the Parquet logs of ``dynprune explore`` (DFS and/or random
-layer sets, any number of log folders) give each prompt's measured configurations and their
-scores (``offline_data.prefs.row_score``); the preference pairs (``dynprune prefs`` file, or
-derived from the same logs with the same rule) give (winner, loser) configurations per prompt.
-
-Methods, one config dataclass each (TRL style: ``__post_init__`` validates and names the bad value):
-
-- :class:`FBCConfig`: filtered behaviour cloning. Per prompt the *successful* configurations
-  are those scoring at least ``success_threshold``; the target is the one with the most layers
-  pruned (higher score breaks ties). Loss: MSE of ``mu`` against its ratio + BCE of the layer
-  scores (optionally through a differentiable top-k).
-- :class:`DPOConfig`: DPO against a frozen reference router (a copy of the starting weights:
-  the FBC checkpoint given as ``init``, or the initial weights).
-- :class:`ORPOConfig`: ORPO, reference-free: winners' NLL + ``beta`` x odds-ratio term.
-
-Prompts are split into train and held-out (``eval_fraction``); held-out loss, preference
-accuracy (policy prefers the winner) and the error of the predicted ``k`` against the FBC
-target are logged every ``eval_every`` epochs to ``train_log.jsonl``, with a checkpoint.
+The settings are :mod:`agents.router.configs` (one dataclass per method), the data
+:mod:`agents.router.data`; their names are importable from here too. Prompts are split into
+train and held-out (``eval_fraction``); held-out loss, preference accuracy (policy prefers the
+winner) and the error of the predicted ``k`` against the FBC target are logged every
+``eval_every`` epochs to ``train_log.jsonl``, with a checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from agents.router.configs import METHODS, DPOConfig, FBCConfig, ORPOConfig, RouterTrainConfig, make_config
+from agents.router.data import RouterData, fbc_targets, healing_identity, layer_masks, load_router_data
 from agents.router.losses import config_logprob, dpo_loss, fbc_loss, orpo_loss
 from agents.router.model import Router, RouterNet
-from agents.router.topk import TOPK_METHODS
 from dynprune.fileio import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -53,299 +40,6 @@ __all__ = [
     "make_config",
     "train_router",
 ]
-
-METHODS = ("fbc", "dpo", "orpo")
-
-
-# ----------------------------------------------------------------------------- configs
-
-
-@dataclass
-class RouterTrainConfig:
-    """Settings shared by every method.
-
-    Args:
-        epochs: Passes over the training examples.
-        batch_size: Examples per gradient step.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        max_grad_norm: Gradient-norm clip (``0``: none).
-        set_term: Log-probability of a layer set: ``"bernoulli"`` or ``"plackett_luce"``.
-        eval_fraction: Share of the prompts held out for evaluation (``0``: none).
-        eval_every: Evaluate (and checkpoint) every this many epochs, and after the last.
-        success_threshold: FBC target / eval: a configuration is successful when its score is at least this.
-        seed: Seeds the split, the shuffling and the initial weights' noise.
-    """
-
-    epochs: int = 60
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    set_term: str = "bernoulli"
-    eval_fraction: float = 0.2
-    eval_every: int = 10
-    success_threshold: float = 1.0
-    seed: int = 0
-
-    method = "base"
-
-    def __post_init__(self) -> None:
-        """Check every value; raise ``ValueError`` naming the bad one."""
-        name = type(self).__name__
-        for key in ("epochs", "batch_size", "eval_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{name}.{key} must be >= 1, got {getattr(self, key)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"{name}.lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"{name}.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.max_grad_norm < 0:
-            raise ValueError(f"{name}.max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
-        if self.set_term not in ("bernoulli", "plackett_luce"):
-            raise ValueError(f"{name}.set_term must be 'bernoulli' or 'plackett_luce', got {self.set_term!r}")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"{name}.eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if not math.isfinite(self.success_threshold):
-            raise ValueError(f"{name}.success_threshold must be finite, got {self.success_threshold}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form, with the method name."""
-        return {"method": self.method, **asdict(self)}
-
-
-@dataclass
-class FBCConfig(RouterTrainConfig):
-    """Filtered behaviour cloning.
-
-    Args:
-        layer_weight: Weight of the BCE layer term against the ratio MSE.
-        topk: ``"none"`` (BCE on each sigmoid score), ``"sinkhorn"`` or ``"gumbel"`` (BCE on the
-            soft top-k mask with the target's ``k``).
-        topk_tau: Temperature of the soft top-k.
-    """
-
-    layer_weight: float = 1.0
-    topk: str = "none"
-    topk_tau: float = 0.1
-
-    method = "fbc"
-
-    def __post_init__(self) -> None:
-        """Check every value; raise ``ValueError`` naming the bad one."""
-        super().__post_init__()
-        if self.layer_weight < 0:
-            raise ValueError(f"FBCConfig.layer_weight must be >= 0, got {self.layer_weight}")
-        if self.topk not in TOPK_METHODS:
-            raise ValueError(f"FBCConfig.topk must be one of {TOPK_METHODS}, got {self.topk!r}")
-        if self.topk_tau <= 0:
-            raise ValueError(f"FBCConfig.topk_tau must be > 0, got {self.topk_tau}")
-
-
-@dataclass
-class DPOConfig(RouterTrainConfig):
-    """Direct preference optimisation.
-
-    Args:
-        beta: Strength of the implicit KL penalty to the reference (TRL's default 0.1).
-        reference: ``"init"``: the reference is a frozen copy of the router's weights when training
-            starts (the FBC router when it starts from an FBC checkpoint).
-    """
-
-    beta: float = 0.1
-    reference: str = "init"
-    lr: float = 3e-4
-
-    method = "dpo"
-
-    def __post_init__(self) -> None:
-        """Check every value; raise ``ValueError`` naming the bad one."""
-        super().__post_init__()
-        if not (self.beta > 0 and math.isfinite(self.beta)):
-            raise ValueError(f"DPOConfig.beta must be a positive number, got {self.beta}")
-        if self.reference != "init":
-            raise ValueError(f"DPOConfig.reference must be 'init' (a frozen copy of the start), got {self.reference!r}")
-
-
-@dataclass
-class ORPOConfig(RouterTrainConfig):
-    """Odds-ratio preference optimisation.
-
-    Args:
-        beta: Weight of the odds-ratio term (the paper's lambda; TRL's ORPOConfig.beta, default 0.1).
-    """
-
-    beta: float = 0.1
-
-    method = "orpo"
-
-    def __post_init__(self) -> None:
-        """Check every value; raise ``ValueError`` naming the bad one."""
-        super().__post_init__()
-        if not (self.beta > 0 and math.isfinite(self.beta)):
-            raise ValueError(f"ORPOConfig.beta must be a positive number, got {self.beta}")
-
-
-_CONFIGS: dict[str, type[RouterTrainConfig]] = {"fbc": FBCConfig, "dpo": DPOConfig, "orpo": ORPOConfig}
-
-
-def make_config(method: str, **kwargs: Any) -> RouterTrainConfig:
-    """The config dataclass of ``method`` (``"fbc"``, ``"dpo"``, ``"orpo"``) with ``kwargs``."""
-    if method not in _CONFIGS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return _CONFIGS[method](**kwargs)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class RouterData:
-    """What the router learns from.
-
-    Attributes:
-        num_layers: Decoder layers of the model the logs were measured on.
-        texts: ``{prompt id: prompt text}``.
-        configs: ``{prompt id: [(pruned layers, score), ...]}``: every measured layer set (DFS/random).
-        pairs: Preference pairs ``{"prompt_id", "winner_layers", "loser_layers", ...}``.
-        healing: ``"<name>@<fingerprint>"`` of the plan-conditional healing the pruned
-            configurations were measured under (``dynprune explore --healing``), or None.
-    """
-
-    num_layers: int
-    texts: dict[str, str]
-    configs: dict[str, list[tuple[tuple[int, ...], float]]]
-    pairs: list[dict[str, Any]] = field(default_factory=list)
-    healing: str | None = None
-
-    @property
-    def prompt_ids(self) -> list[str]:
-        """Prompts with configurations or pairs, in first-appearance order."""
-        ids = dict.fromkeys(self.configs)
-        ids.update(dict.fromkeys(p["prompt_id"] for p in self.pairs))
-        return list(ids)
-
-
-def _read_pairs(path: str | Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no preference pairs file at {path} (expected the Parquet file of dynprune prefs)")
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise ValueError(f"{path} is not a readable Parquet file of preference pairs: {e}") from e
-    needed = {"prompt_id", "winner_layers", "loser_layers"}
-    if not needed <= set(table.column_names):
-        raise ValueError(
-            f"{path} lacks columns {sorted(needed - set(table.column_names))}; expected {sorted(needed)}"
-        )
-    if table.num_rows == 0:
-        raise ValueError(f"{path} holds no preference pairs (0 rows); DPO and ORPO need at least one")
-    return table.to_pylist()
-
-
-def healing_identity(label: str | None) -> str | None:
-    """``"<name>@<fingerprint>"`` of a log row's healing label (``"<name>@<fingerprint>:<group>"``), or None."""
-    return None if label is None else label.rsplit(":", 1)[0]
-
-
-def load_router_data(
-    log_dirs: Sequence[str | Path],
-    pairs: str | Path | Sequence[Mapping[str, Any]] | None = None,
-    prompt_ids: Sequence[str] | None = None,
-) -> RouterData:
-    """Read logged configurations (and preference pairs) for router training.
-
-    Args:
-        log_dirs: Log folders of ``dynprune explore`` (same model; several strategies may be combined).
-        pairs: A pairs file (``dynprune prefs``), a list of pair rows, or ``None``: derived from the
-            logs with :func:`offline_data.prefs.preference_pairs` (every non-tied pair).
-        prompt_ids: Keep only these prompts.
-
-    Raises:
-        ValueError: no logs, logs of models with different layer counts, logs measured under different
-            healings (a configuration's score depends on the healing it was served with), an empty pairs file.
-    """
-    from dynprune.tasks import load_prompts
-    from offline_data.dataset import load_logs, read_meta
-    from offline_data.prefs import configs_per_prompt, preference_pairs
-
-    if not log_dirs:
-        raise ValueError("router training needs at least one log folder (dynprune explore --out DIR)")
-    rows: list[dict[str, Any]] = []
-    num_layers: int | None = None
-    sources: set[str] = set()
-    for d in log_dirs:
-        meta = read_meta(d)
-        n = int(meta["num_layers"])
-        if num_layers is not None and n != num_layers:
-            raise ValueError(f"log folder {d} was measured on a {n}-layer model, the others on {num_layers} layers")
-        num_layers = n
-        src = meta.get("settings", {}).get("env", {}).get("prompts", "dynprune")
-        sources.add(src if isinstance(src, str) else "dynprune")
-        rows.extend(load_logs(d).to_list())
-    assert num_layers is not None
-    # pruned rows only: the none configuration is never healed (logs written before the column: None)
-    healings = {healing_identity(r.get("healing")) for r in rows if r["layers"]}
-    if len(healings) > 1:
-        raise ValueError(f"the logs were measured under different healings {sorted(map(str, healings))} (None: "
-                         "unhealed); train a router on logs explored with one healing (dynprune explore --healing DIR)")
-    keep = None if prompt_ids is None else set(prompt_ids)
-    if keep is not None:
-        rows = [r for r in rows if r["prompt_id"] in keep]
-    configs = configs_per_prompt(rows)
-    if pairs is None:
-        pair_rows = preference_pairs(rows)
-    elif isinstance(pairs, (str, Path)):
-        pair_rows = _read_pairs(pairs)
-    else:
-        pair_rows = [dict(p) for p in pairs]
-    if keep is not None:
-        pair_rows = [p for p in pair_rows if p["prompt_id"] in keep]
-    texts: dict[str, str] = {}
-    for src in sources:
-        texts.update({p.id: p.text for p in load_prompts(src, split=None)})
-    wanted = set(configs) | {p["prompt_id"] for p in pair_rows}
-    missing = sorted(wanted - set(texts))
-    if missing:
-        raise ValueError(f"prompt ids {missing[:5]} of the logs are not in the prompt source(s) {sorted(sources)}")
-    return RouterData(num_layers, {k: texts[k] for k in wanted}, configs, pair_rows, next(iter(healings), None))
-
-
-def fbc_targets(
-    configs: Mapping[str, Sequence[tuple[Sequence[int], float]]], threshold: float
-) -> dict[str, tuple[int, ...]]:
-    """Per prompt, the successful configuration (score >= ``threshold``) with the most layers pruned.
-
-    Ties on layer count go to the higher score, then to the first logged. Prompts without a
-    successful configuration get no target.
-    """
-    out: dict[str, tuple[int, ...]] = {}
-    for pid, items in configs.items():
-        best: tuple[int, float, int] | None = None
-        for order, (layers, score) in enumerate(items):
-            if score < threshold - 1e-9:
-                continue
-            key = (len(layers), score, -order)
-            if best is None or key > best:
-                best = key
-                out[pid] = tuple(sorted(int(i) for i in layers))
-    return out
-
-
-def _masks(layer_sets: Sequence[Sequence[int]], num_layers: int) -> torch.Tensor:
-    m = torch.zeros((len(layer_sets), num_layers))
-    for i, layers in enumerate(layer_sets):
-        for layer in layers:
-            if not 0 <= int(layer) < num_layers:
-                raise ValueError(f"layer {layer} out of range 0..{num_layers - 1} in a logged configuration")
-            m[i, int(layer)] = 1.0
-    return m
-
-
-# ----------------------------------------------------------------------------- training
 
 
 @dataclass
@@ -373,11 +67,11 @@ class _Examples:
         wanted = set(ids)
         targets = fbc_targets({k: v for k, v in data.configs.items() if k in wanted}, threshold)
         self.t_idx = torch.tensor([index[p] for p in targets], dtype=torch.long)
-        self.t_mask = _masks(list(targets.values()), data.num_layers)
+        self.t_mask = layer_masks(list(targets.values()), data.num_layers)
         pairs = [p for p in data.pairs if p["prompt_id"] in wanted]
         self.p_idx = torch.tensor([index[p["prompt_id"]] for p in pairs], dtype=torch.long)
-        self.w_mask = _masks([p["winner_layers"] for p in pairs], data.num_layers)
-        self.l_mask = _masks([p["loser_layers"] for p in pairs], data.num_layers)
+        self.w_mask = layer_masks([p["winner_layers"] for p in pairs], data.num_layers)
+        self.l_mask = layer_masks([p["loser_layers"] for p in pairs], data.num_layers)
 
     def n(self, method: str) -> int:
         return int(self.t_idx.numel() if method == "fbc" else self.p_idx.numel())
