@@ -7,13 +7,12 @@ Each adapter is ``x + up(relu(down(x)))`` with ``down: hidden -> bottleneck`` an
 at zero, so a fresh adapter is the identity, i.e. exactly what skipping the layer does.
 
 Training them is :mod:`dynprune.adapter_training`; their file is :mod:`dynprune.adapter_files`.
-The names those modules hold are still importable from here (code written before the split).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -96,25 +95,3 @@ def attach_adapters(lm: PrunableLM, adapters: Mapping[int, nn.Module]) -> None:
             raise ValueError(f"adapter for layer {i} has hidden size {width}; the model's is {hidden}")
     for i, m in adapters.items():
         lm.adapters[int(i)] = m.to(device=lm.device, dtype=lm.dtype).eval().requires_grad_(False)
-
-
-# Names that moved to the training and file modules, still importable from here without loading them
-# until they are asked for (PEP 562).
-_MOVED = {
-    "AdapterConfig": "dynprune.adapter_training",
-    "AdapterReport": "dynprune.adapter_training",
-    "init_adapters": "dynprune.adapter_training",
-    "plot_adapter_mse": "dynprune.adapter_training",
-    "record_layer_io": "dynprune.adapter_training",
-    "train_adapters": "dynprune.adapter_training",
-    "load_adapters": "dynprune.adapter_files",
-    "save_adapters": "dynprune.adapter_files",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -441,15 +441,3 @@ def plot_speedup_fidelity(summary: Mapping[str, GroupSummary], path: str | os.Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     return _save(fig, path)
-
-
-# The report's names lived here before it had its own module: still importable, loaded on first use (PEP 562).
-_MOVED = ("PLOT_FILES", "format_table", "write_report")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from dynprune import report
-
-        return getattr(report, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
