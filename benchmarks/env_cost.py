@@ -64,6 +64,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from benchmarks import harness
 from benchmarks.utils import machine_info, machine_load, naive_step, parse_args, summary, write_json
 from dynprune.fileio import atomic_write_bytes
 from dynprune.metrics import fix_threads
@@ -83,13 +84,11 @@ TARGETS = {"modelled_over_naive": 1000.0}
 
 
 @dataclass
-class Args:
-    """Env cost: steps/s against the naive step, exploration configurations/s, and a step's time by phase."""
+class Args(harness.Args):
+    """Env cost: steps/s against the naive step, exploration configurations/s, and a step's time by phase.
 
-    model: str = "smollm2-135m"
-    """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N (CUDA: CUDA-event timing, NVML telemetry)"""
+    On CUDA (``--device``): CUDA-event timing, NVML telemetry."""
+
     threads: int | None = 1
     """torch CPU threads (none: torch's default); 1 on a CPU shared with other jobs"""
     prompts: int = 6
@@ -113,24 +112,20 @@ class Args:
     """measurement rounds pooled per profile cell before it is trusted (ProfileConfig.min_rounds)"""
     modelled_passes: int = 200
     """passes over the step prompts per steady modelled block (one pass is too short to time alone)"""
-    seed: int = 0
-    """seed of the prompt subset and the action sequence"""
     out: str = DEFAULT_OUT
     """JSON file to write; the plot goes beside it as <stem>.png"""
-    smoke: bool = False
-    """quick check: tiny-llama, 2 prompts, 2 repeats, 1 explore prompt, short answers; --out or the temp folder"""
 
     def __post_init__(self) -> None:
+        # --smoke: 2 prompts, 2 repeats, 2 explore prompts, short answers; --out or the temp folder
         if self.smoke:
-            self.model, self.prompts, self.repeats, self.explore_prompts = "tiny-llama", 2, 2, 2
+            self.prompts, self.repeats, self.explore_prompts = 2, 2, 2
             self.max_new_tokens, self.profile_tokens, self.profile_repeats = min(self.max_new_tokens, 4), 2, 1
             self.profile_rounds, self.modelled_passes = 2, 20
             if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
                 self.out = str(Path(tempfile.gettempdir()) / "env_cost_smoke.json")
-        for name in ("prompts", "repeats", "explore_prompts", "max_new_tokens", "profile_tokens", "profile_repeats",
-                     "profile_rounds", "modelled_passes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
+        self.require_positive("prompts", "repeats", "explore_prompts", "max_new_tokens", "profile_tokens",
+                              "profile_repeats", "profile_rounds", "modelled_passes")
         if self.telemetry not in ("live", "scenario"):
             raise ValueError(f"telemetry must be 'live' or 'scenario', got {self.telemetry!r}")
 
@@ -361,7 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(Args, argv)
     threads = fix_threads(args.threads)
     t_start = time.perf_counter()
-    lm = load_model(args.model, device=args.device)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"model: {lm}", flush=True)
     lm.calibrate()  # calibration (or its cache) stays out of every step
     picked = test_prompts(args.prompts + args.explore_prompts, args.seed)

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import harness
 from benchmarks.utils import machine_info, machine_load, parse_args, summary, write_json
 from dynprune.actions import DEFAULT_TABLE, entry_plan
 from dynprune.latency_model import (
@@ -71,11 +72,11 @@ TARGETS = {"median_abs_rel_error": 0.02, "p90_abs_rel_error": 0.05}
 
 
 @dataclass
-class Args:
-    """Latency model: predicted vs measured speed-up on held-out (plan, prompt length, answer length) points."""
+class Args(harness.Args):
+    """Latency model: predicted vs measured speed-up on held-out (plan, prompt length, answer length) points.
 
-    model: str = "smollm2-135m"
-    """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
+    ``--seed`` seeds the calibration; the held-out points use seed + 1000."""
+
     device: str = "cpu"
     """auto, cpu, cuda or cuda:N"""
     threads: int = 1
@@ -102,25 +103,21 @@ class Args:
     """longest answer, tokens"""
     profile_points: int = 9
     """held-out points on which the latency profile (timing="profiled") is also measured"""
-    seed: int = 0
-    """seed of the calibration; the held-out points use seed + 1000"""
     save_model: bool = True
     """also write the fitted model to the cache (what timing="modelled" then uses)"""
     out: str = DEFAULT_OUT
     """JSON file to write"""
-    smoke: bool = False
-    """quick check: tiny-llama, few points and repeats; writes to --out if given, else to the temp folder"""
 
     def __post_init__(self) -> None:
+        # --smoke: few points and repeats; writes to --out if given, else to the temp folder
         if self.smoke:
-            self.model, self.fit_points, self.fit_repeats, self.per_kind = "tiny-llama", 10, 1, 1
+            self.fit_points, self.fit_repeats, self.per_kind = 10, 1, 1
             self.repeats, self.paired_repeats, self.profile_points, self.save_model = 3, 2, 2, False
             self.prompt_max, self.answer_max = min(self.prompt_max, 32), min(self.answer_max, 6)
             if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
                 self.out = str(Path(tempfile.gettempdir()) / "latency_model_smoke.json")
-        for name in ("fit_points", "fit_repeats", "repeats", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
+        self.require_positive("fit_points", "fit_repeats", "repeats", "threads")
         if self.per_kind < 0 or self.profile_points < 0:
             raise ValueError("per_kind and profile_points must be >= 0")
 
@@ -153,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(Args, argv)
     threads = fix_threads(args.threads)
     t_start = time.perf_counter()
-    lm = load_model(args.model, device=args.device)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"model: {lm}", flush=True)
     lm.calibrate()  # calibration (or its cache) stays out of every timing
     load_start = machine_load(threads)

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import harness
 from benchmarks.utils import machine_info, machine_load, parse_args, summary, write_json
 from dynprune.actions import DEFAULT_TABLE, entry_plan
 from dynprune.metrics import fix_threads
@@ -58,11 +59,9 @@ TARGETS = {"after_median_abs_error": 0.05}
 
 
 @dataclass
-class Args:
+class Args(harness.Args):
     """Live honesty: live speed-up under a switching background load, old and new protocol vs a reference."""
 
-    model: str = "smollm2-135m"
-    """model spec: smollm2-135m (embedded), tiny-llama, a model folder or a Hugging Face id"""
     device: str = "cpu"
     """cpu (the background load is CPU processes)"""
     threads: int = 1
@@ -79,22 +78,18 @@ class Args:
     """shortest time between two background switches"""
     switch_max_s: float = 1.5
     """longest time between two background switches"""
-    seed: int = 0
-    """seed of the prompt subset and the background's switching"""
     out: str = DEFAULT_OUT
     """JSON file to write"""
-    smoke: bool = False
-    """quick check: tiny-llama, 3 prompts, short answers, 2 reference repeats; --out or the temp folder"""
 
     def __post_init__(self) -> None:
+        # --smoke: 3 prompts, short answers, 2 reference repeats; --out or the temp folder
         if self.smoke:
-            self.model, self.prompts, self.max_new_tokens, self.reference_repeats = "tiny-llama", 3, 6, 2
+            self.prompts, self.max_new_tokens, self.reference_repeats = 3, 6, 2
             self.switch_min_s, self.switch_max_s = 0.01, 0.05
             if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
                 self.out = str(Path(tempfile.gettempdir()) / "live_honesty_smoke.json")
-        for name in ("prompts", "max_new_tokens", "reference_repeats", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
+        self.require_positive("prompts", "max_new_tokens", "reference_repeats", "threads")
         if not 0 < self.switch_min_s <= self.switch_max_s:
             raise ValueError(f"need 0 < switch_min_s <= switch_max_s, got {self.switch_min_s}, {self.switch_max_s}")
 
@@ -194,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(Args, argv)
     threads = fix_threads(args.threads)
     t_start = time.perf_counter()
-    lm = load_model(args.model, device=args.device)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"model: {lm}", flush=True)
     lm.calibrate()
     pool = load_prompts("dynprune", split="test")

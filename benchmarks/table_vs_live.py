@@ -31,6 +31,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401 - registers the ids
+from benchmarks import harness
 from benchmarks.utils import machine_info, machine_load, parse_args, smoke_table, write_json
 from dynprune.metrics import fix_threads
 from dynprune.models import load_model
@@ -40,11 +41,11 @@ TARGETS = {"spearman": 0.9}
 
 
 @dataclass
-class Args:
-    """Table vs live: agents' mean held-out reward on the reward table and measured live, rank correlation."""
+class Args(harness.Args):
+    """Table vs live: agents' mean held-out reward on the reward table and measured live, rank correlation.
 
-    model: str = "smollm2-135m"
-    """model spec (must be the table's model)"""
+    ``--model`` must be the table's model; ``--seed`` seeds the subset, the agent and both envs' resets."""
+
     table: str = "smollm2-135m"
     """reward table: a file, or the name of a shipped table"""
     device: str = "cpu"
@@ -57,18 +58,16 @@ class Args:
     """reward of both envs"""
     ddqn_steps: int = 30_000
     """Double DQN training steps on the table's train split"""
-    seed: int = 0
-    """seed of the subset, the agent and both envs' resets"""
     out: str = DEFAULT_OUT
     """JSON file to write"""
-    smoke: bool = False
-    """quick check: a small tiny-llama table, 4 prompts, 300 training steps"""
 
     def __post_init__(self) -> None:
+        # --smoke: a small tiny-llama table, 4 prompts, 300 training steps
         if self.smoke:
-            self.model, self.prompts, self.ddqn_steps = "tiny-llama", 4, 300
+            self.prompts, self.ddqn_steps = 4, 300
             if self.out == DEFAULT_OUT:
                 self.out = str(Path(tempfile.gettempdir()) / "table_vs_live_smoke.json")
+        super().__post_init__()
         if self.prompts < 2:
             raise ValueError(f"prompts must be >= 2, got {self.prompts}")
 
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         table = str(smoke_table(Path(tempfile.mkdtemp(prefix="tvl-smoke-"))))
     data = read_table(table_path(table))
-    lm = load_model(args.model, device=args.device)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     if lm.model_id != data.meta["model_id"]:
         raise ValueError(f"the table was built on {data.meta['model_id']}, not on {lm.model_id}")
     lm.calibrate()

@@ -145,6 +145,21 @@ def test_every_ported_script_runs_on_the_harness() -> None:
         assert harness.default_of(module.Args, "out") == f"benchmarks/results/{name}.json", name
 
 
+def test_every_script_with_a_model_shares_the_common_args() -> None:
+    """model / device / dtype / threads / seed / out / smoke are declared once (harness.Args), also by the scripts
+    that still write their own JSON; gpu and healing build their own models, table_env loads none."""
+    import importlib
+
+    from benchmarks.cli import BENCHMARKS as REGISTRY
+
+    for name, module_name in REGISTRY.items():
+        if name in {"gpu", "healing", "table_env"}:
+            continue
+        args = importlib.import_module(module_name).Args
+        assert issubclass(args, harness.Args), name
+        assert harness.default_of(args, "out") == f"benchmarks/results/{name}.json", name
+
+
 def test_policy_headroom_default_sweep_is_offline_rl_default() -> None:
     from benchmarks import offline_rl, policy_headroom
     from benchmarks.utils import sweep_logs_dir
