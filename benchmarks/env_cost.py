@@ -53,7 +53,6 @@ import contextlib
 import dataclasses
 import io
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -114,6 +113,7 @@ class Args(harness.Args):
     """passes over the step prompts per steady modelled block (one pass is too short to time alone)"""
     out: str = DEFAULT_OUT
     """JSON file to write; the plot goes beside it as <stem>.png"""
+    SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
         # --smoke: 2 prompts, 2 repeats, 2 explore prompts, short answers; --out or the temp folder
@@ -121,8 +121,6 @@ class Args(harness.Args):
             self.prompts, self.repeats, self.explore_prompts = 2, 2, 2
             self.max_new_tokens, self.profile_tokens, self.profile_repeats = min(self.max_new_tokens, 4), 2, 1
             self.profile_rounds, self.modelled_passes = 2, 20
-            if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
-                self.out = str(Path(tempfile.gettempdir()) / "env_cost_smoke.json")
         super().__post_init__()
         self.require_positive("prompts", "repeats", "explore_prompts", "max_new_tokens", "profile_tokens",
                               "profile_repeats", "profile_rounds", "modelled_passes")

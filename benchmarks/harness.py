@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from benchmarks.utils import load_average, machine_info, parse_args, write_json
 
@@ -72,9 +72,16 @@ class Args:
     smoke: bool = False
     """quick check on tiny-llama with tiny settings (seconds, meaningless numbers); needs --out"""
 
+    SMOKE_TO_TEMP: ClassVar[bool] = False
+    """A script that sets it sends a ``--smoke`` run without ``--out`` to ``<tmp>/<name>_smoke.json`` instead of
+    refusing it (the real results file is never overwritten either way)."""
+
     def __post_init__(self) -> None:
         if not self.out:
             raise ValueError(f"{type(self).__name__}: out is empty; give --out PATH")
+        default_out = default_of(type(self), "out")
+        if self.smoke and self.SMOKE_TO_TEMP and self.out == default_out:
+            self.out = str(Path(tempfile.gettempdir()) / f"{Path(default_out).stem}_smoke.json")
         if self.smoke and self.out == default_of(type(self), "out"):  # never overwrite real results with a smoke run
             raise ValueError("--smoke needs --out PATH (the real results file is not overwritten by a smoke run)")
         if self.threads is not None and self.threads < 1:

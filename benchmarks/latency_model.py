@@ -36,10 +36,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,6 +105,7 @@ class Args(harness.Args):
     """also write the fitted model to the cache (what timing="modelled" then uses)"""
     out: str = DEFAULT_OUT
     """JSON file to write"""
+    SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
         # --smoke: few points and repeats; writes to --out if given, else to the temp folder
@@ -114,8 +113,6 @@ class Args(harness.Args):
             self.fit_points, self.fit_repeats, self.per_kind = 10, 1, 1
             self.repeats, self.paired_repeats, self.profile_points, self.save_model = 3, 2, 2, False
             self.prompt_max, self.answer_max = min(self.prompt_max, 32), min(self.answer_max, 6)
-            if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
-                self.out = str(Path(tempfile.gettempdir()) / "latency_model_smoke.json")
         super().__post_init__()
         self.require_positive("fit_points", "fit_repeats", "repeats", "threads")
         if self.per_kind < 0 or self.profile_points < 0:

@@ -36,11 +36,9 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,14 +78,13 @@ class Args(harness.Args):
     """longest time between two background switches"""
     out: str = DEFAULT_OUT
     """JSON file to write"""
+    SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
         # --smoke: 3 prompts, short answers, 2 reference repeats; --out or the temp folder
         if self.smoke:
             self.prompts, self.max_new_tokens, self.reference_repeats = 3, 6, 2
             self.switch_min_s, self.switch_max_s = 0.01, 0.05
-            if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
-                self.out = str(Path(tempfile.gettempdir()) / "live_honesty_smoke.json")
         super().__post_init__()
         self.require_positive("prompts", "max_new_tokens", "reference_repeats", "threads")
         if not 0 < self.switch_min_s <= self.switch_max_s:

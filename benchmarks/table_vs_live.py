@@ -60,13 +60,12 @@ class Args(harness.Args):
     """Double DQN training steps on the table's train split"""
     out: str = DEFAULT_OUT
     """JSON file to write"""
+    SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
         # --smoke: a small tiny-llama table, 4 prompts, 300 training steps
         if self.smoke:
             self.prompts, self.ddqn_steps = 4, 300
-            if self.out == DEFAULT_OUT:
-                self.out = str(Path(tempfile.gettempdir()) / "table_vs_live_smoke.json")
         super().__post_init__()
         if self.prompts < 2:
             raise ValueError(f"prompts must be >= 2, got {self.prompts}")
