@@ -261,7 +261,7 @@ def heldout_pass(table: Path, reward: str, scenario: str) -> Heldout:
         outs = env.action_outcomes()
         rew.append([env.reward_fn(o)[0] for o in outs])
         spd.append([o.speedup for o in outs])
-        qual.append([o.fidelity for o in outs])
+        qual.append([o.prefix_fidelity for o in outs])
         task.append([math.nan if o.task_score is None else o.task_score for o in outs])
     return Heldout(tuple(ids), tuple(steps), np.array(rew), np.array(spd), np.array(qual), np.array(task))
 
