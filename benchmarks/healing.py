@@ -34,7 +34,7 @@ bit for bit on every test sequence. The healing folders' own training reports (s
 load average, validation curves) are copied in.
 
 Run (after ``dynprune heal``; see benchmarks/README.md):
-    python -m benchmarks.healing --threads 1                    # ~20-30 min on the shared 2 cores
+    python -m benchmarks.healing --threads 1                    # ~100 min on the shared 2 cores (load 2-6; wall_s)
     python -m benchmarks.healing --smoke --out /tmp/healing.json  # tiny-llama; trains its own tiny healing
 
 Writes ``benchmarks/results/healing.json`` and ``healing.png`` beside it, and prints a table.
