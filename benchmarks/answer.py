@@ -313,9 +313,10 @@ def run_learners(args: Args, variant: str, reward: str, train_table: Path, held:
         fbc: dict[str, Any] = {}
         for name in names:
             path = folder / f"{name}-s{seed}.json"
-            if path.is_file():
-                out[name].append(json.loads(path.read_text())["picks"])
-                continue
+            saved = json.loads(path.read_text()) if path.is_file() else None
+            if saved is not None and saved["prompt_ids"] == list(held.prompt_ids):
+                out[name].append(saved["picks"])
+                continue  # picks of another held-out set (a table measured further since) are redone
             t = time.perf_counter()
             if name == "ddqn":
                 env = DynPruneTableEnv(table=train_table, split="train", reward=reward,
@@ -497,6 +498,7 @@ def sentence_encoder(args: Args) -> Any:
 
 def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
     """Tables, agents, scores; see the module docstring."""
+    from dynprune.fileio import atomic_write_json
     from dynprune.table import read_table
 
     assert lm is not None
@@ -521,7 +523,16 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
             runs["random"] = [[RandomAgent(len(action_names), seed=s).act(o) for o, _ in held.steps] for s in seeds]
             walls[f"{variant}_{reward}_agents_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            res = score(args, held, runs)
+            # scoring is pure in (picks, held-out measurements, settings): a rerun reads it back
+            key = json.dumps({"runs": runs, "ids": held.prompt_ids, "reward": held.reward.tolist(),
+                              "settings": [args.reps, args.poi_reps, args.seed]}, sort_keys=True)
+            cache = work / "scores" / variant / f"{reward}.json"
+            cached = json.loads(cache.read_text()) if cache.is_file() else {}
+            if cached.get("key") == key:
+                res = cached["result"]
+            else:
+                res = score(args, held, runs)
+                atomic_write_json(cache, {"key": key, "result": res})
             # the static action a deployer would pick without the test set: best mean reward on the train sweep
             picked = f"static:{int(np.argmax(sweep[4].mean(axis=0)))}"
             res["static_picked_on_train"] = {"agent": picked, **{k: res["agents"][picked][k] for k in
