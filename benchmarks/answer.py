@@ -68,6 +68,8 @@ if TYPE_CHECKING:
 
 REWARDS = ("casrap", "latency_budget", "accuracy_efficiency")
 ORIGINAL, HEALED = "original", "healed"
+SCORE_VERSION = 2
+"""Bumped when :func:`score` changes what it computes, so cached scores of older code are recomputed."""
 EVAL_SEED = 10_000
 """Seed of the held-out pass (load scenario and budget per prompt); the train envs use the run seeds."""
 
@@ -369,6 +371,8 @@ def hull_mixture(h: Sequence[tuple[float, float, int]], speedup: float) -> tuple
     """
     if speedup <= h[0][0]:
         return h[0][2], h[0][2], 1.0
+    if abs(speedup - h[-1][0]) <= 1e-9 * max(1.0, abs(speedup)):  # the fastest point itself, up to rounding
+        return h[-1][2], h[-1][2], 1.0
     for (x1, _, a), (x2, _, b) in zip(h, h[1:], strict=False):
         if x1 <= speedup <= x2:
             lam = (x2 - speedup) / (x2 - x1) if x2 > x1 else 1.0
@@ -525,7 +529,8 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
             t = time.perf_counter()
             # scoring is pure in (picks, held-out measurements, settings): a rerun reads it back
             key = json.dumps({"runs": runs, "ids": held.prompt_ids, "reward": held.reward.tolist(),
-                              "settings": [args.reps, args.poi_reps, args.seed]}, sort_keys=True)
+                              "settings": [args.reps, args.poi_reps, args.seed], "version": SCORE_VERSION},
+                             sort_keys=True)
             cache = work / "scores" / variant / f"{reward}.json"
             cached = json.loads(cache.read_text()) if cache.is_file() else {}
             if cached.get("key") == key:
