@@ -691,9 +691,9 @@ def plot_pareto(result: dict[str, Any], path: Path) -> None:
         for i, k in enumerate(k for k in ag if not k.startswith("static:") and k != "oracle"):
             row = ag[k]
             xs, ys = row["speedup_runs"], row["prefix_fidelity_runs"]
-            ax.errorbar(row["speedup"], row["prefix_fidelity"],
-                        xerr=[[row["speedup"] - min(xs)], [max(xs) - row["speedup"]]],
-                        yerr=[[row["prefix_fidelity"] - min(ys)], [max(ys) - row["prefix_fidelity"]]],
+            x, y = row["speedup"], row["prefix_fidelity"]
+            ax.errorbar(x, y, xerr=[[max(0.0, x - min(xs))], [max(0.0, max(xs) - x)]],  # >= 0 despite rounding
+                        yerr=[[max(0.0, y - min(ys))], [max(0.0, max(ys) - y)]],
                         fmt="o", ms=4, capsize=2, label=k, color=plt.cm.tab10(i % 10))
         o = ag["oracle"]
         ax.scatter([o["speedup"]], [o["prefix_fidelity"]], marker="*", s=90, c="k", label="oracle")
