@@ -96,7 +96,9 @@ def signal_at_step(monkeypatch, n: int, sig: int) -> object:
     def step(self, action):
         calls["n"] += 1
         if calls["n"] == n:
-            os.kill(os.getpid(), sig)
+            # raise(3) delivers to this (the main) thread, as a terminal's Ctrl-C reaches Python; os.kill on
+            # our own pid may be delivered to any thread, and twice in a full-suite run no KeyboardInterrupt came
+            signal.raise_signal(sig)
         return real(self, action)
 
     monkeypatch.setattr(DynPruneEnv, "step", step)
@@ -616,7 +618,7 @@ def test_explore_sigint_keeps_finished_prompts(tmp_path, monkeypatch):
     def action_records(self):
         calls["n"] += 1
         if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # to this thread, see signal_at_step
         return real(self)
 
     monkeypatch.setattr(DynPruneEnv, "action_records", action_records)
