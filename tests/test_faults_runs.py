@@ -86,6 +86,18 @@ def replay_size(run_dir: Path) -> int:
     return rb.buffer_size if rb.full else rb.pos
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt for the test, as in an interactive shell.
+
+    A suite started in the background by a non-interactive shell (``make test &``, CI runners) inherits SIGINT
+    ignored, and Python then installs no handler: the Ctrl-C tests would see nothing.
+    """
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def signal_at_step(monkeypatch, n: int, sig: int) -> object:
     """The process sends itself ``sig`` during the ``n``-th env step (1-based); returns the real ``step``."""
     from envs.dynprune_env import DynPruneEnv
@@ -96,9 +108,7 @@ def signal_at_step(monkeypatch, n: int, sig: int) -> object:
     def step(self, action):
         calls["n"] += 1
         if calls["n"] == n:
-            # raise(3) delivers to this (the main) thread, as a terminal's Ctrl-C reaches Python; os.kill on
-            # our own pid may be delivered to any thread, and twice in a full-suite run no KeyboardInterrupt came
-            signal.raise_signal(sig)
+            signal.raise_signal(sig)  # raise(3): to this (the main) thread, as a terminal's Ctrl-C
         return real(self, action)
 
     monkeypatch.setattr(DynPruneEnv, "step", step)
@@ -293,7 +303,7 @@ def run_copy(trained_run, tmp_path) -> Path:
 # --------------------------------------------------------------------------- resume
 
 
-def test_sigint_then_resume_numbers_on(tmp_path, monkeypatch, capsys):
+def test_sigint_then_resume_numbers_on(tmp_path, monkeypatch, capsys, ctrl_c_raises):
     run_dir = tmp_path / "run"
     from envs.dynprune_env import DynPruneEnv
 
@@ -606,7 +616,7 @@ def test_explore_full_disk_keeps_finished_prompts(tmp_path, monkeypatch, capsys)
     assert len(set(ds["prompt_id"])) == 3 and len(ds) == 3 * len(set(ds["action"]))  # each prompt once
 
 
-def test_explore_sigint_keeps_finished_prompts(tmp_path, monkeypatch):
+def test_explore_sigint_keeps_finished_prompts(tmp_path, monkeypatch, ctrl_c_raises):
     """A guard (this held before): Ctrl-C during exploration keeps finished prompts, the re-run adds the rest."""
     from envs.dynprune_env import DynPruneEnv
     from offline_data.dataset import load_logs
