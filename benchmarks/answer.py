@@ -268,11 +268,27 @@ def heldout_pass(table: Path, reward: str, scenario: str) -> Heldout:
     return Heldout(tuple(ids), tuple(steps), np.array(rew), np.array(spd), np.array(qual), np.array(task))
 
 
-def train_sweep(table: Path, reward: str, scenario: str, sweeps: int, seed: int) -> tuple[np.ndarray, ...]:
-    """Every action on every train prompt under ``sweeps`` load draws: ``(obs, actions, rewards, infos, mean R)``.
+@dataclass(frozen=True)
+class Sweep:
+    """Every action on every train prompt under several load draws (the offline learners' and routers' data).
 
-    ``mean R`` is prompts x actions: each action's reward averaged over the draws (the routers' data).
+    Attributes:
+        obs: One row per (draw, prompt, action): the observation the action was taken on.
+        actions: The action of each row.
+        rewards: The reward of each row.
+        steps: ``(obs, info)`` of each prompt under the first draw (the routers' inputs).
+        mean_reward: prompts x actions: each action's reward averaged over the draws.
     """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    steps: list[tuple[np.ndarray, dict[str, Any]]]
+    mean_reward: np.ndarray
+
+
+def train_sweep(table: Path, reward: str, scenario: str, sweeps: int, seed: int) -> Sweep:
+    """Every action on every train prompt of ``table`` under ``sweeps`` load draws."""
     from envs.table_env import DynPruneTableEnv
 
     env = DynPruneTableEnv(table=table, split="train", reward=reward, scenario=scenario.split(","), sequential=True)
@@ -291,11 +307,11 @@ def train_sweep(table: Path, reward: str, scenario: str, sweeps: int, seed: int)
                 obs_l.append(obs)
                 act_l.append(a)
                 rew_l.append(r[a])
-    return np.array(obs_l, np.float32), np.array(act_l), np.array(rew_l, np.float32), infos, mean_r
+    return Sweep(np.array(obs_l, np.float32), np.array(act_l), np.array(rew_l, np.float32), infos, mean_r)
 
 
 def run_learners(args: Args, variant: str, reward: str, train_table: Path, held: Heldout, work: Path,
-                 encode: Any, sweep: tuple[np.ndarray, ...]) -> dict[str, list[list[int]]]:
+                 encode: Any, sweep: Sweep) -> dict[str, list[list[int]]]:
     """Train every learned agent for every seed (or read its saved picks); ``{agent: [picks per seed]}``."""
     import d3rlpy
 
@@ -327,7 +343,7 @@ def run_learners(args: Args, variant: str, reward: str, train_table: Path, held:
                 model.learn(args.dqn_steps)
                 agent: Any = SB3Agent(model)
             elif name in ("cql", "bcq"):
-                obs, acts, rews = sweep[0], sweep[1], sweep[2]
+                obs, acts, rews = sweep.obs, sweep.actions, sweep.rewards
                 ds = d3rlpy.dataset.MDPDataset(observations=obs, actions=acts, rewards=rews,
                                                terminals=np.ones(len(obs), np.float32),  # one-step episodes
                                                action_space=d3rlpy.ActionSpace.DISCRETE,
@@ -336,9 +352,9 @@ def run_learners(args: Args, variant: str, reward: str, train_table: Path, held:
                                       n_steps_per_epoch=args.offline_steps)
             else:
                 method, encoder = name.split("-")
-                feats = router_features(sweep[3], encoder, encode)
+                feats = router_features(sweep.steps, encoder, encode)
                 config = ActionRouterConfig(method=method, epochs=args.router_epochs)
-                agent = train_action_router(feats, sweep[4], config, seed=seed, encoder=encoder, encode=encode,
+                agent = train_action_router(feats, sweep.mean_reward, config, seed=seed, encoder=encoder, encode=encode,
                                             reference=fbc.get(encoder))
                 if method == "fbc":
                     fbc[encoder] = agent
@@ -502,6 +518,7 @@ def sentence_encoder(args: Args) -> Any:
 
 def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
     """Tables, agents, scores; see the module docstring."""
+    from agents.baselines import RandomAgent
     from dynprune.fileio import atomic_write_json
     from dynprune.table import read_table
 
@@ -522,8 +539,6 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
             sweep = train_sweep(paths["train"], reward, args.scenario, args.offline_sweeps, args.seed)
             runs = run_learners(args, variant, reward, paths["train"], held, work, encode, sweep)
             seeds = range(args.seeds)
-            from agents.baselines import RandomAgent
-
             runs["random"] = [[RandomAgent(len(action_names), seed=s).act(o) for o, _ in held.steps] for s in seeds]
             walls[f"{variant}_{reward}_agents_s"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -539,7 +554,7 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
                 res = score(args, held, runs)
                 atomic_write_json(cache, {"key": key, "result": res})
             # the static action a deployer would pick without the test set: best mean reward on the train sweep
-            picked = f"static:{int(np.argmax(sweep[4].mean(axis=0)))}"
+            picked = f"static:{int(np.argmax(sweep.mean_reward.mean(axis=0)))}"
             res["static_picked_on_train"] = {"agent": picked, **{k: res["agents"][picked][k] for k in
                                              ("reward_mean", "reward_iqm", "speedup", "prefix_fidelity")}}
             res["train_s"] = {name: [json.loads((work / "picks" / variant / reward / f"{name}-s{s}.json").read_text())
