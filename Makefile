@@ -6,8 +6,8 @@ LOCK_FLAGS = --quiet --strip-extras --allow-unsafe --no-emit-index-url --no-emit
 	--extra dev --extra ray --constraint scripts/lock-constraints.txt
 
 # torch's OpenMP threads spin while they wait: on a machine busy with other work (the case this
-# project measures) two spinning threads per process slow a 576x1536 matmul 5x; passive waiting
-# gives the cores back. A value set by the caller wins.
+# project measures) spinning threads take the cores from the work; passive waiting gives them back.
+# A value set by the caller wins.
 export OMP_WAIT_POLICY ?= PASSIVE
 
 setup:
