@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,10 +96,14 @@ def check_writable(folder: str | os.PathLike[str], what: str | None = None) -> P
     return folder
 
 
-def _default_mode() -> int:
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -119,6 +124,37 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` whole, on error it is removed.
+
+    For writers of several files (a model folder, a healing folder):
+    ``with atomic_dir(out) as tmp: model.save_pretrained(tmp)``. The folder and the files written
+    directly in it get the permissions a plain ``mkdir`` / ``open`` gives (``mkdtemp`` makes the folder
+    private to the owner, and safetensors its files). An existing ``path`` is moved aside, the new
+    folder moved in, then the old one deleted: a crash leaves the old folder or the new one, whole.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name[:_TMP_NAME_PART]}-", dir=dest.parent))
+    try:
+        yield tmp
+        umask = _umask()
+        os.chmod(tmp, 0o777 & ~umask)
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o666 & ~umask)
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name[:_TMP_NAME_PART]}-old-", dir=dest.parent))
+            os.replace(dest, old / "x")
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

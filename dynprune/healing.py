@@ -35,8 +35,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +46,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from dynprune.fileio import atomic_dir
 from dynprune.plan import PruningPlan
 from dynprune.pruning import FFNSlice, HeadSlice
 
@@ -571,29 +570,10 @@ def save_healing(
     if not tensors:
         raise ValueError("the healing holds no trained LoRA pair (every B is zero); nothing to save")
     info = dataclasses.replace(info, fingerprint=healing.fingerprint)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name[:64]}-", dir=dest.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
+    with atomic_dir(dest) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "model_id": healing.model_id})
         (tmp / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
-        for f in tmp.iterdir():  # the permissions a plain open gives (safetensors makes its file private)
-            os.chmod(f, 0o666 & ~_umask())
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name[:64]}-old-", dir=dest.parent))
-            os.replace(dest, old / "x")
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_info(folder: str | os.PathLike[str]) -> HealingInfo:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 
 import gymnasium as gym
@@ -414,3 +415,25 @@ def test_an_identity_cache_that_cannot_be_written_is_only_skipped(saved_tiny, tm
     monkeypatch.setenv("DYNPRUNE_CACHE", str(blocker))
     a = load_model(str(folder), device="cpu", dtype="float32").model_id
     assert load_model(str(folder), device="cpu", dtype="float32").model_id == a
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    from dynprune.fileio import atomic_dir
+
+    dest = tmp_path / "out"
+    with atomic_dir(dest) as tmp:
+        (tmp / "old.txt").write_text("old")
+        os.chmod(tmp / "old.txt", 0o600)  # what safetensors does to its file
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (dest / "old.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert dest.stat().st_mode & 0o777 == 0o777 & ~umask
+    with pytest.raises(RuntimeError, match="mid-write"), atomic_dir(dest) as tmp:
+        (tmp / "new.txt").write_text("new")
+        raise RuntimeError("mid-write")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
+    assert [p.name for p in dest.iterdir()] == ["old.txt"]
+    with atomic_dir(dest) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert [p.name for p in dest.iterdir()] == ["new.txt"]

@@ -17,8 +17,6 @@ import datetime
 import io
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynprune.fileio import atomic_write_json
+from dynprune.fileio import atomic_dir, atomic_write_json
 
 METADATA_FILE = "dynprune_compress.json"
 EVAL_FILE = "eval.json"
@@ -172,26 +170,12 @@ def save_compressed(
     if dest.exists() and not force:
         raise FileExistsError(f"{dest} already exists; pass force=True (--force) to replace it")
     check_replaceable(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / METADATA_FILE, metadata.to_dict())
         if evaluation is not None:
             atomic_write_json(tmp / EVAL_FILE, evaluation)
-        os.chmod(tmp, 0o777 & ~_umask())
-        if dest.exists():
-            # Swap: move the old folder aside, move the new one in, then delete the old one.
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}-old-", dir=dest.parent))
-            os.replace(dest, old / "x")
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
@@ -209,12 +193,6 @@ def check_replaceable(dest: str | os.PathLike[str]) -> None:
     if any(dest.iterdir()) and not (dest / METADATA_FILE).is_file():
         raise ValueError(f"--out {dest} is not a compressed model folder (it has no {METADATA_FILE}); --force only "
                          "replaces folders dynprune compress wrote: choose a new or empty folder")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_evaluation(folder: str | os.PathLike[str], evaluation: dict[str, Any]) -> Path:
