@@ -47,7 +47,7 @@ import math
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,13 +106,24 @@ class Args(harness.Args):
     """prompts timed side by side with the original per plan and variant"""
     apply_repeats: int = 200
     """apply + restore repetitions timed per plan and variant (median)"""
+    rows: str = "all"
+    """"all": every table action and the k rows; "k": the k rows only (the side by side with the baselines)"""
+    adapters: str = ""
+    """the thesis' adapters file (dynprune adapters train): adds the "adapters" variant to the k rows"""
+    static_ks: str = ""
+    """layer counts at which static removal + LoRA (dynprune compress's KD healing) is trained and measured"""
+    static_steps: int = 200
+    """optimisation steps of each static removal's LoRA healing (dynprune compress's default)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.smoke:  # tiny-llama (set by the harness), a healing trained in seconds, 6 prompts
             self.test_prompts, self.live_prompts, self.ks = 6, 2, "1,2"
             self.max_new_tokens, self.apply_repeats = min(self.max_new_tokens, 6), 5
-        self.require_positive("test_prompts", "max_new_tokens", "apply_repeats")
+            self.static_ks, self.static_steps = "1", min(self.static_steps, 4)  # and tiny adapters (side_by_side)
+        self.require_positive("test_prompts", "max_new_tokens", "apply_repeats", "static_steps")
+        if self.rows not in ("all", "k"):
+            raise ValueError(f"rows must be 'all' or 'k', got {self.rows!r}")
         if not 0 <= self.live_prompts <= self.test_prompts:
             raise ValueError(f"live_prompts must be in 0..test_prompts ({self.test_prompts}), got {self.live_prompts}")
 
@@ -146,12 +157,15 @@ def smoke_folders(lm: PrunableLM, where: Path) -> str:
     return ",".join(out)
 
 
-def bench_plans(lm: PrunableLM, ks: list[int]) -> tuple[dict[str, PruningPlan], dict[str, str]]:
+def bench_plans(
+    lm: PrunableLM, ks: list[int], table: bool = True
+) -> tuple[dict[str, PruningPlan], dict[str, str]]:
     """``({row name: plan}, {row name: the name of the row measuring the same plan})``.
 
-    Rows: every table action, then ``k=1`` .. ``k=9``; a k plan equal to a table action's is measured once.
+    Rows: every table action (unless ``table`` is false), then ``k=1`` .. ``k=9``; a k plan equal to a
+    table action's is measured once.
     """
-    rows: dict[str, PruningPlan] = {e.name: entry_plan(e, lm) for e in DEFAULT_TABLE}
+    rows: dict[str, PruningPlan] = {e.name: entry_plan(e, lm) for e in DEFAULT_TABLE} if table else {}
     same: dict[str, str] = {}
     for k in ks:
         plan = layers_plan(lm.importance, lm.geometry, k, name=f"k={k}")
@@ -195,6 +209,74 @@ def quality(
         "task_score": statistics.fmean(scores) if scores else None,
         "n_task": len(scores),
     }
+
+
+ADAPTERS, STATIC = "adapters", "static-lora"
+"""The baselines of the k rows: the thesis' adapters, static removal + LoRA healing."""
+
+
+def smoke_adapters(lm: PrunableLM, where: Path) -> str:
+    """Train the thesis' adapters on tiny-llama (seconds) for the smoke run; return the file."""
+    from dynprune.adapter_files import save_adapters
+    from dynprune.adapter_training import AdapterConfig, train_adapters
+
+    report = train_adapters(lm, config=AdapterConfig(epochs=1, n_prompts=8, seq_len=16))
+    return str(save_adapters(report.adapters, where / "tiny-adapters.safetensors", lm.model_id, report.bottleneck))
+
+
+def side_by_side(
+    args: Args, lm: PrunableLM, krows: dict[str, PruningPlan],
+    score: Callable[[PrunableLM, PruningPlan], dict[str, Any]],
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
+    """The baselines on the k rows: ``({row: {variant: quality}}, {variant: settings and training})``.
+
+    - ``adapters``: the thesis' method, each of the row's layers replaced by its distilled
+      bottleneck adapter (``--adapters``, made by ``dynprune adapters train``);
+    - ``static-lora``: at each k of ``--static-ks``, the row's very layers removed from a copy of
+      the model and the copy healed with LoRA on the original's logits, as ``dynprune compress
+      layers --heal kd`` does (its windows of the train split, its defaults, ``--static-steps``):
+      one model per k, against one healing for every plan.
+
+    ``score(model, plan)`` measures one (model, plan) against the original on the held-out prompts.
+    """
+    from dynprune.compress.healing import TrainConfig, split_windows, train_student
+    from dynprune.compress.pipeline import DataConfig, train_windows
+    from dynprune.compress.removal import removed_copy
+
+    out: dict[str, dict[str, dict[str, Any]]] = {row: {} for row in krows}
+    settings: dict[str, Any] = {}
+    spec = smoke_adapters(lm, Path(tempfile.mkdtemp(prefix="healing-smoke-"))) if args.smoke else args.adapters
+    if spec:
+        from dynprune.adapter_files import load_adapters
+        from dynprune.adapters import attach_adapters
+
+        attach_adapters(lm, load_adapters(spec, lm))
+        for row, plan in krows.items():
+            t1 = time.perf_counter()
+            out[row][ADAPTERS] = score(lm, dataclasses.replace(plan, skip=(), adapters=plan.skip))
+            print(f"  {ADAPTERS:<17}{row:<11} greedy {out[row][ADAPTERS]['greedy_agreement']:.3f}  "
+                  f"({time.perf_counter() - t1:.0f} s)", flush=True)
+        lm.adapters.clear()
+        settings[ADAPTERS] = {"file": spec}
+    static_ks = parse_ks(args.static_ks, lm.geometry.num_layers) if args.static_ks else []
+    if static_ks:
+        data = DataConfig()
+        train_set, val_set = split_windows(train_windows(lm, data), data.val_fraction, data.seed)
+        config = TrainConfig(loss="kd", max_steps=args.static_steps)
+        settings[STATIC] = {"data": dataclasses.asdict(data), "train": dataclasses.asdict(config), "reports": {}}
+        for k in static_ks:
+            row = f"k={k}"
+            if row not in krows:
+                raise ValueError(f"static_ks {k} is not among ks {args.ks!r}")
+            model, report = train_student(removed_copy(lm, krows[row].skip), train_set, val_set, config,
+                                          teacher=lm.model)
+            static = PrunableLM(model, lm.tokenizer, name=f"{lm.name}-static-k{k}")
+            out[row][STATIC] = score(static, NO_PRUNING)
+            settings[STATIC]["reports"][row] = report.to_dict()
+            print(f"  {STATIC:<17}{row:<11} greedy {out[row][STATIC]['greedy_agreement']:.3f}  "
+                  f"(trained {report.steps} steps in {report.seconds:.0f} s)", flush=True)
+            del model, static
+    return out, settings
 
 
 def targets(result: dict[str, Any], variant: str) -> dict[str, dict[str, Any]]:
@@ -244,7 +326,7 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
     served = list(folders)[-1]
     prompts = held_out(args.test_prompts, args.seed)
     ids = [lm.encode_prompt(p.text, max_new_tokens=args.max_new_tokens) for p in prompts]
-    plans, same = bench_plans(lm, parse_ks(args.ks, lm.geometry.num_layers))
+    plans, same = bench_plans(lm, parse_ks(args.ks, lm.geometry.num_layers), table=args.rows == "all")
     unique = {n: p for n, p in plans.items() if n not in same}
 
     # the original: greedy answers, their log-probabilities, task score; none bit-identical under healing
@@ -311,6 +393,11 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
     for row, twin in same.items():
         rows[row].update({k: v for k, v in rows[twin].items() if k in healings})
         rows[row]["same_plan_as"] = twin
+    baseline_rows, baselines = side_by_side(
+        args, lm, {n: p for n, p in plans.items() if n.startswith("k=")},
+        lambda model, plan: quality(model, plan, prompts, ids, answers, ref, args.max_new_tokens))
+    for row, measured in baseline_rows.items():
+        rows[row].update(measured)
     unmerged = None
     healed = healings[served]
     if live and healed is not None and MAIN_ACTION in unique:
@@ -341,6 +428,8 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
                  "batched_vs_single_decode_agreement": statistics.fmean(single_agree) if single_agree else None},
         "none_bit_identical": bit_identical,
         "variants": list(healings),
+        "baselines": list(baselines),
+        "baseline_settings": baselines,
         "served": served,
         "rows": list(rows.values()),
         "unmerged": unmerged,
@@ -348,8 +437,9 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
         "folder_mib": folder_mb,
         "training": training,
     }
-    result["targets"] = targets(result, served)
-    result["targets_by_variant"] = {v: targets(result, v) for v in folders}
+    if args.rows == "all":  # the targets are judged on the table's actions
+        result["targets"] = targets(result, served)
+        result["targets_by_variant"] = {v: targets(result, v) for v in folders}
     return result
 
 
@@ -362,11 +452,14 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     rows = result["rows"]
     krows = [r for r in rows if r["name"].startswith("k=")]
     ks = [int(r["name"][2:]) for r in krows]
-    palette = ["tab:grey", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
-    colours = {v: palette[i % len(palette)] for i, v in enumerate(result["variants"])}
-    for v in result["variants"]:
-        ax.plot(ks, [r[v]["greedy_agreement"] for r in krows], "-o", color=colours[v], label=f"{v}: greedy")
-        ax.plot(ks, [r[v]["tf_agreement"] for r in krows], "--s", color=colours[v], alpha=0.6,
+    palette = ["tab:grey", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    every = [*result["variants"], *result.get("baselines", [])]
+    colours = {v: palette[i % len(palette)] for i, v in enumerate(every)}
+    for v in every:
+        kv = [(k, r[v]) for k, r in zip(ks, krows, strict=True) if v in r]
+        ax.plot([k for k, _ in kv], [q["greedy_agreement"] for _, q in kv], "-o", color=colours[v],
+                label=f"{v}: greedy")
+        ax.plot([k for k, _ in kv], [q["tf_agreement"] for _, q in kv], "--s", color=colours[v], alpha=0.6,
                 label=f"{v}: teacher-forced")
     ax.set_xlabel("layers skipped (lowest block influence first)")
     ax.set_ylabel("agreement with the original's greedy answer")
@@ -374,15 +467,17 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"{result['model_id']}: {result['prompts']['n']} held-out prompts")
     ax.legend(fontsize=7)
     actions = [r for r in rows if not r["name"].startswith("k=") and r["name"] != "none"]
-    xs = np.arange(len(actions))
-    width = 0.8 / len(result["variants"])
-    for j, v in enumerate(result["variants"]):
-        bx.bar(xs + (j - (len(result["variants"]) - 1) / 2) * width, [max(r[v]["kl"], 1e-6) for r in actions],
+    bars = actions or krows  # the side-by-side run (--rows k) has no table actions: KL per k
+    xs = np.arange(len(bars))
+    shown = [v for v in every if any(v in r for r in bars)]
+    width = 0.8 / len(shown)
+    for j, v in enumerate(shown):
+        bx.bar(xs + (j - (len(shown) - 1) / 2) * width, [max(r[v]["kl"], 1e-6) if v in r else 0.0 for r in bars],
                width, color=colours[v], label=v)
     bx.set_yscale("log")
-    bx.set_xticks(xs, [r["name"] for r in actions], rotation=45, ha="right", fontsize=8)
+    bx.set_xticks(xs, [r["name"] for r in bars], rotation=45, ha="right", fontsize=8)
     bx.set_ylabel("KL(original || plan), nats per answer token")
-    bx.set_title("every table action")
+    bx.set_title("every table action" if actions else "layers skipped")
     bx.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -397,13 +492,17 @@ def print_table(result: dict[str, Any]) -> None:
     head = f"{'plan':<11}{'variant':<18}{'tf agr':>7}{'greedy':>7}{'prefix':>7}{'KL':>7}{'task':>6}{'net x':>7}"
     print(head)
     for r in result["rows"]:
-        for v in result["variants"]:
+        for v in [*result["variants"], *result.get("baselines", [])]:
+            if v not in r:
+                continue
             q = r[v]
             print(f"{r['name']:<11}{v:<18}{f(q['tf_agreement']):>7}{f(q['greedy_agreement']):>7}"
                   f"{f(q['prefix_fidelity']):>7}{f(q['kl']):>7}{f(q['task_score'], '.2f'):>6}"
                   f"{f(q.get('net_speedup')):>7}")
     print(f"\nfull model task score {f(result['full']['task_score'])}; "
           f"none bit-identical: {result['none_bit_identical']}")
+    if "targets" not in result:  # the side-by-side run (--rows k)
+        return
     print(f"targets, judged on the served healing ({result['served']}):")
     for name, t in result["targets"].items():
         shown = t["value"] if not isinstance(t["value"], dict) else "see JSON"

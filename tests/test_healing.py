@@ -420,3 +420,25 @@ def test_a_table_built_healed_serves_and_names_its_healing(trained: tuple, tiny_
         gym.make("DynPruneTable-v0", table=plain_file, split=None, healing=str(out))
     with pytest.raises(ValueError, match="not a healing folder"):
         gym.make("DynPruneTable-v0", table=healed_file, split=None, healing=str(tmp_path))
+
+
+def test_healing_benchmark_side_by_side_measures_the_baselines_on_the_k_rows(tmp_path: Path) -> None:
+    """``--rows k``: the k rows only, each with unhealed, the healings and the thesis' adapters; static
+    removal + LoRA at the static ks; no targets (they are judged on the table's actions)."""
+    from benchmarks.healing import ADAPTERS, STATIC, Args, main
+
+    out = tmp_path / "side.json"
+    data = main(["--smoke", "--rows", "k", "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == data["rows"]
+    assert [r["name"] for r in data["rows"]] == ["k=1", "k=2"] and "targets" not in data
+    assert data["baselines"] == [ADAPTERS, STATIC]
+    k1, k2 = data["rows"]
+    assert {"unhealed", "kind", "shared", ADAPTERS, STATIC} <= set(k1) and STATIC not in k2 and ADAPTERS in k2
+    for q in (k1[ADAPTERS], k1[STATIC], k2[ADAPTERS]):
+        assert 0 <= q["greedy_agreement"] <= 1 and q["kl"] > 0
+    # adapters replace the row's layers: a different model from skipping them
+    assert k1[ADAPTERS]["kl"] != k1["unhealed"]["kl"]
+    report = data["baseline_settings"][STATIC]["reports"]["k=1"]
+    assert report["steps"] >= 1 and data["baseline_settings"][STATIC]["train"]["loss"] == "kd"
+    with pytest.raises(ValueError, match="rows must be"):
+        Args(smoke=True, out=str(out), rows="table")
