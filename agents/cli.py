@@ -1,7 +1,7 @@
 """``dynprune train | test | main``: train an agent on DynPrune-v0, evaluate it, report.
 
-Registered with the ``dynprune`` command through the ``dynprune.commands`` entry
-point group, so the engine's CLI never imports agents or envs (the arrows go one way).
+Registered with the ``dynprune`` command by name in ``dynprune.cli.COMMAND_MODULES``, imported only
+when the parser is built, so ``import dynprune`` never imports agents or envs (the arrows go one way).
 
 Run directory layout (``--run-dir runs/NAME``)::
 
