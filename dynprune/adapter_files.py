@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dynprune.adapters import FILE_FORMAT, PARAMS, BottleneckAdapter, adapter_layers
-from dynprune.fileio import atomic_path
+from dynprune.fileio import atomic_path, read_safetensors
 
 if TYPE_CHECKING:
     from dynprune.models import PrunableLM
@@ -67,14 +66,7 @@ def load_adapters(path: str | Path, lm: PrunableLM) -> dict[int, BottleneckAdapt
             hidden size, or adapters trained for another model (the message names both ids).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no adapters file at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path} is not a valid adapters file: {e}") from e
+    tensors, meta = read_safetensors(path, "adapters file")
     if meta.get("format") != FILE_FORMAT:
         raise ValueError(f"{path} is not an adapters file (format {meta.get('format')!r}, expected {FILE_FORMAT!r})")
     try:

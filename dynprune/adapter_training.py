@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynprune.adapters import DEFAULT_BOTTLENECK, BottleneckAdapter, adapter_layers
+from dynprune.importance import separator_id
 from dynprune.types import Prompt
 
 if TYPE_CHECKING:
@@ -217,8 +218,8 @@ def _split_windows(seqs: list[list[int]], config: AdapterConfig, what: str) -> t
 
 
 def _text_sequences(lm: PrunableLM, texts: Sequence[str]) -> list[list[int]]:
-    """Each text's tokens followed by the EOS separator (as ``calibration_windows`` joins them)."""
-    sep = lm.tokenizer.eos_token_id if lm.tokenizer.eos_token_id is not None else lm.bos_id
+    """Each non-empty text's tokens followed by the separator (as :func:`~dynprune.importance.token_stream`)."""
+    sep = separator_id(lm)
     out = []
     for text in texts:
         ids = lm.encode_text(text)
@@ -233,7 +234,7 @@ def _prompt_sequences(lm: PrunableLM, prompts: Sequence[Prompt], config: Adapter
 
     seqs: list[list[int]] = []
     judged = 0
-    sep = lm.tokenizer.eos_token_id if lm.tokenizer.eos_token_id is not None else lm.bos_id
+    sep = separator_id(lm)
     for p in prompts:
         if config.only_correct and p.answer is None and not p.ground_truth:
             continue  # no ground truth: cannot tell whether the full model is right

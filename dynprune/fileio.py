@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 #: Longest part of a destination's name that goes into its temporary file's name: file
 #: systems allow 255 bytes per name, and the temporary name adds a dot, a random part and
@@ -155,6 +156,29 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_safetensors(path: str | os.PathLike[str], what: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every tensor of a safetensors file and its metadata: ``(tensors, metadata)``.
+
+    ``what`` names the file for the messages (``"importance file"``).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: a damaged file (safetensors raises its own error types; the message names the file).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception as e:
+        raise ValueError(f"{path} is not a valid {what}: {e}") from e
+    return tensors, metadata
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

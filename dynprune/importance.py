@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dynprune.fileio import atomic_path
+from dynprune.fileio import atomic_path, read_safetensors
 from dynprune.types import Importance
 
 if TYPE_CHECKING:
@@ -40,17 +39,29 @@ DEFAULT_N_PROMPTS = 64
 DEFAULT_SEQ_LEN = 128
 
 
+def separator_id(lm: PrunableLM) -> int:
+    """The token that ends each text when texts are joined into one stream: EOS, or BOS if there is no EOS."""
+    return lm.tokenizer.eos_token_id if lm.tokenizer.eos_token_id is not None else lm.bos_id
+
+
+def token_stream(lm: PrunableLM, texts: Sequence[str]) -> list[int]:
+    """The texts' tokens joined into one stream, each text followed by :func:`separator_id`."""
+    sep = separator_id(lm)
+    stream: list[int] = []
+    for text in texts:
+        stream.extend(lm.encode_text(text))
+        stream.append(sep)
+    return stream
+
+
 def calibration_windows(lm: PrunableLM, texts: Sequence[str], n_prompts: int, seq_len: int) -> torch.Tensor:
     """``[n_prompts, seq_len]`` token windows cut from the texts joined by EOS (cycled if short)."""
     if n_prompts < 1 or seq_len < 2:
         raise ValueError(f"need n_prompts >= 1 and seq_len >= 2, got {n_prompts} and {seq_len}")
     if seq_len > lm.geometry.max_position:
         raise ValueError(f"seq_len {seq_len} exceeds the model's context {lm.geometry.max_position}")
-    sep = lm.tokenizer.eos_token_id if lm.tokenizer.eos_token_id is not None else lm.bos_id
-    stream: list[int] = []
-    for text in texts:
-        stream.extend(lm.encode_text(text))
-        stream.append(sep)
+    sep = separator_id(lm)
+    stream = token_stream(lm, texts)
     if not stream or all(t == sep for t in stream):
         raise ValueError("calibration texts are empty")
     need = n_prompts * seq_len
@@ -177,19 +188,14 @@ def save_importance(imp: Importance, path: str | Path) -> Path:
 def load_importance(path: str | Path, model_id: str | None = None) -> Importance:
     """Read an importance file; with ``model_id``, refuse a file made for another model."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no importance file at {path}")
+    tensors, meta = read_safetensors(path, "importance file")
+    n = len([k for k in tensors if k.startswith("heads.")])
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = set(f.keys())
-            n = len([k for k in keys if k.startswith("heads.")])
-            get = f.get_tensor
-            bi = tuple(get("block_influence").tolist())
-            heads = tuple(tuple(get(f"heads.{i}").tolist()) for i in range(n))
-            channels = tuple(tuple(get(f"channels.{i}").tolist()) for i in range(n))
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path} is not a valid importance file: {e}") from e
+        bi = tuple(tensors["block_influence"].tolist())
+        heads = tuple(tuple(tensors[f"heads.{i}"].tolist()) for i in range(n))
+        channels = tuple(tuple(tensors[f"channels.{i}"].tolist()) for i in range(n))
+    except KeyError as e:
+        raise ValueError(f"{path} is not a valid importance file: tensor {e} is missing") from e
     if "model_id" not in meta:
         raise ValueError(f"{path} has no model_id in its metadata; not an importance file")
     if model_id is not None and meta["model_id"] != model_id:

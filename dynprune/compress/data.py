@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from dynprune.importance import token_stream
+
 if TYPE_CHECKING:
     from dynprune.models import PrunableLM
     from dynprune.types import Prompt
@@ -39,11 +41,7 @@ def token_windows(lm: PrunableLM, texts: Sequence[str], seq_len: int, max_window
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
     if max_windows is not None and max_windows < 1:
         raise ValueError(f"max_windows must be >= 1 or None, got {max_windows}")
-    sep = lm.tokenizer.eos_token_id if lm.tokenizer.eos_token_id is not None else lm.bos_id
-    stream: list[int] = []
-    for text in texts:
-        stream.extend(lm.encode_text(text))
-        stream.append(sep)
+    stream = token_stream(lm, texts)
     n = len(stream) // seq_len
     if max_windows is not None:
         n = min(n, max_windows)
