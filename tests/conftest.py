@@ -6,6 +6,7 @@ import torch
 
 from dynprune.importance import calibrate
 from dynprune.models import PrunableLM, load_model
+from dynprune.runtime import ProfileConfig
 
 # Tiny models run faster on one thread (less scheduling overhead), and the suite must not fight
 # other processes for the machine's 2 cores. Embedded-model tests set their own thread count.
@@ -17,6 +18,15 @@ CALIBRATION_TEXTS = [
     "Seven times eight is fifty-six, and nine squared is eighty-one.",
     "Summarise the following passage in one sentence: the river rose after days of rain.",
 ]
+
+#: Env settings of the offline-data tests: tiny model, proxy reward, 3 answer tokens, 2 timed tokens once.
+TINY_ENV = {
+    "model": "tiny-llama",
+    "reward": "proxy",
+    "max_new_tokens": 3,
+    "profile": ProfileConfig(new_tokens=2, repeats=1),
+    "split": "train",
+}
 
 
 def tiny(dtype: torch.dtype = torch.float64) -> PrunableLM:

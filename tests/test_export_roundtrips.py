@@ -22,14 +22,8 @@ from offline_data.dataset import (
     shard_paths,
 )
 from offline_data.explore import explore, prompt_ids_of
+from tests.conftest import TINY_ENV
 
-TINY_ENV = {
-    "model": "tiny-llama",
-    "reward": "proxy",
-    "max_new_tokens": 3,
-    "profile": ProfileConfig(new_tokens=2, repeats=1),
-    "split": "train",
-}
 BUDGET_ENV = {**TINY_ENV, "reward": "latency_budget", "budget_range": (0.85, 1.1)}
 N_ACTIONS = 10
 

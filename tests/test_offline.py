@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynprune.runtime import ProfileConfig
 from offline_data.dataset import (
     LOG_FEATURES,
     check_logs,
@@ -30,14 +29,8 @@ from offline_data.explore import (
     split_round_robin,
 )
 from offline_data.prefs import compare, preference_pairs, row_score, write_pairs
+from tests.conftest import TINY_ENV
 
-TINY_ENV = {
-    "model": "tiny-llama",
-    "reward": "proxy",
-    "max_new_tokens": 3,
-    "profile": ProfileConfig(new_tokens=2, repeats=1),
-    "split": "train",
-}
 N_ACTIONS = 10  # the default DynPrune-v0 action table
 
 # ----------------------------------------------------------------------------- pure search
@@ -179,7 +172,7 @@ def test_resume_after_a_crash_loses_nothing_already_written(tmp_path, monkeypatc
     real = DynPruneEnv.record_plan
 
     def crash_on_second_prompt(self, plan, action=-1, action_name=None):
-        if self._prompt.id == prompt_ids[1]:
+        if self.current_prompt.id == prompt_ids[1]:
             raise RuntimeError("simulated crash")
         return real(self, plan, action=action, action_name=action_name)
 
