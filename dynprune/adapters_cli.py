@@ -16,20 +16,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dynprune.cli_common import add_model_args, load_model_from_args
+from dynprune.cli_common import add_model_args, comma_separated, load_model_from_args
 
 
 def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
     """The adapters file and its report and plot: ``a.safetensors`` -> ``a.mse.json``, ``a.mse.png``."""
     out = Path(out)
     return out, out.with_suffix(".mse.json"), out.with_suffix(".mse.png")
-
-
-def _layers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 1,2,5, got {text!r}") from e
 
 
 def cmd_adapters_train(args: argparse.Namespace) -> int:
@@ -105,7 +98,8 @@ def add_adapter_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--batch-size", type=int, default=8, help="windows per recorded forward pass")
     t.add_argument("--batch-tokens", type=int, default=256, help="tokens per optimisation step")
-    t.add_argument("--layers", type=_layers, default=None, help="comma-separated layers (default: all)")
+    t.add_argument("--layers", type=comma_separated(int, "layer indices", "1,2,5"), default=None,
+                   help="comma-separated layers (default: all)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--prompts",

@@ -7,10 +7,13 @@ another command module's private helpers.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from dynprune.models import PrunableLM
+
+T = TypeVar("T")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -34,3 +37,19 @@ def load_model_from_args(args: argparse.Namespace, calibrate: bool = False) -> P
 
     fix_threads(args.threads)
     return load_model(args.model, device=args.device, dtype=args.dtype, calibrate=calibrate)
+
+
+def comma_separated(convert: Callable[[str], T], what: str, example: str) -> Callable[[str], tuple[T, ...]]:
+    """An argparse ``type`` reading ``"1,2,5"`` as ``(1, 2, 5)`` (each item through ``convert``; empty items skipped).
+
+    A bad item is an ``ArgumentTypeError`` naming ``what`` the items are and an ``example``:
+    ``p.add_argument("--layers", type=comma_separated(int, "layer indices", "1,2,5"))``.
+    """
+
+    def parse(text: str) -> tuple[T, ...]:
+        try:
+            return tuple(convert(v) for v in text.split(",") if v.strip())
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} such as {example}, got {text!r}") from e
+
+    return parse

@@ -12,21 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from dynprune.cli_common import add_model_args, load_model_from_args
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,4,6, got {text!r}") from e
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 2,1,1, got {text!r}") from e
+from dynprune.cli_common import add_model_args, comma_separated, load_model_from_args
 
 
 def cmd_heal(args: argparse.Namespace) -> int:
@@ -86,9 +72,9 @@ def add_heal_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.125, help="share of the train split held out to validate")
     p.add_argument("--warmup", type=int, default=10, help="learning-rate warm-up steps")
     p.add_argument("--time-budget-s", type=float, default=None, help="stop training after this many seconds")
-    p.add_argument("--kind-weights", type=_floats, default=(2.0, 1.0, 1.0),
+    p.add_argument("--kind-weights", type=comma_separated(float, "numbers", "2,1,1"), default=(2.0, 1.0, 1.0),
                    help="relative frequency of layers,heads,ffn plans in the steps")
-    p.add_argument("--extra-layer-ks", type=_ints, default=(),
+    p.add_argument("--extra-layer-ks", type=comma_separated(int, "integers", "1,4,6"), default=(),
                    help="layer counts trained beside the table's, e.g. 1,4,6,7,9")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-dtype", default="float32", choices=("float32", "float16", "bfloat16"),

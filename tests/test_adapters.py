@@ -277,3 +277,9 @@ def test_cli_writes_files_and_refuses_to_overwrite(tmp_path, capsys):
     assert adapters.read_bytes() != before
     lm = load_model("tiny-llama", device="cpu")
     assert sorted(load_adapters(adapters, lm)) == [1, 2]
+
+
+def test_cli_layers_are_comma_separated_integers(capsys):
+    with pytest.raises(SystemExit):
+        run_cli("adapters", "train", "--out", "x.safetensors", "--layers", "1,two")
+    assert "expected comma-separated layer indices such as 1,2,5, got '1,two'" in capsys.readouterr().err
