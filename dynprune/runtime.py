@@ -449,31 +449,43 @@ class PlanEvaluator:
 
     # ------------------------------------------------------------- evaluation
     def evaluate(
-        self, prompt: Prompt, plan: PruningPlan, timing: str = "modelled", cpu_util: float | None = None
+        self, prompt: Prompt, plan: PruningPlan, timing: str = "modelled", cpu_util: float | None = None,
+        *, baseline: Baseline | None = None,
     ) -> Evaluation:
         """Measure ``plan`` on ``prompt``; the empty plan is the full model by definition (speed-up 0).
 
         Every timing also gives the KV-cache bytes of the plan and of the full model (counted from
-        shapes, the same in every timing).
+        shapes, the same in every timing). ``baseline`` is ``self.baseline(prompt)`` when the caller
+        holds it already (an env step reads it once for the evaluation, the reward and the record).
         """
-        ev = self._evaluate(prompt, plan, timing, cpu_util)
-        base = self.baseline(prompt)
+        if timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
+        base = self.baseline(prompt) if baseline is None else baseline
+        ev = self._evaluate(prompt, plan, timing, cpu_util, base)
         return replace(ev, kv_bytes=self.kv_bytes(plan, base), full_kv_bytes=self.kv_bytes(NO_PRUNING, base))
 
     def _evaluate(
-        self, prompt: Prompt, plan: PruningPlan, timing: str, cpu_util: float | None
+        self, prompt: Prompt, plan: PruningPlan, timing: str, cpu_util: float | None, base: Baseline
     ) -> Evaluation:
-        if timing not in TIMINGS:
-            raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
-        base = self.baseline(prompt)
         t0 = time.perf_counter()
         kept = self._kept_fraction(plan)
         n = len(base.answer_ids)
         if plan.is_empty:
             latency = self.modelled_latency_s(NO_PRUNING, base) if timing == "modelled" else base.latency_s
-            return Evaluation(timing, 0.0, latency, n / latency, base.ppl, 1.0, 1.0,
-                              base.task_score, base.text if timing == "live" else None, kept,
-                              time.perf_counter() - t0)
+            return Evaluation(
+                timing=timing,
+                speedup=0.0,
+                latency_s=latency,
+                tokens_per_s=n / latency,
+                ppl=base.ppl,
+                token_agreement=1.0,
+                exact_match=1.0,
+                task_score=base.task_score,
+                text=base.text if timing == "live" else None,
+                kept_fraction=kept,
+                seconds=time.perf_counter() - t0,
+                prefix_fidelity=1.0,
+            )
         if timing == "modelled":
             q = self.quality(prompt, plan, base)
             full_s = self.modelled_latency_s(NO_PRUNING, base)
