@@ -6,7 +6,6 @@ import json
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, replace
 from typing import Any
 
 import gymnasium as gym
@@ -20,20 +19,12 @@ from dynprune.pruning.kv import fraction_held
 from dynprune.rewards import Outcome, RewardFn, make_reward, memory_term
 from dynprune.runtime import TIMINGS, PlanEvaluator, ProfileConfig
 from dynprune.telemetry import MISSING, TELEMETRY_FIELDS, make_monitor, snapshot_to_vector
-from dynprune.types import Baseline, Evaluation, Prompt, StepRecord
+from dynprune.types import Prompt, StepRecord
+from envs.measurement import Measurement, step_info
 from envs.rendering import RENDER_HISTORY, render_line, render_steps_image
 
 PROMPT_FIELDS = ("prompt_tokens", "prompt_perplexity", "complexity")
 BUDGET_FIELD = "latency_budget"
-
-
-_BASELINE_KEYS = ("latency_s", "tokens_per_s", "ppl", "task_score")
-_PRUNED_KEYS = ("latency_s", "tokens_per_s", "ppl", "token_agreement", "exact_match", "task_score", "speedup")
-
-
-def _number(value: float | None) -> float:
-    """A float for an info value: -1 (``MISSING``) for none."""
-    return MISSING if value is None else float(value)
 
 
 def step_record(info: dict[str, Any]) -> StepRecord | None:
@@ -163,6 +154,9 @@ class DynPruneEnv(gym.Env):
     ## Starting State
     ``reset`` draws a load scenario (``telemetry="scenario"``), a latency budget
     (with the budget reward) and a prompt from the split, all from ``self.np_random``.
+    ``reset(options={"prompt_id": id})`` starts on that prompt of ``env.unwrapped.prompts`` instead
+    (evaluation, exploration: one prompt at a time); ``env.unwrapped.current_prompt`` is the prompt
+    the next step measures.
 
     ## Episode End
     After ``prompts_per_episode`` steps (default 1), or early when the reward says
@@ -288,6 +282,7 @@ class DynPruneEnv(gym.Env):
             device="cpu",
         )
         self.telemetry_mode = telemetry
+        self.split = split
         self.prompts = list(prompts) if not isinstance(prompts, str) else load_prompts(prompts, split=split)
         if not self.prompts:
             raise ValueError(f"prompt source {prompts!r} (split {split!r}) has no prompts")
@@ -391,8 +386,8 @@ class DynPruneEnv(gym.Env):
         self._obs = obs
         return obs
 
-    def _info(self, record: StepRecord | None = None, **step_info: Any) -> dict[str, Any]:
-        """The info of ``reset`` (no record) and ``step``: the same keys, of the same types, in both.
+    def _info(self, step: Measurement | None = None, **extra: Any) -> dict[str, Any]:
+        """The info of ``reset`` (no step) and ``step``: the same keys, of the same types, in both.
 
         The prompt keys describe the prompt of the observation returned with this info (the next one
         to act on); the step keys describe the step just measured (``step_prompt_id`` names its prompt)
@@ -401,48 +396,35 @@ class DynPruneEnv(gym.Env):
         field; not NaN, which never equals itself and fails Gymnasium's determinism check); the plan
         and the step's whole record, whose structure varies, are JSON strings
         (``PruningPlan.from_dict(json.loads(info["plan"]))``, :func:`step_record`). That is what
-        Minari's ``DataCollector(record_infos=True)`` needs to store infos.
+        Minari's ``DataCollector(record_infos=True)`` needs to store infos. ``extra``: a subclass's keys.
         """
-        info: dict[str, Any] = {
+        return {
             "observation_names": self.observation_names,
             "prompt_id": self._prompt.id,
             "prompt": self._prompt.text,
             "prompt_embedding": self.lm.prompt_embedding(self._prompt.text),
             "scenario": getattr(self._snapshot, "source", ""),
-            "step_prompt_id": "",
-            "action": -1,
-            "action_name": "",
-            "plan": "",
-            "timing": self.timing,
-            "baseline": dict.fromkeys(_BASELINE_KEYS, MISSING),
-            "pruned": dict.fromkeys(_PRUNED_KEYS, MISSING),
-            "budget_s": MISSING,
-            "texts": {"baseline": "", "pruned": ""},
-            "record": "",
+            **step_info(step, self.timing),
+            **extra,
         }
-        if record is not None:
-            info.update(
-                step_prompt_id=record.prompt_id,
-                action=int(record.action),
-                action_name=record.action_name,
-                plan=json.dumps(record.plan, sort_keys=True),
-                timing=record.timing,
-                budget_s=_number(record.budget_s),
-                record=json.dumps(asdict(record), sort_keys=True),
-            )
-        info.update(step_info)
-        return info
 
-    def _outcome(self, ev: Evaluation, base: Baseline) -> tuple[Outcome, float]:
-        factor = float(self.monitor.latency_factor)
-        # The budget is relative to the full model under the same load: a slow machine slows the full
-        # model too, so what the budget asks of pruning is budget_rel alone (a speed-up of 1 / budget_rel - 1),
-        # which the agent observes. (It was relative to the unloaded full model: under busy_cpu (x1.6) no
-        # plan of the table could meet any budget of the default range, and on 23 of 24 held-out prompts of
-        # benchmarks/results/offline_rl_budget.json no action met it.)
-        # the full model's latency this step's speed-up compares against (modelled: predicted; live: timed beside)
-        full_s = ev.full_latency_s
-        budget_s = full_s * factor * self._budget_rel if self._budget_rel is not None else None
+    def _measure(self, plan: PruningPlan, action: int = -1, action_name: str | None = None) -> Measurement:
+        """Measure ``plan`` on the current prompt under the observed load and reward it (the env does not advance).
+
+        The one place a step reads its baseline and scales times by the load.
+        """
+        prompt, snap = self._prompt, self._snapshot
+        base = self.evaluator.baseline(prompt)
+        cpu = snap.cpu_util if self.telemetry_mode == "live" else None
+        ev = self.evaluator.evaluate(prompt, plan, self.timing, cpu_util=cpu, baseline=base)
+        # A loaded machine slows the full model and the plan alike: the speed-up stands, the times scale.
+        load, full = float(self.monitor.latency_factor), ev.full_latency_s
+        full_s, pruned_s = full * load, ev.latency_s * load
+        # The budget is relative to the full model under the same load: what it asks of pruning is budget_rel
+        # alone (a speed-up of 1 / budget_rel - 1), which the agent observes. (Relative to the unloaded full
+        # model, under busy_cpu (x1.6) no plan of the table met any budget of the default range.)
+        budget_s = full_s * self._budget_rel if self._budget_rel is not None else None
+        fed = len(base.prompt_ids) + max(0, len(base.answer_ids) - 1)  # tokens the KV cache holds at its peak
         outcome = Outcome(
             speedup=ev.speedup,
             baseline_ppl=base.ppl,
@@ -450,34 +432,84 @@ class DynPruneEnv(gym.Env):
             prefix_fidelity=ev.prefix_fidelity,  # the same in every timing (see Evaluation)
             task_score=ev.task_score,
             kept_fraction=ev.kept_fraction,
-            latency_s=ev.latency_s * factor,
+            latency_s=pruned_s,
             budget_s=budget_s,
+            kv_fraction=fraction_held(plan.kv, fed),
+            mem_available_frac=getattr(snap, "mem_available_frac", None),
         )
-        return outcome, factor
-
-    def _evaluate(
-        self, action: int, plan: PruningPlan | None = None
-    ) -> tuple[Evaluation, Baseline, Outcome, float, bool, float]:
-        cpu = self._snapshot.cpu_util if self.telemetry_mode == "live" else None
-        plan = self.plan(action) if plan is None else plan
-        ev = self.evaluator.evaluate(self._prompt, plan, self.timing, cpu_util=cpu)
-        base = self.evaluator.baseline(self._prompt)
-        outcome, factor = self._outcome(ev, base)
-        # the KV memory the plan needs, charged under memory pressure (see Rewards)
-        fed = len(base.prompt_ids) + max(0, len(base.answer_ids) - 1)
-        outcome = replace(outcome, kv_fraction=fraction_held(plan.kv, fed),
-                          mem_available_frac=getattr(self._snapshot, "mem_available_frac", None))
         reward, terminated = self.reward_fn(outcome)
-        reward += memory_term(outcome, self.kv_memory_weight)
-        return ev, base, outcome, float(reward), bool(terminated), factor
+        memory = memory_term(outcome, self.kv_memory_weight)  # the KV memory the plan needs, under memory pressure
+        return Measurement(
+            episode=self._episode,
+            step=self._step_in_episode,
+            observation=tuple(float(x) for x in self._obs),
+            prompt=prompt,
+            action=action,
+            action_name=action_name or (self.action_names[action] if action >= 0 else plan.describe()),
+            plan=plan,
+            healing=self.lm.healing_label(plan),
+            baseline=base,
+            evaluation=ev,
+            load_factor=load,
+            baseline_latency_s=full_s,
+            pruned_latency_s=pruned_s,
+            baseline_tokens_per_s=len(base.answer_ids) / full / load,
+            pruned_tokens_per_s=ev.tokens_per_s / load,
+            outcome=outcome,
+            reward=float(reward + memory),
+            terminated=bool(terminated),
+            memory_term=memory,
+        )
 
     def action_rewards(self) -> np.ndarray:
         """Reward of every action on the current prompt and state, without stepping (for the oracle)."""
-        return np.array([self._evaluate(a)[3] for a in range(self.action_space.n)], dtype=np.float64)
+        return np.array([self._measure(self.plan(a), a).reward for a in range(self.action_space.n)], dtype=np.float64)
+
+    def record_plan(self, plan: PruningPlan, action: int = -1, action_name: str | None = None) -> StepRecord:
+        """Measure any plan on the current prompt and state, without stepping (exploration over layer sets).
+
+        ``action`` is the table id when the plan is a table entry, else -1.
+        """
+        self.lm.validate(plan)
+        return self._measure(plan, action, action_name).record
+
+    def action_records(self) -> list[StepRecord]:
+        """The record of every action on the current prompt and state, without stepping (sweeps, oracle).
+
+        In live timing every action's plan is timed beside the full model (forward passes
+        interleaved), so every ratio of the sweep compares two timings taken under one load.
+        """
+        return [self._measure(self.plan(a), a).record for a in range(self.action_space.n)]
 
     # ---------------------------------------------------------------- gym API
+    @property
+    def current_prompt(self) -> Prompt:
+        """The prompt of the last returned observation: the one the next ``step`` measures (read-only)."""
+        return self._prompt
+
+    def _start_prompt(self, options: dict[str, Any] | None) -> Prompt | None:
+        """The prompt ``reset(options={"prompt_id": ...})`` asks for; None without options (a draw)."""
+        if not options:
+            return None
+        unknown = sorted(set(options) - {"prompt_id"})
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; {type(self).__name__} takes "
+                             "options={'prompt_id': <id of one of env.unwrapped.prompts>}")
+        wanted = options["prompt_id"]
+        for prompt in self.prompts:
+            if prompt.id == wanted:
+                return prompt
+        raise ValueError(f"prompt_id {wanted!r} is not one of this env's {len(self.prompts)} prompts (split "
+                         f"{self.split!r}); list them with [p.id for p in env.unwrapped.prompts]")
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # noqa: ANN201
-        """Start an episode: new load scenario, latency budget and prompt."""
+        """Start an episode: new load scenario, latency budget and prompt.
+
+        ``options={"prompt_id": id}`` starts it on that prompt of ``env.unwrapped.prompts`` instead of a
+        drawn one (no prompt is drawn: the random stream and the ``sequential`` cursor stay where they
+        were); the episode's later prompts are drawn as usual.
+        """
+        start = self._start_prompt(options)  # a bad option fails before anything changes
         super().reset(seed=seed)
         if seed is not None:  # a seeded reset starts a new run: same seed, same trajectory
             self.monitor.reset(monitor_seed(seed))
@@ -496,66 +528,8 @@ class DynPruneEnv(gym.Env):
             # (offline_rl_budget_fixed.json: best static layers-25 %, oracle only 0.3 above it).
             lo, hi = self.budget_range
             self._budget_rel = float(self.np_random.uniform(lo, hi)) * float(self.monitor.budget_scale)
-        self._prompt = self._next_prompt()
+        self._prompt = self._next_prompt() if start is None else start
         return self._observe(), self._info()
-
-    def record_plan(self, plan: PruningPlan, action: int = -1, action_name: str | None = None) -> StepRecord:
-        """Measure any plan on the current prompt and state, without stepping (exploration over layer sets).
-
-        ``action`` is the table id when the plan is a table entry, else -1.
-        """
-        self.lm.validate(plan)
-        return self._record(action, plan, action_name)[0]
-
-    def _record(
-        self, action: int, plan: PruningPlan | None = None, action_name: str | None = None
-    ) -> tuple[StepRecord, Evaluation, Baseline, Outcome]:
-        """Measure ``action`` (or ``plan``) on the current prompt and build its record (does not advance)."""
-        ev, base, outcome, reward, terminated, factor = self._evaluate(action, plan)
-        plan = self.plan(action) if plan is None else plan
-        feats = base.features
-        record = StepRecord(
-            episode=self._episode,
-            step=self._step_in_episode,
-            split=self._prompt.split,
-            prompt_id=self._prompt.id,
-            prompt_tokens=feats.n_tokens,
-            prompt_perplexity=feats.perplexity,
-            complexity=feats.complexity,
-            action=action,
-            action_name=action_name or (self.action_names[action] if action >= 0 else plan.describe()),
-            plan=plan.to_dict(),
-            timing=ev.timing,
-            baseline_latency_s=ev.full_latency_s * factor,
-            pruned_latency_s=ev.latency_s * factor,
-            baseline_tokens_per_s=len(base.answer_ids) / ev.full_latency_s / factor,
-            pruned_tokens_per_s=ev.tokens_per_s / factor,
-            speedup=ev.speedup,
-            baseline_ppl=base.ppl,
-            pruned_ppl=ev.ppl,
-            ppl_change=outcome.ppl_degradation,
-            token_agreement=ev.token_agreement,
-            task_score=ev.task_score,
-            kept_fraction=ev.kept_fraction,
-            reward=reward,
-            terminated=terminated,
-            observation=tuple(float(x) for x in self._obs),
-            prefix_fidelity=ev.prefix_fidelity,
-            budget_s=outcome.budget_s,
-            healing=self.lm.healing_label(plan),
-            kv_bytes=ev.kv_bytes,
-            baseline_kv_bytes=ev.full_kv_bytes,
-            memory_term=memory_term(outcome, self.kv_memory_weight),
-        )
-        return record, ev, base, outcome
-
-    def action_records(self) -> list[StepRecord]:
-        """The record of every action on the current prompt and state, without stepping (sweeps, oracle).
-
-        In live timing every action's plan is timed beside the full model (forward passes
-        interleaved), so every ratio of the sweep compares two timings taken under one load.
-        """
-        return [self._record(a)[0] for a in range(self.action_space.n)]
 
     def step(self, action: Any):  # noqa: ANN201
         """Apply the action's plan to the current prompt, measure, reward, restore."""
@@ -571,27 +545,18 @@ class DynPruneEnv(gym.Env):
     def _step(
         self, action: int, plan: PruningPlan | None = None, action_name: str | None = None, **extra_info: Any
     ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Measure ``action`` (or ``plan``), build the info, go on to the next prompt (shared by subclasses)."""
-        record, ev, base, outcome = self._record(action, plan, action_name)
-        self._recent.append(record)
+        """Measure ``action`` (or ``plan``), go on to the next prompt, return ``step``'s five values (subclasses too).
+
+        ``extra_info``: a subclass's info keys for this step.
+        """
+        m = self._measure(self.plan(action) if plan is None else plan, action, action_name)
+        self._recent.append(m.record)
         self._step_in_episode += 1
-        terminated = record.terminated or self._step_in_episode >= self.prompts_per_episode
-        if not terminated:
+        terminated = m.terminated or self._step_in_episode >= self.prompts_per_episode
+        if not terminated:  # the next prompt's observation; the info below describes it too
             self._prompt = self._next_prompt()
-            obs = self._observe()
-        else:
-            obs = self._obs
-        info = self._info(
-            record,
-            baseline={"latency_s": record.baseline_latency_s, "tokens_per_s": record.baseline_tokens_per_s,
-                      "ppl": base.ppl, "task_score": _number(base.task_score)},
-            pruned={"latency_s": record.pruned_latency_s, "tokens_per_s": record.pruned_tokens_per_s,
-                    "ppl": ev.ppl, "token_agreement": ev.token_agreement, "exact_match": float(ev.exact_match),
-                    "task_score": _number(ev.task_score), "speedup": ev.speedup},
-            texts={"baseline": base.text, "pruned": ev.text} if ev.timing == "live" else {"baseline": "", "pruned": ""},
-            **extra_info,
-        )
-        return obs, record.reward, terminated, False, info
+            self._observe()
+        return self._obs, m.reward, terminated, False, self._info(m, **extra_info)
 
     def render(self) -> str | np.ndarray | None:
         """``"ansi"``: one line on the last step; ``"rgb_array"``: speed-up vs quality of the recent steps."""

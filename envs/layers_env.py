@@ -9,6 +9,7 @@ from gymnasium import spaces
 
 from dynprune.plan import PruningPlan
 from envs.dynprune_env import DynPruneEnv
+from envs.measurement import Measurement
 
 
 class DynPruneLayersEnv(DynPruneEnv):
@@ -124,10 +125,10 @@ class DynPruneLayersEnv(DynPruneEnv):
             "DynPruneLayers-v0 has 2^L actions and no table; measure masks with record_plan(env.mask_plan(mask))"
         )
 
-    def _info(self, record: Any = None, **step_info: Any) -> dict[str, Any]:
+    def _info(self, step: Measurement | None = None, **extra: Any) -> dict[str, Any]:
         """DynPrune-v0's info plus ``layers``: the step's mask over ``layer_ids`` (zeros after ``reset``)."""
-        step_info.setdefault("layers", np.zeros(len(self.layer_ids), dtype=np.int8))
-        return super()._info(record, **step_info)
+        extra.setdefault("layers", np.zeros(len(self.layer_ids), dtype=np.int8))
+        return super()._info(step, **extra)
 
     # ---------------------------------------------------------------- gym API
     def step(self, action: Any):  # noqa: ANN201
