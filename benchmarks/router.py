@@ -285,15 +285,14 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:  # noqa: C901 
     env = gym.make("DynPruneLayers-v0", model=lm, split="test", timing="live", reward="accuracy_efficiency",
                    max_new_tokens=args.max_new_tokens, telemetry="scenario", scenario="idle", sequential=True)
     core = env.unwrapped
-    core.prompts = seeded_subset(core.prompts, args.test_prompts, args.seed)
+    test_ids = [q.id for q in seeded_subset(core.prompts, args.test_prompts, args.seed)]
     agents = {name: RouterAgent.from_env(env, r, name=f"router-{name}") for name, r in routers.items()}
     statics = {f"static-{k}": layers_plan(lm.importance, lm.geometry, k, by="influence", name=f"static-{k}")
                for k in args.k_list if k < L}
-    obs, info = env.reset(seed=args.seed + 1)
     infos = []
-    for _ in range(len(core.prompts)):
+    for i, pid in enumerate(test_ids):  # the first reset seeded, the next ones go on from it
+        obs, info = env.reset(seed=args.seed + 1 if i == 0 else None, options={"prompt_id": pid})
         infos.append(dict(info))
-        obs, info = env.reset()
     print(f"(3) router cost on {len(infos)} test prompts ...", flush=True)
     costs = time_router_cost(agents, lm, infos, args.cost_repeats)
     encoder.clear_cache()
@@ -304,8 +303,8 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:  # noqa: C901 
     per_prompt: list[dict[str, Any]] = []
     print(f"(4) live evaluation: {len(infos)} prompts x {args.rounds} rounds", flush=True)
     t_eval = time.perf_counter()
-    obs, info = env.reset(seed=args.seed + 1)
-    for p in range(len(infos)):
+    for p, pid in enumerate(test_ids):
+        obs, info = env.reset(seed=args.seed + 1 if p == 0 else None, options={"prompt_id": pid})
         plans: dict[str, PruningPlan] = {"none": PruningPlan(name="none"), **statics}
         for name, agent in agents.items():
             plans[name] = core.mask_plan(agent.act(obs, info))
@@ -316,7 +315,7 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:  # noqa: C901 
         times: dict[tuple[int, ...], list[tuple[float, float]]] = {key: [] for key in keys}
         first: dict[tuple[int, ...], Any] = {}
         for rnd in range(args.rounds):
-            base = core.evaluator.retime_baseline(core._prompt)  # the env's current prompt
+            base = core.evaluator.retime_baseline(core.current_prompt)
             order = keys[rnd % len(keys):] + keys[:rnd % len(keys)]  # rotate: interleaved repeats
             for key in order:
                 rec = core.record_plan(distinct[key])
@@ -335,8 +334,6 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:  # noqa: C901 
         per_prompt.append(entry)
         print(f"  prompt {p + 1}/{len(infos)} ({info['prompt_id']}): {len(keys)} plans, "
               f"{time.perf_counter() - t_eval:.0f} s", flush=True)
-        if p + 1 < len(infos):
-            obs, info = env.reset()
     eval_s = time.perf_counter() - t_eval
     env.close()
 

@@ -569,12 +569,11 @@ def run_worker(
 
         # before the first table plan is built, so layer actions use the adapters too
         attach_adapters(core.lm, load_adapters(config.adapters, core.lm))
-    all_prompts = list(core.prompts)
-    by_id = {p.id: p for p in all_prompts}
-    unknown = [pid for pid in pending if pid not in by_id]
+    known = {p.id for p in core.prompts}
+    unknown = [pid for pid in pending if pid not in known]
     if unknown:
         env.close()
-        raise ValueError(f"prompt ids {unknown[:5]} are not in the env's prompts ({len(by_id)} prompts)")
+        raise ValueError(f"prompt ids {unknown[:5]} are not in the env's prompts ({len(known)} prompts)")
     # every shard carries the settings (offline_data.dataset.read_meta)
     meta = {
         "format": META_FORMAT,
@@ -591,10 +590,9 @@ def run_worker(
     try:
         for pid in pending:
             t = time.perf_counter()
-            # a one-prompt list and a reset seeded by the prompt: its observation does not
-            # depend on which worker runs it or what ran before
-            core.prompts = [by_id[pid]]
-            env.reset(seed=_prompt_seed(config.seed, pid))
+            # a reset on the prompt, seeded by it: its observation does not depend on which
+            # worker runs it or what ran before
+            env.reset(seed=_prompt_seed(config.seed, pid), options={"prompt_id": pid})
             rows = explorer.rows(pid)
             write_shard(shard_path(out_dir, pid), rows, meta)
             done.append(pid)
@@ -606,7 +604,6 @@ def run_worker(
                     flush=True,
                 )
     finally:
-        core.prompts = all_prompts
         env.close()
     return WorkerResult(worker, tuple(done), skipped, n_rows, time.perf_counter() - t0, n_threads)
 

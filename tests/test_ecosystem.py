@@ -82,7 +82,7 @@ def test_reset_and_step_infos_have_the_same_keys_and_types(env_id, tiny_lm32):
     # the prompt keys describe the observation they come with: the next prompt after a step
     assert info1["step_prompt_id"] == info0["prompt_id"]
     core = env.unwrapped
-    assert info1["prompt_id"] == core._prompt.id and info1["prompt"] == core._prompt.text
+    assert info1["prompt_id"] == core.current_prompt.id and info1["prompt"] == core.current_prompt.text
     assert step_record(info1).prompt_id == info1["step_prompt_id"] and step_record(info0) is None
 
 
