@@ -32,6 +32,7 @@ from torch import nn
 from dynprune.adapters import DEFAULT_BOTTLENECK, BottleneckAdapter, adapter_layers
 from dynprune.importance import separator_id
 from dynprune.types import Prompt
+from dynprune.validation import require_at_least, require_finite, require_in_range, require_integer, require_positive
 
 if TYPE_CHECKING:
     from dynprune.models import PrunableLM
@@ -82,22 +83,14 @@ class AdapterConfig:
     max_new_tokens: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("bottleneck", "epochs", "batch_size", "batch_tokens", "max_new_tokens"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        for name, low in (("n_prompts", 2), ("seq_len", 2)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        require_integer(self, 1, "bottleneck", "epochs", "batch_size", "batch_tokens", "max_new_tokens")
+        require_integer(self, 2, "n_prompts", "seq_len")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if not (isinstance(self.heldout_fraction, (int, float)) and 0 < self.heldout_fraction < 1):
-            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
+        require_positive(self, "lr")
+        require_at_least(self, 0, "weight_decay")
+        require_finite(self, "weight_decay")
+        require_in_range(self, 0, 1, "heldout_fraction", interval="()")
         if not isinstance(self.only_correct, bool):
             raise ValueError(f"only_correct must be a bool, got {self.only_correct!r}")
         if self.layers is not None:

@@ -17,6 +17,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import IO, Any
 
+from dynprune.validation import require_at_least, require_positive
+
 
 @dataclass(frozen=True)
 class ProgressConfig:
@@ -30,12 +32,8 @@ class ProgressConfig:
     """The tracked value's mean is over this many most recent items."""
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError(f"every must be >= 1, got {self.every}")
-        if not self.interval_s > 0:
-            raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
-        if self.window < 1:
-            raise ValueError(f"window must be >= 1, got {self.window}")
+        require_at_least(self, 1, "every", "window")
+        require_positive(self, "interval_s")
 
 
 def format_duration(seconds: float) -> str:

@@ -2,7 +2,8 @@
 
 Every message names the field as ``<Class>.<field>``, what it must be and the value given, e.g.
 ``TrainConfig.max_steps must be >= 1, got 0``, so a user can fix the flag or the JSON key it came from.
-NaN fails every numeric check (comparisons with NaN are false).
+NaN fails every numeric check (comparisons with NaN are false), and so does a value that is not a
+number (a bool included).
 
 Example::
 
@@ -20,38 +21,51 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["require_at_least", "require_finite", "require_in_range", "require_known_keys", "require_one_of",
-           "require_positive"]
+__all__ = ["require_at_least", "require_finite", "require_in_range", "require_integer", "require_known_keys",
+           "require_one_of", "require_positive"]
 
 
 def _field(obj: object, name: str) -> tuple[str, Any]:
     return f"{type(obj).__name__}.{name}", getattr(obj, name)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def require_at_least(obj: object, low: float, *names: str) -> None:
     """Each named field of ``obj`` is ``>= low``."""
     for name in names:
         label, value = _field(obj, name)
-        if not value >= low:
+        if not (_number(value) and value >= low):
             raise ValueError(f"{label} must be >= {low}, got {value!r}")
+
+
+def require_integer(obj: object, low: int, *names: str) -> None:
+    """Each named field of ``obj`` is an ``int`` (not a bool) ``>= low``."""
+    for name in names:
+        label, value = _field(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
 
 
 def require_positive(obj: object, *names: str) -> None:
     """Each named field of ``obj`` is a finite number ``> 0``."""
     for name in names:
         label, value = _field(obj, name)
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{label} must be a finite number > 0, got {value!r}")
+        if not (_number(value) and value > 0 and math.isfinite(value)):
+            raise ValueError(f"{label} must be > 0 and finite, got {value!r}")
 
 
 def require_finite(obj: object, *names: str) -> None:
     """Each named field of ``obj`` is a finite number (not NaN or infinite)."""
     for name in names:
         label, value = _field(obj, name)
-        if not math.isfinite(value):
+        if not (_number(value) and math.isfinite(value)):
             raise ValueError(f"{label} must be finite, got {value!r}")
 
 
@@ -64,6 +78,8 @@ def require_in_range(obj: object, low: float, high: float, *names: str, interval
         raise ValueError(f"interval must be one of '[]', '[)', '(]', '()', got {interval!r}")
     for name in names:
         label, value = _field(obj, name)
+        if not _number(value):
+            raise ValueError(f"{label} must be a number in {interval[0]}{low}, {high}{interval[1]}, got {value!r}")
         above = value >= low if interval[0] == "[" else value > low
         below = value <= high if interval[1] == "]" else value < high
         if not (above and below):

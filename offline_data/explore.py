@@ -62,6 +62,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dynprune.fileio import check_writable
+from dynprune.validation import require_at_least, require_finite, require_in_range, require_one_of
 from offline_data.dataset import migrate_legacy_meta, read_meta, shard_path, write_shard
 
 __all__ = [
@@ -272,17 +273,13 @@ class ExploreConfig:
 
     def __post_init__(self) -> None:
         """Check every value; raise ``ValueError`` naming the bad one."""
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"ExploreConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        require_one_of(self, "strategy", STRATEGIES)
         if self.max_configs < 1:
             raise ValueError(f"ExploreConfig.max_configs must be >= 1, got {self.max_configs}; pass --max-configs N "
                              "with N >= 1")
-        if self.n_random < 1:
-            raise ValueError(f"ExploreConfig.n_random must be >= 1, got {self.n_random}")
-        if not 0.0 < self.max_frac <= 1.0:
-            raise ValueError(f"ExploreConfig.max_frac must be in (0, 1], got {self.max_frac}")
-        if not math.isfinite(self.threshold):
-            raise ValueError(f"ExploreConfig.threshold must be finite, got {self.threshold}")
+        require_at_least(self, 1, "n_random")
+        require_in_range(self, 0, 1, "max_frac", interval="(]")
+        require_finite(self, "threshold")
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ and names the bad value).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from agents.router.topk import TOPK_METHODS
+from dynprune.validation import require_at_least, require_finite, require_in_range, require_one_of, require_positive
 
 __all__ = ["METHODS", "DPOConfig", "FBCConfig", "ORPOConfig", "RouterTrainConfig", "make_config"]
 
@@ -55,22 +55,12 @@ class RouterTrainConfig:
 
     def __post_init__(self) -> None:
         """Check every value; raise ``ValueError`` naming the bad one."""
-        name = type(self).__name__
-        for key in ("epochs", "batch_size", "eval_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{name}.{key} must be >= 1, got {getattr(self, key)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"{name}.lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"{name}.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.max_grad_norm < 0:
-            raise ValueError(f"{name}.max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
-        if self.set_term not in ("bernoulli", "plackett_luce"):
-            raise ValueError(f"{name}.set_term must be 'bernoulli' or 'plackett_luce', got {self.set_term!r}")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"{name}.eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if not math.isfinite(self.success_threshold):
-            raise ValueError(f"{name}.success_threshold must be finite, got {self.success_threshold}")
+        require_at_least(self, 1, "epochs", "batch_size", "eval_every")
+        require_positive(self, "lr")
+        require_at_least(self, 0, "weight_decay", "max_grad_norm")  # max_grad_norm 0: no clipping
+        require_one_of(self, "set_term", ("bernoulli", "plackett_luce"))
+        require_in_range(self, 0, 1, "eval_fraction", interval="[)")
+        require_finite(self, "success_threshold")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form, with the method name."""
@@ -97,12 +87,9 @@ class FBCConfig(RouterTrainConfig):
     def __post_init__(self) -> None:
         """Check every value; raise ``ValueError`` naming the bad one."""
         super().__post_init__()
-        if self.layer_weight < 0:
-            raise ValueError(f"FBCConfig.layer_weight must be >= 0, got {self.layer_weight}")
-        if self.topk not in TOPK_METHODS:
-            raise ValueError(f"FBCConfig.topk must be one of {TOPK_METHODS}, got {self.topk!r}")
-        if self.topk_tau <= 0:
-            raise ValueError(f"FBCConfig.topk_tau must be > 0, got {self.topk_tau}")
+        require_at_least(self, 0, "layer_weight")
+        require_one_of(self, "topk", TOPK_METHODS)
+        require_positive(self, "topk_tau")
 
 
 @dataclass
@@ -124,8 +111,7 @@ class DPOConfig(RouterTrainConfig):
     def __post_init__(self) -> None:
         """Check every value; raise ``ValueError`` naming the bad one."""
         super().__post_init__()
-        if not (self.beta > 0 and math.isfinite(self.beta)):
-            raise ValueError(f"DPOConfig.beta must be a positive number, got {self.beta}")
+        require_positive(self, "beta")
         if self.reference != "init":
             raise ValueError(f"DPOConfig.reference must be 'init' (a frozen copy of the start), got {self.reference!r}")
 
@@ -145,8 +131,7 @@ class ORPOConfig(RouterTrainConfig):
     def __post_init__(self) -> None:
         """Check every value; raise ``ValueError`` naming the bad one."""
         super().__post_init__()
-        if not (self.beta > 0 and math.isfinite(self.beta)):
-            raise ValueError(f"ORPOConfig.beta must be a positive number, got {self.beta}")
+        require_positive(self, "beta")
 
 
 _CONFIGS: dict[str, type[RouterTrainConfig]] = {"fbc": FBCConfig, "dpo": DPOConfig, "orpo": ORPOConfig}

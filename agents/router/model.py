@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from dynprune.fileio import atomic_path
+from dynprune.validation import require_at_least, require_one_of
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -192,14 +193,9 @@ class RouterConfig:
 
     def __post_init__(self) -> None:
         """Check every value; raise ``ValueError`` naming the bad one."""
-        if self.num_layers < 2:
-            raise ValueError(f"RouterConfig.num_layers must be >= 2, got {self.num_layers}")
-        if self.in_dim < 1:
-            raise ValueError(f"RouterConfig.in_dim must be >= 1, got {self.in_dim}")
-        if self.hidden < 1:
-            raise ValueError(f"RouterConfig.hidden must be >= 1, got {self.hidden}")
-        if self.features not in FEATURES:
-            raise ValueError(f"RouterConfig.features must be one of {FEATURES}, got {self.features!r}")
+        require_at_least(self, 2, "num_layers")
+        require_at_least(self, 1, "in_dim", "hidden")
+        require_one_of(self, "features", FEATURES)
         if self.features == "minilm" and not self.encoder:
             raise ValueError("RouterConfig.encoder must name the encoder ('minilm' or a folder) for features='minilm'")
         if not self.log_sigma_min < self.log_sigma_max:

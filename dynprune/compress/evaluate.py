@@ -30,6 +30,7 @@ from dynprune.compress.data import prompt_texts, split_prompts, token_windows
 from dynprune.compress.folder import model_size_bytes
 from dynprune.generation import decode
 from dynprune.metrics import fidelity, task_score
+from dynprune.validation import require_at_least
 
 if TYPE_CHECKING:
     from dynprune.models import PrunableLM
@@ -59,11 +60,8 @@ class EvalConfig:
     max_windows: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("n_prompts", "max_new_tokens", "repeats", "timing_tokens", "max_windows"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.seq_len < 2:
-            raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
+        require_at_least(self, 1, "n_prompts", "max_new_tokens", "repeats", "timing_tokens", "max_windows")
+        require_at_least(self, 2, "seq_len")
 
 
 @torch.inference_mode()

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dynprune.validation import require_at_least, require_in_range, require_one_of, require_positive
+
 LOSSES = ("ce", "kd")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -68,19 +70,11 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.kd_weight <= 1.0:
-            raise ValueError(f"kd_weight must be in [0, 1], got {self.kd_weight}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("r", "alpha", "max_steps", "batch_size", "eval_every", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_one_of(self, "loss", LOSSES)
+        require_positive(self, "temperature", "lr")
+        require_in_range(self, 0, 1, "kd_weight")
+        require_in_range(self, 0, 1, "dropout", interval="[)")
+        require_at_least(self, 1, "r", "alpha", "max_steps", "batch_size", "eval_every", "patience")
         bad = [m for m in self.target_modules if m not in PROJECTIONS]
         if bad or not self.target_modules:
             raise ValueError(f"target_modules must be a non-empty subset of {PROJECTIONS}, got {self.target_modules}")

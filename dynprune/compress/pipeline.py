@@ -25,6 +25,7 @@ from dynprune.compress.healing import TrainConfig, split_windows, train_student
 from dynprune.compress.quantize import check_format, quantize
 from dynprune.compress.removal import removed_copy, select_layers
 from dynprune.compress.sparsity import SparsityConfig, prune, semi_structured_supported, to_semi_structured
+from dynprune.validation import require_at_least, require_in_range
 
 if TYPE_CHECKING:
     import torch
@@ -51,12 +52,8 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.seq_len < 2:
-            raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
-        if self.max_windows < 2:
-            raise ValueError(f"max_windows must be >= 2, got {self.max_windows}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        require_at_least(self, 2, "seq_len", "max_windows")
+        require_in_range(self, 0, 1, "val_fraction", interval="()")
 
 
 @dataclass
