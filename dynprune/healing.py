@@ -49,6 +49,7 @@ from torch import nn
 from dynprune.fileio import atomic_dir
 from dynprune.plan import PruningPlan
 from dynprune.pruning import FFNSlice, HeadSlice
+from dynprune.validation import require_known_keys
 
 if TYPE_CHECKING:
     from dynprune.models import PrunableLM
@@ -123,9 +124,7 @@ class HealingConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HealingConfig:
         """Inverse of :meth:`to_dict`; an unknown key is a ``ValueError``."""
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown healing settings {sorted(unknown)}")
+        require_known_keys(data, cls, "healing settings")
         d = dict(data)
         if "targets" in d:
             d["targets"] = tuple(d["targets"])

@@ -60,6 +60,7 @@ from dynprune.plan import PruningPlan
 from dynprune.progress import Progress
 from dynprune.selection import layers_plan
 from dynprune.types import Prompt
+from dynprune.validation import require_known_keys
 
 if TYPE_CHECKING:
     from dynprune.models import PrunableLM
@@ -159,9 +160,7 @@ class HealTrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HealTrainConfig:
         """Inverse of :meth:`to_dict`; an unknown key is a ``ValueError``."""
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown healing training settings {sorted(unknown)}")
+        require_known_keys(data, cls, "healing training settings")
         d = dict(data)
         for k in ("kind_weights", "extra_layer_ks"):
             if k in d:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from dynprune.fileio import atomic_path
-from dynprune.validation import require_at_least, require_one_of
+from dynprune.validation import require_at_least, require_known_keys, require_one_of
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -224,10 +224,7 @@ class RouterConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RouterConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"router config has unknown keys {sorted(unknown)}; expected {sorted(known)}")
+        require_known_keys(data, cls, "router config keys")
         return cls(**{**data, "protected": tuple(data.get("protected", (0,)))})
 
 
