@@ -207,7 +207,7 @@ class DynPruneEnv(gym.Env):
     ## Version History
     * v0: first version. Later revisions, same id: render modes; infos with the same keys on reset
       and step (the prompt keys describe the returned observation; ``plan`` and ``record`` became
-      JSON strings); ``timing="modelled"`` by default.
+      JSON strings); ``timing="modelled"`` by default; ``reset(options={"prompt_id": ...})``.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}

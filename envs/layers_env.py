@@ -39,7 +39,8 @@ class DynPruneLayersEnv(DynPruneEnv):
     ``"proxy"``, or a :class:`dynprune.rewards.RewardFn`.
 
     ## Starting State
-    As DynPrune-v0: ``reset`` draws a load scenario, a budget (budget reward) and a prompt.
+    As DynPrune-v0: ``reset`` draws a load scenario, a budget (budget reward) and a prompt;
+    ``reset(options={"prompt_id": id})`` starts on that prompt instead.
 
     ## Episode End
     As DynPrune-v0: after ``prompts_per_episode`` steps, or early when the reward says so.

@@ -86,7 +86,8 @@ class DynPruneTableEnv(gym.Env):
     perplexity, prefix fidelity and task score, with the load factor and budget of the episode.
 
     ## Starting State
-    As DynPrune-v0: ``reset`` draws a load scenario, a budget (budget reward) and a prompt of the split.
+    As DynPrune-v0: ``reset`` draws a load scenario, a budget (budget reward) and a prompt of the split;
+    ``reset(options={"prompt_id": id})`` starts on that prompt (``env.unwrapped.prompt_ids``) instead.
 
     ## Episode End
     As DynPrune-v0: after ``prompts_per_episode`` steps, or early when the reward says so.
@@ -291,8 +292,26 @@ class DynPruneTableEnv(gym.Env):
         return np.array([self.reward_fn(o)[0] for o in self.action_outcomes()], dtype=np.float64)
 
     # ---------------------------------------------------------------- gym API
+    def _start_index(self, options: dict[str, Any] | None) -> int | None:
+        """The prompt row ``reset(options={"prompt_id": ...})`` asks for; None without options (a draw)."""
+        if not options:
+            return None
+        unknown = sorted(set(options) - {"prompt_id"})
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; DynPruneTableEnv takes "
+                             "options={'prompt_id': <one of env.unwrapped.prompt_ids>}")
+        try:
+            return self.prompt_ids.index(options["prompt_id"])
+        except ValueError:
+            raise ValueError(f"prompt_id {options['prompt_id']!r} is not one of this table's "
+                             f"{len(self.prompt_ids)} prompts; list them with env.unwrapped.prompt_ids") from None
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # noqa: ANN201
-        """Start an episode: new load scenario, latency budget and prompt (the same draws as DynPrune-v0)."""
+        """Start an episode: new load scenario, latency budget and prompt (the same draws as DynPrune-v0).
+
+        ``options={"prompt_id": id}`` starts it on that prompt instead of a drawn one, as in DynPrune-v0.
+        """
+        start = self._start_index(options)  # a bad option fails before anything changes
         super().reset(seed=seed)
         if seed is not None:
             self.monitor.reset(monitor_seed(seed))
@@ -304,7 +323,7 @@ class DynPruneTableEnv(gym.Env):
         if self.reward_fn.needs_budget:
             lo, hi = self.budget_range
             self._budget_rel = float(self.np_random.uniform(lo, hi)) * float(self.monitor.budget_scale)
-        self._index = self._next_prompt()
+        self._index = self._next_prompt() if start is None else start
         return self._observe(), self._info()
 
     def step(self, action: Any):  # noqa: ANN201

@@ -145,3 +145,20 @@ def test_pinned_proxy_trajectory(tiny_lm32):
         if terminated:
             env.reset()
     assert got == PINNED_PROXY
+
+
+def test_table_env_takes_the_same_reset_options():
+    env = gym.make("DynPruneTable-v0", reward="latency_budget")
+    core = env.unwrapped
+    drawn_obs, drawn = env.reset(seed=5)
+    chosen_obs, chosen = env.reset(seed=5, options={"prompt_id": drawn["prompt_id"]})
+    np.testing.assert_array_equal(chosen_obs, drawn_obs)
+    target = core.prompt_ids[7]
+    _, info = env.reset(options={"prompt_id": target})
+    assert info["prompt_id"] == target
+    assert env.step(0)[4]["step_prompt_id"] == target
+    with pytest.raises(ValueError, match=r"prompt_id 'nope' is not one of this table's \d+ prompts; "
+                                         r"list them with env.unwrapped.prompt_ids"):
+        env.reset(options={"prompt_id": "nope"})
+    with pytest.raises(ValueError, match=r"unknown reset option\(s\) \['seed'\]"):
+        env.reset(options={"seed": 1})
