@@ -153,59 +153,57 @@ def _latency_scale(*arrays: np.ndarray) -> tuple[float, str]:
 # --------------------------------------------------------------------------- per-episode figures
 
 
-def plot_token_speed(records: Iterable[RecordLike], path: str | os.PathLike[str]) -> Path:
-    """Baseline vs pruned generation throughput (tokens/s) per episode, with linear trend lines."""
+def _episode_means(records: Iterable[RecordLike], quantity: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Episode indices and the per-episode means of ``baseline_<quantity>`` and ``pruned_<quantity>``."""
     recs = _records(records)
-    eps, base = _per_episode(recs, lambda r: r.baseline_tokens_per_s)
-    _, pruned = _per_episode(recs, lambda r: r.pruned_tokens_per_s)
+    eps, base = _per_episode(recs, lambda r: getattr(r, f"baseline_{quantity}"))
+    _, pruned = _per_episode(recs, lambda r: getattr(r, f"pruned_{quantity}"))
+    return eps, base, pruned
+
+
+def _baseline_vs_pruned(
+    eps: np.ndarray, base: np.ndarray, pruned: np.ndarray, trend_unit: str | None
+) -> tuple[Figure, Any]:
+    """Baseline and pruned as two lines over the episodes; with ``trend_unit``, each with its trend line."""
     fig, ax = _figure()
     m = _marker(len(eps))
     ax.plot(eps, base, marker=m, ms=3, color=_BASELINE_COLOR, label="baseline (full model)")
     ax.plot(eps, pruned, marker=m, ms=3, color=_PRUNED_COLOR, label="pruned")
-    _trend(ax, eps, base, _BASELINE_COLOR, "baseline", "tokens/s")
-    _trend(ax, eps, pruned, _PRUNED_COLOR, "pruned", "tokens/s")
-    ax.set(title="Token speed per episode", xlabel="episode (index)", ylabel="generation speed (tokens/s)")
+    if trend_unit is not None:
+        _trend(ax, eps, base, _BASELINE_COLOR, "baseline", trend_unit)
+        _trend(ax, eps, pruned, _PRUNED_COLOR, "pruned", trend_unit)
+    return fig, ax
+
+
+def _finish(fig: Figure, ax: Any, path: str | os.PathLike[str], title: str, ylabel: str) -> Path:
+    """Title, labels (x: the episode), grid and the legend below; write the PNG."""
+    ax.set(title=title, xlabel="episode (index)", ylabel=ylabel)
     ax.grid(alpha=0.3)
     _legend_below(fig, ax)
     return _save(fig, path)
+
+
+def plot_token_speed(records: Iterable[RecordLike], path: str | os.PathLike[str]) -> Path:
+    """Baseline vs pruned generation throughput (tokens/s) per episode, with linear trend lines."""
+    fig, ax = _baseline_vs_pruned(*_episode_means(records, "tokens_per_s"), trend_unit="tokens/s")
+    return _finish(fig, ax, path, "Token speed per episode", "generation speed (tokens/s)")
 
 
 def plot_inference_time(records: Iterable[RecordLike], path: str | os.PathLike[str]) -> Path:
     """Baseline vs pruned inference latency per episode (mean over the episode's steps)."""
-    recs = _records(records)
-    eps, base = _per_episode(recs, lambda r: r.baseline_latency_s)
-    _, pruned = _per_episode(recs, lambda r: r.pruned_latency_s)
+    eps, base, pruned = _episode_means(records, "latency_s")
     scale, unit = _latency_scale(base, pruned)
-    fig, ax = _figure()
-    m = _marker(len(eps))
-    ax.plot(eps, base * scale, marker=m, ms=3, color=_BASELINE_COLOR, label="baseline (full model)")
-    ax.plot(eps, pruned * scale, marker=m, ms=3, color=_PRUNED_COLOR, label="pruned")
-    _trend(ax, eps, base * scale, _BASELINE_COLOR, "baseline", unit)
-    _trend(ax, eps, pruned * scale, _PRUNED_COLOR, "pruned", unit)
-    ax.set(title="Inference time per episode", xlabel="episode (index)", ylabel=f"latency ({unit})")
-    ax.grid(alpha=0.3)
-    _legend_below(fig, ax)
-    return _save(fig, path)
+    fig, ax = _baseline_vs_pruned(eps, base * scale, pruned * scale, trend_unit=unit)
+    return _finish(fig, ax, path, "Inference time per episode", f"latency ({unit})")
 
 
 def plot_perplexity(records: Iterable[RecordLike], path: str | os.PathLike[str]) -> Path:
     """Perplexity of the full model's answer under the baseline and the pruned model, per episode."""
-    recs = _records(records)
-    eps, base = _per_episode(recs, lambda r: r.baseline_ppl)
-    _, pruned = _per_episode(recs, lambda r: r.pruned_ppl)
-    fig, ax = _figure()
-    m = _marker(len(eps))
-    ax.plot(eps, base, marker=m, ms=3, color=_BASELINE_COLOR, label="baseline (full model)")
-    ax.plot(eps, pruned, marker=m, ms=3, color=_PRUNED_COLOR, label="pruned")
+    eps, base, pruned = _episode_means(records, "ppl")
+    fig, ax = _baseline_vs_pruned(eps, base, pruned, trend_unit=None)
     log = _maybe_log(ax, base, pruned)
-    ax.set(
-        title="Answer perplexity per episode",
-        xlabel="episode (index)",
-        ylabel="perplexity of full model's answer (unitless" + (", log scale)" if log else ")"),
-    )
-    ax.grid(alpha=0.3)
-    _legend_below(fig, ax)
-    return _save(fig, path)
+    ylabel = "perplexity of full model's answer (unitless" + (", log scale)" if log else ")")
+    return _finish(fig, ax, path, "Answer perplexity per episode", ylabel)
 
 
 # --------------------------------------------------------------------------- per-action figures
@@ -329,10 +327,7 @@ def plot_reward_curve(
     if w > 1:
         ax.plot(x, _moving_average(y, w), color=_PRUNED_COLOR, lw=2, label=f"moving average ({w} episodes)")
     ax.axhline(0.0, color="black", lw=0.6)
-    ax.set(title="Reward per episode", xlabel="episode (index)", ylabel="episode reward (unitless)")
-    ax.grid(alpha=0.3)
-    _legend_below(fig, ax)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "Reward per episode", "episode reward (unitless)")
 
 
 def plot_loss_curve(entries: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:

@@ -66,6 +66,15 @@ def write_lines(path: Path, records: list[StepRecord]) -> None:
         append_record(path, r)
 
 
+def damaged_log(folder: Path, records: list[StepRecord], junk: str) -> Path:
+    """``metrics.jsonl`` in ``folder`` with ``records``, then ``junk`` written raw (what a crash leaves)."""
+    path = folder / "metrics.jsonl"
+    write_lines(path, records)
+    with open(path, "a") as fh:
+        fh.write(junk)
+    return path
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -88,11 +97,8 @@ def test_append_dict_train_log(tmp_path: Path) -> None:
 
 def test_truncated_last_line_is_skipped(tmp_path: Path) -> None:
     recs = make_records(5)
-    path = tmp_path / "metrics.jsonl"
-    write_lines(path, recs)
     line = json.dumps(dataclasses.asdict(make_records(6)[5]))
-    with open(path, "a") as fh:
-        fh.write(line[: len(line) // 2])  # crash mid-write: half a line, no newline
+    path = damaged_log(tmp_path, recs, line[: len(line) // 2])  # crash mid-write: half a line, no newline
     with pytest.warns(RuntimeWarning, match=r"metrics\.jsonl:6: skipping a truncated last line"):
         assert read_records(path) == recs
     with pytest.warns(RuntimeWarning, match=r"metrics\.jsonl:6"):
@@ -101,10 +107,7 @@ def test_truncated_last_line_is_skipped(tmp_path: Path) -> None:
 
 def test_append_after_crash_drops_partial_tail(tmp_path: Path) -> None:
     recs = make_records(4)
-    path = tmp_path / "metrics.jsonl"
-    write_lines(path, recs[:2])
-    with open(path, "a") as fh:
-        fh.write('{"episode": 1, "ste')
+    path = damaged_log(tmp_path, recs[:2], '{"episode": 1, "ste')
     with pytest.warns(RuntimeWarning, match="half-written last line"):
         append_record(path, recs[2])
     append_record(path, recs[3])
@@ -113,10 +116,7 @@ def test_append_after_crash_drops_partial_tail(tmp_path: Path) -> None:
 
 def test_malformed_middle_line_raises_with_file_and_line(tmp_path: Path) -> None:
     recs = make_records(4)
-    path = tmp_path / "metrics.jsonl"
-    write_lines(path, recs[:2])
-    with open(path, "a") as fh:
-        fh.write("{not json}\n")
+    path = damaged_log(tmp_path, recs[:2], "{not json}\n")
     write_lines(path, recs[2:])
     with pytest.raises(ValueError, match=rf"{path}:3: malformed JSON line"):
         read_records(path)
