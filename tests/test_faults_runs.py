@@ -490,6 +490,14 @@ def test_damaged_checkpoint_is_a_one_line_error(run_copy, capsys, damage):
 # --------------------------------------------------------------------------- read-only folders, full disk
 
 
+def count_calls(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[int]:
+    """Wrap ``module.name`` so each call appends 1 to the returned list, then runs the real function."""
+    calls: list[int] = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 def test_train_into_a_read_only_folder(tmp_path, monkeypatch, capsys):
     folder = tmp_path / "ro"
     with read_only(folder):
@@ -527,9 +535,7 @@ def test_full_disk_mid_training_then_resume(tmp_path, monkeypatch, capsys):
 def test_calibrate_checks_the_output_folder_before_computing(tmp_path, monkeypatch, capsys):
     import dynprune.importance as importance
 
-    calls = []
-    real = importance.calibrate
-    monkeypatch.setattr(importance, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = count_calls(monkeypatch, importance, "calibrate")
     folder = tmp_path / "ro"
     with read_only(folder):
         rc = run("calibrate", "--model", "tiny-llama", "--n-prompts", "2", "--seq-len", "8",
@@ -576,9 +582,7 @@ def test_explore_prompt_id_longer_than_a_file_name(tmp_path, capsys):
 def test_explore_into_a_read_only_folder(tmp_path, monkeypatch, capsys):
     import dynprune.models as models
 
-    loads = []
-    real = models.load_model
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    loads = count_calls(monkeypatch, models, "load_model")
     folder = tmp_path / "ro"
     with read_only(folder):
         rc = run("explore", "--strategy", "sweep", "--out", folder / "logs", "--prompts", "1", *EXPLORE)
