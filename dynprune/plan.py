@@ -151,20 +151,14 @@ class PruningPlan:
             for layer in layers:
                 if not 0 <= layer < n:
                     raise ValueError(f"{kind}: layer {layer} out of range 0..{n - 1}")
-        for layer, count in self.heads:
-            if not 0 <= layer < n:
-                raise ValueError(f"heads: layer {layer} out of range 0..{n - 1}")
-            if not 1 <= count <= geometry.num_heads[layer]:
-                raise ValueError(
-                    f"heads: layer {layer} keeps {count} query heads; expected 1..{geometry.num_heads[layer]}"
-                )
-        for layer, count in self.ffn:
-            if not 0 <= layer < n:
-                raise ValueError(f"ffn: layer {layer} out of range 0..{n - 1}")
-            if not 1 <= count <= geometry.intermediate_size[layer]:
-                raise ValueError(
-                    f"ffn: layer {layer} keeps {count} channels; expected 1..{geometry.intermediate_size[layer]}"
-                )
+        slices = (("heads", self.heads, geometry.num_heads, "query heads"),
+                  ("ffn", self.ffn, geometry.intermediate_size, "channels"))  # fmt: skip
+        for kind, counts, sizes, unit in slices:
+            for layer, count in counts:
+                if not 0 <= layer < n:
+                    raise ValueError(f"{kind}: layer {layer} out of range 0..{n - 1}")
+                if not 1 <= count <= sizes[layer]:
+                    raise ValueError(f"{kind}: layer {layer} keeps {count} {unit}; expected 1..{sizes[layer]}")
         if self.kv is not None:
             held = self.kv.sinks + (self.kv.window or 0)
             if held >= geometry.max_position:

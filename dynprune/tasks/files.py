@@ -287,10 +287,10 @@ def load_csv(path: str | os.PathLike[str]) -> list[Prompt]:
     row starts.
 
     Args:
-        path: The file.
+        path: The CSV file (UTF-8; a leading byte-order mark is allowed).
 
     Returns:
-        The prompts in file order, ``source`` set to the path.
+        The prompts in row order, each with ``source`` set to the path.
 
     Raises:
         FileNotFoundError: no such file.
