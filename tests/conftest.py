@@ -1,5 +1,7 @@
-"""Shared fixtures: a tiny random Llama (GQA) calibrated on a few windows."""
+"""Shared fixtures: a tiny random Llama (GQA) calibrated on a few windows, and a tiny exploration log."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,3 +47,21 @@ def tiny_lm() -> PrunableLM:
 def tiny_lm32() -> PrunableLM:
     """A float32 tiny Llama, calibrated."""
     return tiny(torch.float32)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids() -> list[str]:
+    """The first three train prompts of :data:`TINY_ENV` (one set per test module)."""
+    from offline_data.explore import prompt_ids_of
+
+    return prompt_ids_of(TINY_ENV)[:3]
+
+
+@pytest.fixture(scope="module")
+def sweep_logs(tmp_path_factory: pytest.TempPathFactory, prompt_ids: list[str]) -> Path:
+    """A sweep exploration (every action once) of ``prompt_ids`` under :data:`TINY_ENV`."""
+    from offline_data.explore import explore
+
+    out = tmp_path_factory.mktemp("sweep")
+    explore(TINY_ENV, "sweep", out, prompt_ids=prompt_ids)
+    return out

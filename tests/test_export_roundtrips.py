@@ -29,18 +29,6 @@ N_ACTIONS = 10
 
 
 @pytest.fixture(scope="module")
-def prompt_ids() -> list[str]:
-    return prompt_ids_of(TINY_ENV)[:3]
-
-
-@pytest.fixture(scope="module")
-def sweep_logs(tmp_path_factory, prompt_ids) -> Path:
-    out = tmp_path_factory.mktemp("sweep")
-    explore(TINY_ENV, "sweep", out, prompt_ids=prompt_ids)
-    return out
-
-
-@pytest.fixture(scope="module")
 def budget_logs(tmp_path_factory, prompt_ids) -> Path:
     out = tmp_path_factory.mktemp("budget")
     explore(BUDGET_ENV, "sweep", out, prompt_ids=prompt_ids[:2])

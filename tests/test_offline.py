@@ -24,7 +24,6 @@ from offline_data.explore import (
     ExploreConfig,
     dfs_configs,
     explore,
-    prompt_ids_of,
     random_configs,
     split_round_robin,
 )
@@ -120,21 +119,9 @@ def test_split_round_robin_and_config_validation():
 
 
 @pytest.fixture(scope="module")
-def prompt_ids() -> list[str]:
-    return prompt_ids_of(TINY_ENV)[:3]
-
-
-@pytest.fixture(scope="module")
 def dfs_logs(tmp_path_factory, prompt_ids) -> Path:
     out = tmp_path_factory.mktemp("dfs")
     explore(TINY_ENV, "dfs", out, prompt_ids=prompt_ids, threshold=0.0, max_configs=4)
-    return out
-
-
-@pytest.fixture(scope="module")
-def sweep_logs(tmp_path_factory, prompt_ids) -> Path:
-    out = tmp_path_factory.mktemp("sweep")
-    explore(TINY_ENV, "sweep", out, prompt_ids=prompt_ids)
     return out
 
 
