@@ -9,6 +9,11 @@ give (``mkstemp`` alone makes it private to the owner).
 computing what it will write there; :func:`describe_os_error` and :class:`WriteFailed`
 give a failed write (read-only folder, full disk, name too long) one line naming the
 path and the remedy, which the ``dynprune`` command prints instead of a traceback.
+
+:func:`atomic_dir` does for a folder of files what :func:`atomic_path` does for one file.
+:func:`json_object_lines` and :func:`read_safetensors` read the two formats several modules
+parse (prompt files, telemetry traces; importance and adapter files), with errors naming the
+file and line.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +161,29 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def json_object_lines(lines: Iterable[str], where: Callable[[int], str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Decode each non-blank line as a JSON object; yield ``(1-based line number, object)``.
+
+    Blank lines are skipped (and still counted). ``where(n)`` names line ``n`` in the messages
+    (``lambda n: f"{path} line {n}"``).
+
+    Raises:
+        ValueError: a line that is not JSON, or JSON that is not an object, naming the line.
+    """
+    import json
+
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where(number)}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+        if not isinstance(value, dict):
+            raise ValueError(f"{where(number)}: expected a JSON object, got {type(value).__name__}")
+        yield number, value
 
 
 def read_safetensors(path: str | os.PathLike[str], what: str) -> tuple[dict[str, Any], dict[str, str]]:

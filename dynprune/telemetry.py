@@ -37,7 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import psutil
 
-from dynprune.fileio import atomic_write_text
+from dynprune.fileio import atomic_write_text, json_object_lines
 from dynprune.types import TelemetrySnapshot
 
 __all__ = [
@@ -579,10 +579,8 @@ def write_trace(snapshots: Sequence[TelemetrySnapshot], path: str | os.PathLike[
     return atomic_write_text(path, text)
 
 
-def _snapshot_from_record(record: Any, where: str) -> TelemetrySnapshot:
-    """Validate one decoded JSON line and build a snapshot; ``where`` names file and line for errors."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+def _snapshot_from_record(record: dict[str, Any], where: str) -> TelemetrySnapshot:
+    """Validate one decoded JSON object and build a snapshot; ``where`` names file and line for errors."""
     missing = [key for key in _REQUIRED_KEYS if record.get(key) is None]
     if missing:
         raise ValueError(f"{where}: missing required field(s) {', '.join(missing)}")
@@ -627,17 +625,8 @@ def read_trace(path: str | os.PathLike[str]) -> list[TelemetrySnapshot]:
     src = Path(path)
     snapshots: list[TelemetrySnapshot] = []
     with src.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{src}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"{where}: expected a JSON object per line, got invalid JSON ({exc.msg})"
-                ) from exc
-            snapshots.append(_snapshot_from_record(record, where))
+        for lineno, record in json_object_lines(fh, lambda n: f"{src}:{n}"):
+            snapshots.append(_snapshot_from_record(record, f"{src}:{lineno}"))
     if not snapshots:
         raise ValueError(f"{src}: expected at least one snapshot, got an empty trace")
     return snapshots

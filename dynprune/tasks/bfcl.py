@@ -12,10 +12,10 @@ user message. A few ``live_simple`` rows also carry a system message; it is not 
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
+from dynprune.fileio import json_object_lines
 from dynprune.tasks.files import hash_split
 from dynprune.types import Prompt
 
@@ -63,14 +63,9 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             f"BFCL file not found: {path}; expected the data of bfcl-eval==2026.3.23 ({INSTALL_COMMAND})"
         )
     rows: list[tuple[int, dict[str, Any]]] = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} line {line_no}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for line_no, row in json_object_lines(lines, lambda n: f"{path} line {n}"):
+        if not isinstance(row.get("id"), str):
             raise ValueError(f"{path} line {line_no}: expected a JSON object with a string 'id'")
         rows.append((line_no, row))
     return rows

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from dynprune.fileio import json_object_lines
 from dynprune.types import Prompt
 
 #: Fields a prompt row may carry.
@@ -223,18 +224,9 @@ def parse_jsonl(
     """
     require = tuple(require)
     numbered: list[tuple[int, Prompt]] = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{name} line {line_no}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {_type_name(record)}")
+    for line_no, record in json_object_lines(text.splitlines(), lambda n: f"{name} line {n}"):
         prompt = prompt_from_record(
-            record, where=where, default_id=f"{stem}-{line_no}", source=source, require=require
+            record, where=f"{name} line {line_no}", default_id=f"{stem}-{line_no}", source=source, require=require
         )
         numbered.append((line_no, prompt))
     _check_unique_ids(numbered, name)
