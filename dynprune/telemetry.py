@@ -595,23 +595,10 @@ def _snapshot_from_record(record: dict[str, Any], where: str) -> TelemetrySnapsh
     on_battery = record.get("on_battery")
     if on_battery is not None and not isinstance(on_battery, bool):
         raise ValueError(f"{where}: field on_battery must be true, false or null, got {on_battery!r}")
-
-    def opt(key: str) -> float | None:
-        value = record.get(key)
-        return None if value is None else float(value)
-
-    return TelemetrySnapshot(
-        cpu_util=float(record["cpu_util"]),
-        mem_available_frac=float(record["mem_available_frac"]),
-        mem_available_gb=float(record["mem_available_gb"]),
-        gpu_util=opt("gpu_util"),
-        vram_free_frac=opt("vram_free_frac"),
-        vram_free_gb=opt("vram_free_gb"),
-        battery_frac=opt("battery_frac"),
-        on_battery=on_battery,
-        timestamp=float(record.get("timestamp") or 0.0),
-        source=str(record.get("source", "live")),
-    )
+    # every number as a float (JSON may hold 1 for 1.0); the required ones are not None (checked above)
+    numbers = {key: None if record.get(key) is None else float(record[key]) for key in _FLOAT_KEYS}
+    numbers["timestamp"] = numbers["timestamp"] or 0.0
+    return TelemetrySnapshot(**numbers, on_battery=on_battery, source=str(record.get("source", "live")))
 
 
 def read_trace(path: str | os.PathLike[str]) -> list[TelemetrySnapshot]:
