@@ -30,6 +30,7 @@ from stable_baselines3 import DQN
 from torch.nn import functional as F
 
 from agents.base import find_sidecar, read_sidecar, write_sidecar
+from dynprune.validation import require_at_least, require_in_range, require_positive
 
 
 def _check_targets_args(rewards: th.Tensor, dones: th.Tensor, *q_next: th.Tensor) -> None:
@@ -228,34 +229,16 @@ class DQNConfig:
 
     def __post_init__(self) -> None:
         """Check every value; raise ``ValueError`` naming the first bad one."""
-        positive = (
-            "learning_rate",
-            "buffer_size",
-            "batch_size",
-            "train_freq",
-            "target_update_interval",
-            "max_grad_norm",
+        require_positive(
+            self, "learning_rate", "buffer_size", "batch_size", "train_freq", "target_update_interval", "max_grad_norm"
         )
-        for name in positive:
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"DQNConfig.{name} must be > 0, got {value!r}")
-        if self.learning_starts < 0:
-            raise ValueError(f"DQNConfig.learning_starts must be >= 0, got {self.learning_starts!r}")
+        require_at_least(self, 0, "learning_starts", "verbose")
         if not (self.gradient_steps >= 1 or self.gradient_steps == -1):
             raise ValueError(
                 f"DQNConfig.gradient_steps must be >= 1 or -1 (as many as env steps), got {self.gradient_steps!r}"
             )
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"DQNConfig.gamma must be in [0, 1], got {self.gamma!r}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"DQNConfig.tau must be in (0, 1], got {self.tau!r}")
-        if not 0.0 < self.exploration_fraction <= 1.0:
-            raise ValueError(f"DQNConfig.exploration_fraction must be in (0, 1], got {self.exploration_fraction!r}")
-        for name in ("exploration_initial_eps", "exploration_final_eps"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"DQNConfig.{name} must be in [0, 1], got {value!r}")
+        require_in_range(self, 0, 1, "gamma", "exploration_initial_eps", "exploration_final_eps")
+        require_in_range(self, 0, 1, "tau", "exploration_fraction", interval="(]")
         if self.exploration_final_eps > self.exploration_initial_eps:
             raise ValueError(
                 f"DQNConfig.exploration_final_eps ({self.exploration_final_eps!r}) must not exceed "
@@ -263,8 +246,6 @@ class DQNConfig:
             )
         if len(self.net_arch) == 0 or any(int(width) < 1 for width in self.net_arch):
             raise ValueError(f"DQNConfig.net_arch must be a non-empty sequence of widths >= 1, got {self.net_arch!r}")
-        if self.verbose < 0:
-            raise ValueError(f"DQNConfig.verbose must be >= 0, got {self.verbose!r}")
 
     def model_kwargs(self) -> dict[str, Any]:
         """The ``DoubleDQN(...)`` keyword arguments these values stand for (``net_arch`` goes in ``policy_kwargs``)."""
