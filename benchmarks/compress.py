@@ -29,7 +29,6 @@ chart: speed-up and size against perplexity) and prints a table.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import math
@@ -40,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import harness
-from benchmarks.utils import write_json
 from dynprune.compress.evaluate import EvalConfig, evaluate, reference, time_pair
 from dynprune.compress.healing import TrainConfig
 from dynprune.compress.pipeline import (
@@ -149,7 +147,7 @@ def _row(method: str, label: str, c: Compressed, ev: dict[str, Any], seconds: fl
     return row
 
 
-def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+def measure(args: Args, lm: PrunableLM | None, checkpoint: harness.Checkpoint) -> dict[str, Any]:
     """Compress a copy of the model by every requested method and measure each against the source."""
     assert lm is not None
     n = lm.geometry.num_layers
@@ -211,7 +209,7 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
               f"({seconds:.0f} s + eval)", flush=True)  # fmt: skip
         del c
         gc.collect()
-        write_json({"partial": True, "args": dataclasses.asdict(args), "rows": rows, "skipped": skipped}, args.out)
+        checkpoint({"partial": True, "rows": rows, "skipped": skipped})  # a run cut short keeps its rows
 
     aa_spread = [rows[0]["speedup"]["min"], rows[0]["speedup"]["max"]]
     sparse = [r for r in rows if r["method"] in ("magnitude", "wanda", "2:4")]
@@ -320,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         data = json.loads(Path(args.out).read_text())
         data.setdefault("pareto_points", pareto_points(data["rows"]))  # results written before the field existed
         return harness.save(data, args.out, table=print_table, files=files)
-    return harness.run(args, measure, table=print_table, files=files)
+    return harness.run(args, measure, table=print_table, files=files, checkpoints=True)
 
 
 if __name__ == "__main__":

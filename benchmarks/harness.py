@@ -24,7 +24,10 @@ and a ``main(argv)`` that hands them to :func:`run`::
 RNGs, load the model (``model=False`` for scripts that load none or load their own), time
 the whole run, stamp ``args``, ``machine`` and ``wall_s``, write the JSON atomically, write
 every extra file (figures, tables) beside it, and print a header line and the table.
-:func:`save` is that epilogue alone, for modes that redraw existing results.
+:func:`save` is that epilogue alone, for modes that redraw existing results. A long script
+that measures in parts passes ``checkpoints=True`` and calls the :data:`Checkpoint` it gets after
+each part, so a run cut short keeps what it measured; ``machine_extra`` adds keys to ``machine``
+(the GPU's record).
 """
 
 from __future__ import annotations
@@ -99,6 +102,11 @@ class Args:
 A = TypeVar("A", bound=Args)
 Measure = Callable[[A, "PrunableLM | None"], dict[str, Any]]
 """A script's measurement: ``(args, the loaded model or None) -> its own result keys``."""
+Checkpoint = Callable[[dict[str, Any]], None]
+"""Writes the keys measured so far, stamped like the final result, to the JSON: a run cut short
+(a time limit, a crash in a later part) keeps what it measured."""
+MeasureWithCheckpoints = Callable[[A, "PrunableLM | None", Checkpoint], dict[str, Any]]
+"""A measurement of ``run(..., checkpoints=True)``: it also gets a :data:`Checkpoint`."""
 FileWriter = Callable[[dict[str, Any], Path], object]
 """Writes one extra output (a PNG, a markdown table) of a result to the path it is given."""
 
@@ -166,11 +174,13 @@ def save(
 
 def run(
     args: A,
-    measure: Measure[A],
+    measure: Measure[A] | MeasureWithCheckpoints[A],
     *,
     model: bool = True,
     table: Callable[[dict[str, Any]], None] | None = None,
     files: Mapping[str, FileWriter] | None = None,
+    machine_extra: Callable[[Any], dict[str, Any]] | None = None,
+    checkpoints: bool = False,
 ) -> dict[str, Any]:
     """Run one benchmark: fix threads, seed, load the model, measure, stamp, write, print; return the result.
 
@@ -182,6 +192,8 @@ def run(
         model: Load the model before measuring.
         table: Prints the result's table after the header line.
         files: Extra outputs beside the JSON, ``{suffix: writer}`` (see :func:`save`).
+        machine_extra: ``machine_extra(device)`` returns keys added to ``machine`` (e.g. the GPU's record).
+        checkpoints: Call ``measure(args, lm, checkpoint)``; each ``checkpoint(keys so far)`` rewrites the JSON.
 
     The result is ``{"args", "machine", <measure's keys>, "wall_s"}``: ``machine`` is taken
     after the model is loaded and before the measurement (so its load average is the other
@@ -198,12 +210,21 @@ def run(
         print(f"loading {args.model} ...", flush=True)
         lm = load_model(args.model, device=args.device, dtype=args.dtype, calibrate=True)
         print(f"model: {lm}", flush=True)
-    machine = machine_info(lm.device if lm is not None else resolve_device(args.device))
-    measured = measure(args, lm)
-    clash = sorted(set(STAMPS) & set(measured))
-    if clash:
-        raise ValueError(f"a measurement may not return the keys the harness stamps: {clash}")
+    device = lm.device if lm is not None else resolve_device(args.device)
+    machine = machine_info(device)
+    if machine_extra is not None:
+        machine.update(machine_extra(device))
+
+    def stamped(measured: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted(set(STAMPS) & set(measured))
+        if clash:
+            raise ValueError(f"a measurement may not return the keys the harness stamps: {clash}")
+        return {"args": dataclasses.asdict(args), "machine": machine, **measured,
+                "wall_s": time.perf_counter() - t_start}
+
+    def checkpoint(measured: dict[str, Any]) -> None:
+        write_json(stamped(measured), args.out)
+
+    measured = measure(args, lm, checkpoint) if checkpoints else measure(args, lm)  # type: ignore[call-arg]
     machine["load_average_1m_end"] = load_average()
-    result = {"args": dataclasses.asdict(args), "machine": machine, **measured,
-              "wall_s": time.perf_counter() - t_start}
-    return save(result, args.out, table=table, files=files)
+    return save(stamped(measured), args.out, table=table, files=files)

@@ -30,10 +30,7 @@ Writes ``benchmarks/results/kv_cache.json``.
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import harness
-from benchmarks.utils import machine_load, peak_during, rotated, summary
+from benchmarks.utils import machine_load, peak_during, rotated, run_in_child, summary
 from dynprune.models import PrunableLM
 from dynprune.types import Prompt
 
@@ -171,15 +168,8 @@ def child_memory(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run :func:`child_memory` in a new Python process; its JSON is the last line it prints."""
-    code = ("import json, sys; from benchmarks.kv_cache import child_memory; "
-            "r = child_memory(json.loads(sys.argv[1])); print('\\n' + json.dumps(r))")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
-    if proc.returncode != 0:
-        raise RuntimeError(f"kv_cache memory child {spec['action']} failed (exit {proc.returncode}):\n"
-                           f"{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run :func:`child_memory` in a new Python process."""
+    return run_in_child("benchmarks.kv_cache:child_memory", spec, f"kv_cache memory child {spec['action']}")
 
 
 # ----------------------------------------------------------------------------- measurements

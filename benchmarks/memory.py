@@ -36,9 +36,6 @@ Writes ``benchmarks/results/memory.json`` and ``memory.png`` beside it.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import harness
-from benchmarks.utils import TIMED_PROMPT, peak_during, rotated, summary
+from benchmarks.utils import TIMED_PROMPT, peak_during, rotated, run_in_child, summary
 from dynprune.models import PrunableLM
 
 MIB = float(1 << 20)
@@ -188,17 +185,9 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def run_child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run ``CHILDREN[kind](spec)`` in a new Python process; its JSON is the last line it prints."""
-    code = (
-        "import json, sys; from benchmarks.memory import CHILDREN; "
-        f"r = CHILDREN[{kind!r}](json.loads(sys.argv[1])); print('\\n' + json.dumps(r))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory child {kind} {spec.get('action') or spec.get('algo') or ''} failed "
-                           f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run ``CHILDREN[kind](spec)`` in a new Python process."""
+    return run_in_child(f"benchmarks.memory:{CHILDREN[kind].__name__}", spec,
+                        f"memory child {kind} {spec.get('action') or spec.get('algo') or ''}")
 
 
 # ----------------------------------------------------------------------------- main

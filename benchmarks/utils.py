@@ -7,6 +7,7 @@
 - machine: :func:`machine_info` (CPU, cores, threads, versions, device, date, load),
   :func:`load_average`, :func:`machine_load` (other busy processes over half a second).
 - prompts and caches: :func:`seeded_subset` (``envs.run_config``'s), :func:`sweep_logs_dir`, :func:`adapters_file`.
+- processes and agents: :func:`run_in_child` (a measurement in a fresh process), :func:`train_table_ddqn`.
 - timing: :data:`TIMED_PROMPT`, :func:`sync`, :func:`rotated`, :class:`Bottleneck`, :func:`time_apply_restore`,
   :func:`time_cold_build`, :func:`naive_step`.
 - work model: :func:`parse_ks`, :func:`param_counts`, :func:`work_model` (the parameter-count
@@ -20,10 +21,13 @@ import ast
 import dataclasses
 import datetime
 import inspect
+import json
 import os
 import platform
 import re
 import statistics
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -173,12 +177,14 @@ def machine_info(device: Any = "cpu") -> dict[str, Any]:
     }
 
 
-def machine_load(threads: int) -> dict[str, Any]:
+def machine_load(threads: int | None = None) -> dict[str, Any]:
     """Whether other processes shared the CPU: load average and processes busy over a 0.5 s window.
 
-    ``shared`` is True when the 1-minute load average exceeds this run's torch threads or another
-    process used more than 10 % of a core in the window.
+    ``shared`` is True when the 1-minute load average exceeds this run's torch threads (``threads``;
+    None: torch's current count) or another process used more than 10 % of a core in the window.
     """
+    if threads is None:
+        threads = torch.get_num_threads()
     me = os.getpid()
     procs = []
     for p in psutil.process_iter(["pid"]):
@@ -227,6 +233,49 @@ def adapters_file(model_id: str, config: AdapterConfig) -> Path:
     safe = model_id.replace("/", "_").replace("@", "-")
     stem = f"{safe}-b{config.bottleneck}-e{config.epochs}-n{config.n_prompts}-s{config.seq_len}-seed{config.seed}"
     return cache_dir() / "adapters" / f"{stem}.safetensors"
+
+
+# ----------------------------------------------------------------------------- processes and agents
+
+
+def run_in_child(target: str, spec: dict[str, Any], what: str) -> dict[str, Any]:
+    """Run ``target(spec)`` in a fresh Python process and return the dict it returns.
+
+    ``target`` is ``"module:function"`` (e.g. ``"benchmarks.memory:child_plan"``); ``spec`` goes to the
+    child as JSON and the child prints the result as JSON on its last line. A fresh process is what a
+    peak-memory measurement needs: nothing this process loaded counts. Raises ``RuntimeError`` naming
+    ``what`` with the end of the child's stderr when it fails.
+    """
+    module, _, function = target.partition(":")
+    code = (f"import json, sys; from {module} import {function}; "
+            f"r = {function}(json.loads(sys.argv[1])); print('\\n' + json.dumps(r))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedAgent:
+    """An agent and the seconds its training took."""
+
+    model: Any
+    train_s: float
+
+
+def train_table_ddqn(table: Any, reward: str, steps: int, seed: int) -> TrainedAgent:
+    """A Double DQN (``agents.dqn.make_dqn`` defaults) trained ``steps`` steps on a reward table's train split."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401 - registers the ids
+    from agents.dqn import make_dqn
+
+    env = gym.make("DynPruneTable-v0", table=table, reward=reward, split="train")
+    model = make_dqn(env, double=True, seed=seed)
+    t0 = time.perf_counter()
+    model.learn(steps)
+    return TrainedAgent(model, time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- timing
