@@ -50,12 +50,10 @@ Writes ``benchmarks/results/env_cost.json`` and ``env_cost.png`` beside it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import io
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,14 +62,11 @@ import gymnasium as gym
 import numpy as np
 
 from benchmarks import harness
-from benchmarks.utils import machine_info, machine_load, naive_step, parse_args, summary, write_json
-from dynprune.fileio import atomic_write_bytes
-from dynprune.metrics import fix_threads
-from dynprune.models import PrunableLM, load_model
+from benchmarks.utils import machine_load, naive_step, summary
+from dynprune.models import PrunableLM
 from dynprune.runtime import ProfileConfig
 from dynprune.types import Prompt
 
-DEFAULT_OUT = "benchmarks/results/env_cost.json"
 MODES = ("naive", "live", "profiled", "modelled")
 TIMINGS = ("live", "profiled", "modelled")
 PHASES = (
@@ -111,7 +106,7 @@ class Args(harness.Args):
     """measurement rounds pooled per profile cell before it is trusted (ProfileConfig.min_rounds)"""
     modelled_passes: int = 200
     """passes over the step prompts per steady modelled block (one pass is too short to time alone)"""
-    out: str = DEFAULT_OUT
+    out: str = "benchmarks/results/env_cost.json"
     """JSON file to write; the plot goes beside it as <stem>.png"""
     SMOKE_TO_TEMP = True
 
@@ -332,9 +327,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     m = result["machine"]
     ax.set_title(f"DynPrune-v0 step cost: {result['model_id'].split('@')[0]}, {m['device_name']}, {m['date'][:10]}",
                  fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return atomic_write_bytes(path, buf.getvalue())
+    fig.savefig(path, format="png", dpi=110)
+    return path
 
 
 def with_means(b: dict[str, Any], n: int) -> dict[str, Any]:
@@ -347,16 +341,11 @@ def with_means(b: dict[str, Any], n: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; write and return the JSON."""
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """Cold, pooling and steady step blocks of every mode, exploration sweeps, and each step's phases."""
     from dynprune.actions import DEFAULT_TABLE
 
-    args = parse_args(Args, argv)
-    threads = fix_threads(args.threads)
-    t_start = time.perf_counter()
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    print(f"model: {lm}", flush=True)
-    lm.calibrate()  # calibration (or its cache) stays out of every step
+    assert lm is not None  # loaded and calibrated by the harness: calibration stays out of every step
     picked = test_prompts(args.prompts + args.explore_prompts, args.seed)
     step_prompts, sweep_prompts = picked[: args.prompts], picked[args.prompts:]
     rng = np.random.default_rng(args.seed + 1)
@@ -385,8 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sweeps = {t: make_env(t, sweep_prompts) for t in TIMINGS}
     naive_plans = [envs["live"].unwrapped.plan(a) for a in actions]
     lm.warmup()
-    load_start = machine_load(threads)
-    machine = machine_info(lm.device)
+    load_start = machine_load(args.threads)
 
     def run_block(mode: str, passes: int = 1) -> tuple[list[float], list[dict[str, float]]]:
         """``passes`` passes over the step prompts in ``mode``: per-step seconds and phases."""
@@ -489,11 +477,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for mode in TIMINGS
     }
     ratio = steps["modelled"]["steady"]["over_naive"]["median"]
-    load_end = machine_load(threads)
+    load_end = machine_load(args.threads)
     cuda = lm.device.type == "cuda"
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine,
+    return {
         "load": {"start": load_start, "end": load_end},
         "timing": "CUDA events (generation clocks) after a warm-up" if cuda else "time.perf_counter, threads fixed",
         "cuda_measured": cuda,
@@ -521,13 +507,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             + ("Measured on a GPU (NVML telemetry when live)." if cuda
                else "Measured on CPU; nothing CUDA was measured in this run.")
         ),
-        "wall_s": time.perf_counter() - t_start,
     }
-    path = write_json(result, args.out)
-    plot(result, Path(args.out).with_suffix(".png"))
-    print_table(result)
-    print(f"wrote {path} and {Path(args.out).with_suffix('.png')}")
-    return result
 
 
 def statistics_median(values: list[float]) -> float:
@@ -539,7 +519,7 @@ def print_table(result: dict[str, Any]) -> None:
     """Steps/s, ratios and the largest phases."""
     s = result["steps"]
     n = s["naive"]["steps_per_s"]
-    print(f"\nnaive: {n['median']:.3f} steps/s ({n['min']:.3f}-{n['max']:.3f})")
+    print(f"naive: {n['median']:.3f} steps/s ({n['min']:.3f}-{n['max']:.3f})")
     for mode in TIMINGS:
         st, cold = s[mode]["steady"], s[mode]["cold"]
         print(f"{mode}: steady {st['steps_per_s']['median']:.3f} steps/s, x naive {st['over_naive']['median']:.2f} "
@@ -555,6 +535,11 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{label}: " + ", ".join(f"{k} {v['share']:.0%}" for k, v in parts))
     print(f"modelled step over naive step: x{result['modelled_over_naive']:.0f} "
           f"(target >= {result['targets']['modelled_over_naive']:.0f})")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run, write the JSON and the plot and print the table; return the result."""
+    return harness.run(harness.parse_args(Args, argv), measure, table=print_table, files={".png": plot})
 
 
 if __name__ == "__main__":

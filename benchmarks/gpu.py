@@ -50,41 +50,34 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
-import io
 import json
 import re
 import statistics
-import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks import harness
 from benchmarks.utils import (
     Bottleneck,
-    machine_info,
     param_counts,
-    parse_args,
     parse_ks,
     summary,
     time_apply_restore,
     time_cold_build,
     work_model,
-    write_json,
 )
-from dynprune.fileio import atomic_write_bytes
 from dynprune.generation import forward_with_cache
-from dynprune.metrics import fix_threads
 from dynprune.models import PrunableLM, byte_tokenizer, resolve_device, resolve_dtype
 from dynprune.plan import PruningPlan
 from dynprune.selection import layers_plan
 from dynprune.types import ModelGeometry
 
-DEFAULT_OUT = "benchmarks/results/gpu_{device}.json"
 PARTS = ("ceilings", "models", "sparsity", "env", "latency", "nf4", "graphs", "compile")
 CUDA_ONLY = ("ceilings", "sparsity", "nf4", "graphs")
 GIB = float(1 << 30)
@@ -160,17 +153,13 @@ MODEL_MIN_DEFAULT_S = 45.0
 
 
 @dataclass
-class Args:
-    """The suite on a GPU: pruning speed-ups, costs, VRAM, env steps/s, torch.compile, 2:4 and NF4."""
+class Args(harness.Args):
+    """The suite on a GPU: pruning speed-ups, costs, VRAM, env steps/s, torch.compile, 2:4 and NF4.
 
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N"""
+    ``--seed`` seeds the random weights and prompts; ``--model`` is unused (the models are ``--models``)."""
+
     models: str = "auto"
     """comma-separated architecture names (see ARCHITECTURES), or auto: the four real ones on CUDA"""
-    dtype: str = "auto"
-    """auto (bf16 on CUDA, float32 on CPU), float32, float16 or bfloat16"""
-    threads: int | None = None
-    """torch CPU threads (none: torch's default)"""
     parts: str = "all"
     """comma-separated parts to run (ceilings, models, sparsity, env, latency, nf4, graphs, compile) or all"""
     budget_s: float = 400.0
@@ -217,17 +206,15 @@ class Args:
     """architecture of the NF4 part"""
     sparse_tokens: str = "1,8,128,1024,4096"
     """token counts (rows of the activation) of the 2:4 matmul timings"""
-    seed: int = 0
-    """seed of the random weights and prompts"""
-    out: str = DEFAULT_OUT
+    out: str = "benchmarks/results/gpu_{device}.json"
     """JSON file to write ({device} becomes the GPU's name); the PNG goes beside it"""
     from_json: str = ""
     """comma-separated result files to merge instead of measuring (later files fill the models and parts
     that earlier ones skipped); writes the merged JSON to --out and its PNG"""
-    smoke: bool = False
-    """tiny configs, few repeats, eager compile backend (for the test suite); writes to --out or a temp file"""
+    SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
+        # --smoke: tiny configs, few repeats, eager compile backend; --out or the temp folder
         if self.smoke:
             if self.models == "auto":
                 self.models = SMOKE_MODELS
@@ -236,12 +223,10 @@ class Args:
             self.repeats, self.apply_repeats, self.cold_repeats, self.calib_prompts = 2, 10, 1, 4
             self.env_steps, self.env_prompts, self.env_new_tokens, self.latency_points = 4, 2, 4, 8
             self.compile_backend, self.compile_plans, self.sparse_tokens = "eager", "full,skip,full", "8"
-            if self.out == DEFAULT_OUT:  # never overwrite real results with a smoke run
-                self.out = str(Path(tempfile.gettempdir()) / "gpu_smoke_{device}.json")
-        for name in ("prompt_tokens", "new_tokens", "repeats", "apply_repeats", "cold_repeats", "calib_prompts",
-                     "env_steps", "env_prompts", "env_new_tokens", "latency_points"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
+        self.out = self.out.replace("{device}", device_slug(resolve_device(self.device)))
+        self.require_positive("prompt_tokens", "new_tokens", "repeats", "apply_repeats", "cold_repeats",
+                              "calib_prompts", "env_steps", "env_prompts", "env_new_tokens", "latency_points")
         if self.new_tokens < 2:
             raise ValueError(f"new_tokens must be >= 2 (a prefill and at least one decode step), got {self.new_tokens}")
         if not 0.0 < self.head_fraction < 1.0:
@@ -1163,31 +1148,19 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     m = result.get("machine", {})
     fig.suptitle(f"{m.get('device_name', '?')}, torch {m.get('torch', '?')}, transformers "
                  f"{m.get('transformers', '?')}, {m.get('date', '')[:10]}", fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return atomic_write_bytes(path, buf.getvalue())
+    fig.savefig(path, format="png", dpi=100)
+    return path
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the parts in order within the budget; write the JSON after each and the PNG at the end."""
-    args = parse_args(Args, argv)
-    if args.from_json:
-        return merge_results([Path(p.strip()) for p in args.from_json.split(",") if p.strip()], Path(args.out))
-    fix_threads(args.threads)
+def measure(args: Args, lm: None, checkpoint: harness.Checkpoint) -> dict[str, Any]:
+    """Run the parts in order within the budget; checkpoint the JSON after each."""
     device = resolve_device(args.device)
-    if device.type != "cuda" and not args.smoke and args.models == "auto":
-        print("gpu: no CUDA device; nothing measured. Use --device cuda on a GPU machine, --smoke on a CPU, "
-              "or name small --models to run the CPU-capable parts.", flush=True)
-        return {"skipped": "no CUDA device"}
     dtype = resolve_dtype(args.dtype, device)
     budget = Budget(args.budget_s)
-    path = Path(args.out.replace("{device}", device_slug(device)))
     result: dict[str, Any] = {
-        "args": dataclasses.asdict(args),
-        "machine": {**machine_info(device), "gpu": gpu_record(device)},
         "dtype": str(dtype),
         "timing": "CUDA events after a warm-up" if device.type == "cuda" else "time.perf_counter",
         "models": {},
@@ -1195,9 +1168,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
 
     def save() -> None:
-        result["wall_s"] = budget.elapsed()
         result["summary"] = headline(result)
-        write_json(result, path)
+        checkpoint(result)
 
     for part in args.part_names():
         if part in CUDA_ONLY and device.type != "cuda":
@@ -1239,10 +1211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["parts"][part] = out
         free_memory(device)
         save()
-    save()
-    png = plot(result, path.with_suffix(".png"))
-    print_table(result)
-    print(f"wrote {path} and {png} in {budget.elapsed():.0f} s")
+    result["summary"] = headline(result)
     return result
 
 
@@ -1269,11 +1238,8 @@ def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
                               "args": r.get("args")} for p, r in zip(paths, runs, strict=True)]
     merged["summary"] = headline(merged)
     merged.pop("wall_s", None)
-    write_json(merged, out)
-    png = plot(merged, out.with_suffix(".png"))
-    print_table(merged)
-    print(f"merged {', '.join(p.name for p in paths)} into {out} and {png}")
-    return merged
+    print(f"merged {', '.join(p.name for p in paths)}")
+    return harness.save(merged, out, table=print_table, files=FILES)
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -1292,6 +1258,22 @@ def print_table(result: dict[str, Any]) -> None:
     for part, out in result["parts"].items():
         state = out.get("error") or out.get("skipped") or f"done in {out.get('wall_s', 0):.0f} s"
         print(f"part {part}: {state}")
+
+
+FILES = {".png": plot}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the parts in order within the budget (or merge runs with --from-json); write JSON and PNG."""
+    args = harness.parse_args(Args, argv)
+    if args.from_json:
+        return merge_results([Path(p.strip()) for p in args.from_json.split(",") if p.strip()], Path(args.out))
+    if resolve_device(args.device).type != "cuda" and not args.smoke and args.models == "auto":
+        print("gpu: no CUDA device; nothing measured. Use --device cuda on a GPU machine, --smoke on a CPU, "
+              "or name small --models to run the CPU-capable parts.", flush=True)
+        return {"skipped": "no CUDA device"}
+    return harness.run(args, measure, model=False, table=print_table, files=FILES,
+                       machine_extra=lambda device: {"gpu": gpu_record(device)}, checkpoints=True)
 
 
 if __name__ == "__main__":

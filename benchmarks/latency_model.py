@@ -37,13 +37,14 @@ import dataclasses
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from benchmarks import harness
-from benchmarks.utils import machine_info, machine_load, parse_args, summary, write_json
+from benchmarks.utils import machine_load, summary
 from dynprune.actions import DEFAULT_TABLE, entry_plan
 from dynprune.latency_model import (
     PLAN_KINDS,
@@ -59,13 +60,11 @@ from dynprune.latency_model import (
     sample_lengths,
     save_latency_model,
 )
-from dynprune.metrics import fix_threads
-from dynprune.models import PrunableLM, load_model
+from dynprune.models import PrunableLM
 from dynprune.plan import PruningPlan
 from dynprune.runtime import LatencyProfile, ProfileConfig
 from dynprune.types import LatencyPoint
 
-DEFAULT_OUT = "benchmarks/results/latency_model.json"
 TARGETS = {"median_abs_rel_error": 0.02, "p90_abs_rel_error": 0.05}
 
 
@@ -103,8 +102,7 @@ class Args(harness.Args):
     """held-out points on which the latency profile (timing="profiled") is also measured"""
     save_model: bool = True
     """also write the fitted model to the cache (what timing="modelled" then uses)"""
-    out: str = DEFAULT_OUT
-    """JSON file to write"""
+    out: str = "benchmarks/results/latency_model.json"
     SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
@@ -142,16 +140,10 @@ def profile_speedup(lm: PrunableLM, plan: PruningPlan, point: LatencyPoint, rng:
     return cell.speedup(point.new_tokens)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; write and return the JSON."""
-    args = parse_args(Args, argv)
-    threads = fix_threads(args.threads)
-    t_start = time.perf_counter()
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    print(f"model: {lm}", flush=True)
-    lm.calibrate()  # calibration (or its cache) stays out of every timing
-    load_start = machine_load(threads)
-    machine = machine_info(lm.device)
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """Fit (or load) the latency model, measure held-out points, and the alternatives on the same points."""
+    assert lm is not None  # loaded and calibrated by the harness: calibration stays out of every timing
+    load_start = machine_load(args.threads)
     prompt_range, answer_range = (args.prompt_min, args.prompt_max), (args.answer_min, args.answer_max)
 
     # (1) fit
@@ -208,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row["profiled_abs_rel_error"] = abs(pred / p.measured_ratio - 1.0)
         profiled.append(row["profiled_abs_rel_error"])
         print(f"  {name:<18} profile x{pred:.3f} measured x{p.measured_ratio:.3f}", flush=True)
-    load_end = machine_load(threads)
+    load_end = machine_load(args.threads)
 
     err = model.point_error(points)
     by_kind = {k: dataclasses.asdict(error_summary([r["abs_rel_error"] for r in rows if r["kind_group"] == k]))
@@ -216,9 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     met = {"median_abs_rel_error": err.median_abs_rel_error <= TARGETS["median_abs_rel_error"],
            "p90_abs_rel_error": err.p90_abs_rel_error <= TARGETS["p90_abs_rel_error"]}
     loads = [r["load_average_1m"] for r in rows]
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine,
+    return {
         "load": {"start": load_start, "end": load_end, "load_average_1m_during": summary(loads)},
         "model_id": lm.model_id,
         "latency_model": model.to_dict(),
@@ -251,12 +241,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "min_rounds times) on the first profile_points points. load_average_1m per point: os.getloadavg() "
             f"after the point (the machine has {os.cpu_count()} logical cores; other jobs share it)."
         ),
-        "wall_s": time.perf_counter() - t_start,
     }
-    path = write_json(result, args.out)
-    print(f"\nheld-out speed-up error over {err.n} points: median {err.median_abs_rel_error:.4f} "
-          f"(target <= {TARGETS['median_abs_rel_error']}), p90 {err.p90_abs_rel_error:.4f} "
-          f"(target <= {TARGETS['p90_abs_rel_error']}), max {err.max_abs_rel_error:.4f}")
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The held-out error against the targets, beside one live sample's and the latency profile's."""
+    err = result["held_out"]
+    print(f"held-out speed-up error over {err['points']} points: median {err['median_abs_rel_error']:.4f} "
+          f"(target <= {TARGETS['median_abs_rel_error']}), p90 {err['p90_abs_rel_error']:.4f} "
+          f"(target <= {TARGETS['p90_abs_rel_error']}), max {err['max_abs_rel_error']:.4f}")
     s = result["single_live_sample"]
     print(f"one live sample: median {s['median_abs_rel_error']:.4f}, p90 {s['p90_abs_rel_error']:.4f}")
     if result["profiled"]:
@@ -264,8 +257,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"latency profile: median {pr['median_abs_rel_error']:.4f}, p90 {pr['p90_abs_rel_error']:.4f} "
               f"({pr['n']} points)")
     print(f"load average during: {result['load']['load_average_1m_during']}")
-    print(f"wrote {path}")
-    return result
 
 
 def point_row(model: LatencyModel, name: str, p: LatencyPoint) -> dict[str, Any]:
@@ -296,6 +287,11 @@ def point_row(model: LatencyModel, name: str, p: LatencyPoint) -> dict[str, Any]
                         "full_step": model.step_s(p.full, ctx), "plan_step": model.step_s(p.shapes, ctx)},
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
     }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run, write the JSON and print the table; return the result."""
+    return harness.run(harness.parse_args(Args, argv), measure, table=print_table)
 
 
 if __name__ == "__main__":

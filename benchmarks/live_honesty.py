@@ -30,7 +30,6 @@ Writes ``benchmarks/results/live_honesty.json``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import statistics
@@ -38,21 +37,20 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from benchmarks import harness
-from benchmarks.utils import machine_info, machine_load, parse_args, summary, write_json
+from benchmarks.utils import machine_load, summary
 from dynprune.actions import DEFAULT_TABLE, entry_plan
-from dynprune.metrics import fix_threads
-from dynprune.models import PrunableLM, load_model
+from dynprune.models import PrunableLM
 from dynprune.plan import PruningPlan
 from dynprune.runtime import PlanEvaluator
 from dynprune.types import Prompt
 
-DEFAULT_OUT = "benchmarks/results/live_honesty.json"
 TARGETS = {"after_median_abs_error": 0.05}
 
 
@@ -76,8 +74,7 @@ class Args(harness.Args):
     """shortest time between two background switches"""
     switch_max_s: float = 1.5
     """longest time between two background switches"""
-    out: str = DEFAULT_OUT
-    """JSON file to write"""
+    out: str = "benchmarks/results/live_honesty.json"
     SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
@@ -179,16 +176,11 @@ def record_paired_runs() -> list[Any]:
     return runs
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; write and return the JSON."""
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """Each point's speed-up by the reference, the old live step and the paired live step, under switching load."""
     from dynprune.tasks import load_prompts
 
-    args = parse_args(Args, argv)
-    threads = fix_threads(args.threads)
-    t_start = time.perf_counter()
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    print(f"model: {lm}", flush=True)
-    lm.calibrate()
+    assert lm is not None
     pool = load_prompts("dynprune", split="test")
     idx = np.random.default_rng(args.seed).choice(len(pool), size=min(args.prompts, len(pool)), replace=False)
     prompts: list[Prompt] = [pool[int(i)] for i in idx]
@@ -201,8 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bases = [ev.baseline(p) for p in prompts]
     for (_, plan), p in zip(plans, prompts, strict=True):  # first-call costs (slices, quality pass) stay out
         ev.quality(p, plan)
-    load_start = machine_load(threads)
-    machine = machine_info(lm.device)
+    load_start = machine_load(args.threads)
     bg = Background(args.busy or os.cpu_count() or 1, args.switch_min_s, args.switch_max_s, args.seed)
     rows: list[dict[str, Any]] = []
     try:
@@ -232,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         on_s, switches = bg.on_seconds, bg.switches
         bg.close()
-    load_end = machine_load(threads)
+    load_end = machine_load(args.threads)
     before_err = [r["before_abs_error"] for r in rows]
     after_err = [r["after_abs_error"] for r in rows]
     after_sum_err = [r["after_sum_abs_error"] for r in rows]
@@ -241,9 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"median_abs_error": float(np.median(errors)), "p90_abs_error": float(np.percentile(errors, 90)),
                 "max_abs_error": float(np.max(errors)), "n": len(errors)}
 
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine,
+    return {
         "load": {"start": load_start, "end": load_end,
                  "load_average_1m_during": summary([r["load_average_1m"] for r in rows if r["load_average_1m"]])
                  if any(r["load_average_1m"] for r in rows) else None},
@@ -266,15 +255,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "abs_error = |speed-up - reference|. Other jobs share "
             "the machine too (load recorded)."
         ),
-        "wall_s": time.perf_counter() - t_start,
     }
-    path = write_json(result, args.out)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The error of the old and the paired live step against the reference."""
     b, a, s = result["before"], result["after"], result["after_sum"]
-    print(f"\n|error| vs reference over {a['n']} steps: before median {b['median_abs_error']:.3f} "
+    print(f"|error| vs reference over {a['n']} steps: before median {b['median_abs_error']:.3f} "
           f"(p90 {b['p90_abs_error']:.3f}); after median {a['median_abs_error']:.3f} (p90 {a['p90_abs_error']:.3f}), "
           f"target <= {TARGETS['after_median_abs_error']}; after, summed times: median {s['median_abs_error']:.3f}")
-    print(f"wrote {path}")
-    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run, write the JSON and print the table; return the result."""
+    return harness.run(harness.parse_args(Args, argv), measure, table=print_table)
 
 
 if __name__ == "__main__":

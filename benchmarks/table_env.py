@@ -22,10 +22,10 @@ Writes ``benchmarks/results/table_env.json``.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,16 +34,22 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401 - registers the ids
-from benchmarks.utils import machine_info, machine_load, parse_args, smoke_table, summary, write_json
+from benchmarks import harness
+from benchmarks.utils import machine_load, smoke_table, summary, train_table_ddqn
 
-DEFAULT_OUT = "benchmarks/results/table_env.json"
 TARGETS = {"steps_per_s": 20_000}
 
 
 @dataclass
-class Args:
-    """Table env: DynPruneTable-v0 steps/s, and a Double DQN trained on the table."""
+class Args(harness.Args):
+    """Table env: DynPruneTable-v0 steps/s, and a Double DQN trained on the table.
 
+    No model is loaded (``--smoke`` builds a table of a few prompts on tiny-llama first)."""
+
+    device: str = "cpu"
+    """where the run is recorded to have run (the table env computes nothing on a device)"""
+    threads: int | None = 1
+    """torch CPU threads (the agent's); 1 on a CPU shared with other jobs"""
     table: str = "smollm2-135m"
     """reward table: a file, or the name of a table shipped in envs/tables/"""
     reward: str = "casrap"
@@ -56,21 +62,15 @@ class Args:
     """Double DQN training steps on the train split (0: skip)"""
     eval_episodes: int = 20
     """seeded passes over the test split (each draws load and budget anew) for the held-out scores"""
-    seed: int = 0
-    """seed of the actions, the agent and the evaluation"""
-    out: str = DEFAULT_OUT
-    """JSON file to write"""
-    smoke: bool = False
-    """quick check: builds a table of a few prompts on tiny-llama, short blocks, short training"""
+    out: str = "benchmarks/results/table_env.json"
+    SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
+        # --smoke: a tiny-llama table, short blocks, short training; --out or the temp folder
         if self.smoke:
             self.steps, self.blocks, self.ddqn_steps, self.eval_episodes = 2_000, 2, 300, 2
-            if self.out == DEFAULT_OUT:  # never overwrite the real results with a smoke run
-                self.out = str(Path(tempfile.gettempdir()) / "table_env_smoke.json")
-        for name in ("steps", "blocks", "eval_episodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
+        self.require_positive("steps", "blocks", "eval_episodes")
 
 
 def speed(table: str, reward: str, steps: int, blocks: int, per_episode: int, seed: int) -> dict[str, Any]:
@@ -120,20 +120,12 @@ def held_out_scores(model: Any, table: str, reward: str, episodes: int, seed: in
             "ddqn_actions": {name: int(c) for name, c in zip(core.action_names, counts, strict=True)}}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; write and return the JSON."""
-    import torch
-
-    args = parse_args(Args, argv)
-    torch.set_num_threads(1)
-    t_start = time.perf_counter()
+def measure(args: Args, lm: None) -> dict[str, Any]:
+    """Steps/s of one- and ten-prompt episodes; a Double DQN trained and scored on the table."""
     table = args.table
-    tmp = None
     if args.smoke:
-        tmp = Path(tempfile.mkdtemp(prefix="table-env-smoke-"))
-        table = str(smoke_table(tmp))
-    load_start = machine_load(1)
-    machine = machine_info("cpu")
+        table = str(smoke_table(Path(tempfile.mkdtemp(prefix="table-env-smoke-"))))
+    load_start = machine_load(args.threads)
     print(f"(1) speed: {args.blocks} blocks x {args.steps} steps ...", flush=True)
     one = speed(table, args.reward, args.steps, args.blocks, 1, args.seed)
     ten = speed(table, args.reward, args.steps, args.blocks, 10, args.seed)
@@ -142,27 +134,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{ten['steps_per_s']['median']:.0f} steps/s", flush=True)
     ddqn: dict[str, Any] | None = None
     if args.ddqn_steps:
-        from agents.dqn import make_dqn
-
         print(f"(2) Double DQN: {args.ddqn_steps} steps on the train split ...", flush=True)
-        env = gym.make("DynPruneTable-v0", table=table, reward=args.reward, split="train")
-        model = make_dqn(env, double=True, seed=args.seed)
-        t0 = time.perf_counter()
-        model.learn(args.ddqn_steps)
-        train_s = time.perf_counter() - t0
-        ddqn = {"steps": args.ddqn_steps, "train_s": train_s,
-                **held_out_scores(model, table, args.reward, args.eval_episodes, args.seed)}
-        print(f"  trained in {train_s:.0f} s; held-out mean reward: ddqn {ddqn['mean_reward']['ddqn']:+.3f}, "
+        agent = train_table_ddqn(table, args.reward, args.ddqn_steps, args.seed)
+        ddqn = {"steps": args.ddqn_steps, "train_s": agent.train_s,
+                **held_out_scores(agent.model, table, args.reward, args.eval_episodes, args.seed)}
+        print(f"  trained in {agent.train_s:.0f} s; held-out mean reward: ddqn {ddqn['mean_reward']['ddqn']:+.3f}, "
               f"best static ({ddqn['best_static']}) {ddqn['mean_reward'][ddqn['best_static']]:+.3f}, "
               f"oracle {ddqn['mean_reward']['oracle']:+.3f}, random {ddqn['mean_reward']['random']:+.3f}", flush=True)
-    load_end = machine_load(1)
+    load_end = machine_load(args.threads)
     from dynprune.table import read_table
     from envs.table_env import table_path
 
     meta = read_table(table_path(table)).meta
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine,
+    return {
         "load": {"start": load_start, "end": load_end},
         "table": {"file": str(table_path(table)), "model_id": meta["model_id"],
                   "max_new_tokens": meta["max_new_tokens"], "timing": meta.get("timing")},
@@ -178,11 +162,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "make_dqn defaults, trained on the table's train split; held-out scores on the test split from the table "
             "(modelled rewards), eval_episodes seeded passes each drawing load scenarios and budgets anew."
         ),
-        "wall_s": time.perf_counter() - t_start,
     }
-    path = write_json(result, args.out)
-    print(f"steps/s {result['steps_per_s']:.0f} (target >= {TARGETS['steps_per_s']}); wrote {path}")
-    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """Steps/s against the target."""
+    print(f"steps/s {result['steps_per_s']:.0f} (target >= {TARGETS['steps_per_s']})")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run, write the JSON and print the table; return the result."""
+    return harness.run(harness.parse_args(Args, argv), measure, model=False, table=print_table)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,9 @@ import numpy as np
 
 import envs  # noqa: F401 - registers the ids
 from benchmarks import harness
-from benchmarks.utils import machine_info, machine_load, parse_args, smoke_table, write_json
-from dynprune.metrics import fix_threads
-from dynprune.models import load_model
+from benchmarks.utils import machine_load, smoke_table, train_table_ddqn
+from dynprune.models import PrunableLM
 
-DEFAULT_OUT = "benchmarks/results/table_vs_live.json"
 TARGETS = {"spearman": 0.9}
 
 
@@ -58,8 +57,7 @@ class Args(harness.Args):
     """reward of both envs"""
     ddqn_steps: int = 30_000
     """Double DQN training steps on the table's train split"""
-    out: str = DEFAULT_OUT
-    """JSON file to write"""
+    out: str = "benchmarks/results/table_vs_live.json"
     SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
@@ -86,41 +84,29 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; write and return the JSON."""
-    from agents.dqn import make_dqn
+def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
+    """A Double DQN trained on the table; every action of the held-out prompts read from the table and run live."""
     from dynprune.table import read_table
     from dynprune.tasks import load_prompts
     from envs.table_env import table_path
 
-    args = parse_args(Args, argv)
-    threads = fix_threads(args.threads)
-    t_start = time.perf_counter()
+    assert lm is not None
     table = args.table
-    lm = None
     if args.smoke:
-
         table = str(smoke_table(Path(tempfile.mkdtemp(prefix="tvl-smoke-"))))
     data = read_table(table_path(table))
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     if lm.model_id != data.meta["model_id"]:
         raise ValueError(f"the table was built on {data.meta['model_id']}, not on {lm.model_id}")
-    lm.calibrate()
     test_ids = [str(x) for x in data.select("test").prompts["prompt_id"]]
     rng = np.random.default_rng(args.seed)
     chosen = sorted(rng.choice(len(test_ids), size=min(args.prompts, len(test_ids)), replace=False).tolist())
     ids = [test_ids[i] for i in chosen]
     by_id = {p.id: p for p in load_prompts(data.meta["prompts"], split="test")}
     prompts = [by_id[i] for i in ids]
-    load_start = machine_load(threads)
-    machine = machine_info(lm.device)
+    load_start = machine_load(args.threads)
 
     print(f"(1) Double DQN: {args.ddqn_steps} steps on the table's train split ...", flush=True)
-    train_env = gym.make("DynPruneTable-v0", table=table, reward=args.reward, split="train")
-    model = make_dqn(train_env, double=True, seed=args.seed)
-    t0 = time.perf_counter()
-    model.learn(args.ddqn_steps)
-    train_s = time.perf_counter() - t0
+    agent = train_table_ddqn(table, args.reward, args.ddqn_steps, args.seed)
 
     # both envs: these prompts in this order, one seeded reset, so every prompt sees the same load draw
     subset = dataclasses.replace(data, prompts={k: v[np.isin(data.prompts["prompt_id"], ids)] for k, v in
@@ -148,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise RuntimeError(f"prompt {order[i]}: the table's observation differs from the live env's")
         table_r[i] = tab.unwrapped.action_rewards()
         live_r[i] = [r.reward for r in live.unwrapped.action_records()]
-        picks.append(int(model.predict(obs_t, deterministic=True)[0]))
+        picks.append(int(agent.model.predict(obs_t, deterministic=True)[0]))
         el = time.perf_counter() - t0
         print(f"  {i + 1}/{len(prompts)} {order[i]}: ddqn {names[picks[-1]]}, "
               f"eta {el / (i + 1) * (len(prompts) - i - 1):.0f} s", flush=True)
@@ -164,14 +150,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rho = spearman([agents[k][0] for k in keys], [agents[k][1] for k in keys])
     no_oracle = [k for k in keys if k != "oracle"]
     rho_no_oracle = spearman([agents[k][0] for k in no_oracle], [agents[k][1] for k in no_oracle])
-    load_end = machine_load(threads)
-    result = {
-        "args": dataclasses.asdict(args),
-        "machine": machine,
+    load_end = machine_load(args.threads)
+    return {
         "load": {"start": load_start, "end": load_end},
         "model_id": lm.model_id,
         "prompt_ids": order,
-        "ddqn": {"steps": args.ddqn_steps, "train_s": train_s,
+        "ddqn": {"steps": args.ddqn_steps, "train_s": agent.train_s,
                  "actions": {n: int(np.sum(np.asarray(picks) == a)) for a, n in enumerate(names)}},
         "mean_reward": {k: {"table": v[0], "live": v[1]} for k, v in agents.items()},
         "rank_table": sorted(keys, key=lambda k: -agents[k][0]),
@@ -189,14 +173,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "table's train split. oracle: the best action per prompt on each side's own rewards. spearman: rank "
             "correlation of the agents' table and live means (ties share ranks)."
         ),
-        "wall_s": time.perf_counter() - t_start,
     }
-    path = write_json(result, args.out)
-    print(f"\n{'agent':<20} {'table':>8} {'live':>8}")
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """Each agent's mean reward on the table and live, in the table's order; the rank correlations."""
+    print(f"{'agent':<20} {'table':>8} {'live':>8}")
     for k in result["rank_table"]:
-        print(f"{k:<20} {agents[k][0]:>+8.3f} {agents[k][1]:>+8.3f}")
-    print(f"Spearman {rho:.3f} (target >= {TARGETS['spearman']}); without the oracle {rho_no_oracle:.3f}; wrote {path}")
-    return result
+        r = result["mean_reward"][k]
+        print(f"{k:<20} {r['table']:>+8.3f} {r['live']:>+8.3f}")
+    rho, rho_no_oracle = result["spearman"], result["spearman_without_oracle"]
+    print(f"Spearman {rho:.3f} (target >= {TARGETS['spearman']}); without the oracle {rho_no_oracle:.3f}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, run, write the JSON and print the table; return the result."""
+    return harness.run(harness.parse_args(Args, argv), measure, table=print_table)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ from benchmarks.utils import field_docs, parse_args
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SHARED = {"__init__", "cli", "harness", "utils"}
-NOT_PORTED = {"env_cost", "gpu", "latency_model", "healing", "table_env", "live_honesty", "table_vs_live"}
+NOT_PORTED = {"healing"}
 """Scripts whose owners move them onto the harness themselves (they still import other scripts' helpers)."""
+DEFAULT_OUT = {"gpu": "benchmarks/results/gpu_{device}.json"}
+"""Default result files not named ``benchmarks/results/<script>.json`` ({device}: the GPU's name)."""
 
 
 @dataclass
@@ -97,6 +100,31 @@ def test_run_loads_the_model_and_refuses_stamp_keys(tmp_path: Path) -> None:
     assert not (tmp_path / "c.json").exists()  # nothing written when the measurement is refused
 
 
+def test_checkpoints_write_what_was_measured_before_a_failure(tmp_path: Path) -> None:
+    out = tmp_path / "c.json"
+
+    def measure(a: Args, lm: Any, checkpoint: harness.Checkpoint) -> dict[str, Any]:
+        checkpoint({"parts": {"first": 1}})
+        raise RuntimeError("the second part crashed")
+
+    args = parse_args(Args, ["--out", str(out), "--threads", "1"])
+    with pytest.raises(RuntimeError, match="second part"):
+        harness.run(args, measure, model=False, checkpoints=True, machine_extra=lambda device: {"gpu": str(device)})
+    saved = json.loads(out.read_text())
+    assert list(saved) == ["args", "machine", "parts", "wall_s"] and saved["parts"] == {"first": 1}
+    assert saved["machine"]["gpu"] == saved["machine"]["device"]  # machine_extra's keys join the machine's
+    with pytest.raises(ValueError, match=r"\['machine'\]"):
+        harness.run(args, lambda a, lm, checkpoint: checkpoint({"machine": 1}), model=False, checkpoints=True)
+
+
+def test_run_in_child_returns_the_childs_dict_and_names_a_failure() -> None:
+    from benchmarks.utils import run_in_child
+
+    assert run_in_child("json:loads", "[1, 2]", "loads") == [1, 2]  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match=r"(?s)the broken child failed \(exit 1\).*JSONDecodeError"):
+        run_in_child("json:loads", "{", "the broken child")  # type: ignore[arg-type]
+
+
 def test_a_failing_writer_leaves_no_file(tmp_path: Path) -> None:
     def broken(result: dict[str, Any], path: Path) -> None:
         path.write_bytes(b"half")
@@ -133,7 +161,10 @@ def test_no_script_imports_another_script() -> None:
 
 
 def test_every_ported_script_runs_on_the_harness() -> None:
+    """Its Args subclass harness.Args (model / device / dtype / threads / seed / out / smoke declared once), its
+    entry point is ``main(argv)`` and it hands its measurement to ``harness.run`` (no prologue or JSON of its own)."""
     import importlib
+    import inspect
 
     from benchmarks.cli import BENCHMARKS as REGISTRY
 
@@ -142,22 +173,12 @@ def test_every_ported_script_runs_on_the_harness() -> None:
             continue
         module = importlib.import_module(module_name)
         assert issubclass(module.Args, harness.Args), name
-        assert harness.default_of(module.Args, "out") == f"benchmarks/results/{name}.json", name
-
-
-def test_every_script_with_a_model_shares_the_common_args() -> None:
-    """model / device / dtype / threads / seed / out / smoke are declared once (harness.Args), also by the scripts
-    that still write their own JSON; gpu and healing build their own models, table_env loads none."""
-    import importlib
-
-    from benchmarks.cli import BENCHMARKS as REGISTRY
-
-    for name, module_name in REGISTRY.items():
-        if name in {"gpu", "healing", "table_env"}:
-            continue
-        args = importlib.import_module(module_name).Args
-        assert issubclass(args, harness.Args), name
-        assert harness.default_of(args, "out") == f"benchmarks/results/{name}.json", name
+        assert harness.default_of(module.Args, "out") == DEFAULT_OUT.get(name, f"benchmarks/results/{name}.json")
+        assert list(inspect.signature(module.main).parameters) == ["argv"], name
+        source = inspect.getsource(module)
+        assert "harness.run(" in source, name
+        for own in (r"\bwrite_json\(", r"\bmachine_info\(", r"\bfix_threads\(args"):
+            assert not re.search(own, source), f"{name} calls {own} itself"
 
 
 def test_policy_headroom_default_sweep_is_offline_rl_default() -> None:
