@@ -59,6 +59,7 @@ import numpy as np
 from dynprune.fileio import atomic_write_json
 from dynprune.plan import PruningPlan
 from dynprune.types import LatencyPoint, PlanShapes
+from dynprune.validation import require_at_least, require_in_range
 
 if TYPE_CHECKING:
     from dynprune.models import PrunableLM
@@ -455,12 +456,9 @@ class LatencyCalibration:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.points < 4:
-            raise ValueError(f"points must be >= 4, got {self.points}")
-        if not 0.0 <= self.holdout < 1.0:
-            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
-        if self.repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        require_at_least(self, 4, "points")
+        require_in_range(self, 0, 1, "holdout", interval="[)")
+        require_at_least(self, 1, "repeats")
         lo, hi = self.prompt_tokens
         if not 1 <= lo <= hi:
             raise ValueError(f"prompt_tokens must satisfy 1 <= low <= high, got {self.prompt_tokens}")

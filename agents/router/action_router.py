@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.router.losses import ConfigLogProb, dpo_loss, orpo_loss
+from dynprune.validation import require_at_least, require_one_of, require_positive
 
 __all__ = ["METHODS", "ActionRouter", "ActionRouterConfig", "preference_pairs", "router_features",
            "train_action_router"]
@@ -69,16 +70,10 @@ class ActionRouterConfig:
     weight_decay: float = 1e-4
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        for name in ("hidden", "epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "beta"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.margin < 0 or self.weight_decay < 0:
-            raise ValueError(f"margin and weight_decay must be >= 0, got {self.margin} and {self.weight_decay}")
+        require_one_of(self, "method", METHODS)
+        require_at_least(self, 1, "hidden", "epochs")
+        require_positive(self, "lr", "beta")
+        require_at_least(self, 0, "margin", "weight_decay")
 
 
 class ActionRouter(nn.Module):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from dynprune.fileio import atomic_dir, atomic_write_json
+from dynprune.validation import require_at_least, require_one_of
 
 METADATA_FILE = "dynprune_compress.json"
 EVAL_FILE = "eval.json"
@@ -69,12 +70,9 @@ class CompressionMetadata:
     format: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.quantization not in (None, "int8_dynamic", "nf4"):
-            raise ValueError(f"quantization must be None, 'int8_dynamic' or 'nf4', got {self.quantization!r}")
-        if self.num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        require_one_of(self, "method", METHODS)
+        require_one_of(self, "quantization", (None, "int8_dynamic", "nf4"))
+        require_at_least(self, 1, "num_layers")
         self.removed_layers = tuple(int(i) for i in self.removed_layers)
 
     @property

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from dynprune.compress.healing import PROJECTIONS
+from dynprune.validation import require_in_range, require_one_of
 
 METHODS = ("magnitude", "wanda", "2:4")
 
@@ -47,12 +48,8 @@ class SparsityConfig:
     sparsity: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"sparsity method must be one of {METHODS}, got {self.method!r}")
-        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, int | float):
-            raise ValueError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        require_one_of(self, "method", METHODS)
+        require_in_range(self, 0, 1, "sparsity", interval="[)")
         if self.method == "2:4" and self.sparsity != 0.5:
             raise ValueError(f"2:4 sparsity is 0.5 by construction, got sparsity={self.sparsity}")
 
