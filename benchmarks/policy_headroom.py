@@ -122,7 +122,7 @@ def sweep_from_rows(rows: list[dict[str, Any]], names: list[str], speedup: str =
         table = [
             # CASRAP reads no fidelity: the logged token agreement stands in for the prefix fidelity
             {**r, "reward": casrap(Outcome(speedup=means[r["action"]], baseline_ppl=r["baseline_ppl"],
-                                           pruned_ppl=r["ppl"], prefix_fidelity=r["fidelity"],
+                                           pruned_ppl=r["ppl"], prefix_fidelity=r["token_agreement"],
                                            task_score=r["task_score"],
                                            kept_fraction=r["kept_fraction"], latency_s=r["latency_s"]))[0]}
             for r in table
@@ -141,7 +141,7 @@ def sweep_from_rows(rows: list[dict[str, Any]], names: list[str], speedup: str =
         rewards=np.array([[by_prompt[p][a]["reward"] for a in range(n_actions)] for p in full]),
         action_names=action_names,
         speedups=np.array([[by_prompt[p][a]["speedup"] for a in range(n_actions)] for p in full]),
-        fidelities=np.array([[by_prompt[p][a]["fidelity"] for a in range(n_actions)] for p in full]),
+        fidelities=np.array([[by_prompt[p][a]["token_agreement"] for a in range(n_actions)] for p in full]),
     )
 
 

@@ -141,8 +141,8 @@ def tiny_encoder(folder: Path) -> str:
 
 
 def quality(rec: Any) -> float:
-    """The score of a live record: task score when the prompt has one, else fidelity (``prefs.row_score``)."""
-    return row_score({"task_score": rec.task_score, "fidelity": rec.token_agreement, "timing": rec.timing})
+    """The score of a live record: task score when the prompt has one, else token agreement (``prefs.row_score``)."""
+    return row_score({"task_score": rec.task_score, "token_agreement": rec.token_agreement, "timing": rec.timing})
 
 
 def interp(x: float, xs: list[float], ys: list[float]) -> float:
@@ -228,7 +228,7 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:  # noqa: C901 
     # scores clipped at the success threshold: every successful configuration ties, and the pairs rule
     # (same score: more layers pruned wins) then prefers the most-pruned successful one, as the thesis'
     # binary correctness did; failures stay ordered by their score
-    clipped = [{**r, "fidelity": min(row_score(r), args.success_threshold), "task_score": None} for r in rows]
+    clipped = [{**r, "token_agreement": min(row_score(r), args.success_threshold), "task_score": None} for r in rows]
     pairs = preference_pairs(clipped)
     pairs_path = write_pairs(pairs, work / "pairs.parquet")
     data = load_router_data(log_dirs, pairs=pairs_path)

@@ -37,6 +37,7 @@ _LAZY = {
     "check_logs": "offline_data.dataset",
     "load_logs": "offline_data.dataset",
     "migrate_legacy_meta": "offline_data.dataset",
+    "migrate_renamed_columns": "offline_data.dataset",
     "read_meta": "offline_data.dataset",
     "to_mdp_dataset": "offline_data.dataset",
     "to_d3rlpy": "offline_data.minari_export",

@@ -126,7 +126,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--split", choices=("train", "test"), default="train")
     p.add_argument("--prompts", type=int, default=None, help="explore only the first N prompts of the split")
     p.add_argument("--threshold", type=float, default=0.8,
-                   help="DFS: go deeper while the score (task score, else fidelity) stays at or above this")
+                   help="DFS: go deeper while the score (task score, else token agreement) stays at or above this")
     p.add_argument("--max-configs", type=int, default=20, help="DFS: configurations per prompt")
     # the old name (a "scenario" is a load profile elsewhere): still accepted, with a note
     p.add_argument("--max-scenarios", type=int, dest="max_configs", action=_Deprecated, help=argparse.SUPPRESS)

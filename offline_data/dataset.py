@@ -33,20 +33,24 @@ Row schema (:data:`LOG_FEATURES`):
 | latency_s            | float64       | pruned latency (baseline: ``baseline_latency_s``)          |
 | tokens_per_s         | float64       | pruned throughput (baseline: ``baseline_tokens_per_s``)    |
 | ppl, ppl_change      | float64       | perplexity of the full model's answer, relative change     |
-| fidelity             | float64       | agreement with the full model's answer                     |
-| prefix_fidelity      | float64, null | share of the full answer before the first difference (the rewards' fidelity) |
+| token_agreement      | float64       | position-wise agreement with the full model's answer (over the longer) |
+| prefix_fidelity      | float64, null | share of the full answer before the first difference (what the rewards read) |
 | task_score           | float64, null | gold-answer score, null when the prompt has none (or profiled) |
 | speedup              | float64       | ``baseline_latency / pruned_latency - 1``                  |
 | kept_fraction        | float64       | fraction of matmul FLOPs kept                              |
 | reward               | float64       | the env's reward for this configuration                    |
 | budget_s             | float64, null | latency budget of the row (latency_budget reward), else null |
 | healing              | string, null  | healing active under the plan (``"<name>@<fingerprint>:<group>"``), else null |
-
-``prefix_fidelity``, ``budget_s`` and ``healing`` came after the first format: shards without
-them still read, with nulls there (:data:`OPTIONAL_COLUMNS`).
+| baseline_latency_s, baseline_tokens_per_s | float64 | the full model's latency and throughput  |
 | baseline_ppl         | float64       | perplexity of the full model's answer under the full model |
 | strategy             | string        | ``"dfs"``, ``"random"`` or ``"sweep"``                     |
 | order                | int32         | visit order of the configuration within its prompt         |
+
+Shards of older formats still read. ``prefix_fidelity``, ``budget_s`` and ``healing`` came
+after the first format: shards without them read with nulls there (:data:`OPTIONAL_COLUMNS`).
+``token_agreement`` was called ``fidelity`` (:data:`RENAMED_COLUMNS`): such a shard reads
+with the column under its current name, and :func:`migrate_renamed_columns`, which ``dynprune
+explore`` runs when it resumes a folder, rewrites it so the folder stays one dataset.
 """
 
 from __future__ import annotations
@@ -71,10 +75,12 @@ __all__ = [
     "LOG_FEATURES",
     "META_KEY",
     "OPTIONAL_COLUMNS",
+    "RENAMED_COLUMNS",
     "SHARD_PREFIX",
     "check_logs",
     "load_logs",
     "migrate_legacy_meta",
+    "migrate_renamed_columns",
     "read_meta",
     "shard_path",
     "shard_paths",
@@ -97,7 +103,7 @@ LOG_FEATURES = datasets.Features(
         "tokens_per_s": datasets.Value("float64"),
         "ppl": datasets.Value("float64"),
         "ppl_change": datasets.Value("float64"),
-        "fidelity": datasets.Value("float64"),
+        "token_agreement": datasets.Value("float64"),
         "prefix_fidelity": datasets.Value("float64"),
         "task_score": datasets.Value("float64"),
         "speedup": datasets.Value("float64"),
@@ -115,6 +121,11 @@ LOG_FEATURES = datasets.Features(
 
 #: Columns added after the first log format: a shard without them still reads, with nulls there.
 OPTIONAL_COLUMNS = ("prefix_fidelity", "budget_s", "healing")
+
+#: Columns renamed since the first log format, old name -> current name: a shard with the old name
+#: and without the current one reads with the column renamed. ``fidelity`` was the token agreement,
+#: which is not the rewards' prefix fidelity (one name, one quantity).
+RENAMED_COLUMNS = {"fidelity": "token_agreement"}
 
 #: Key of the exploration's settings (JSON) in every shard's Parquet key-value metadata.
 META_KEY = b"dynprune"
@@ -307,12 +318,46 @@ def migrate_legacy_meta(log_dir: str | os.PathLike[str]) -> int:
     return len(bare)
 
 
+def migrate_renamed_columns(log_dir: str | os.PathLike[str]) -> int:
+    """Rewrite the shards of a log directory that still carry a column under its old name (:data:`RENAMED_COLUMNS`).
+
+    Each such readable shard is rewritten (atomically) as :func:`load_logs` reads it: the
+    column under its current name, in the current schema (a column added since is null), its
+    settings kept. Shards written since already have the current names, and a folder mixing the
+    two is two schemas to ``pyarrow.dataset``, ``pandas`` and ``datasets``, which take one schema
+    for the whole folder; after this it is one dataset again. Current and damaged shards are
+    left as they are (explore measures a damaged one again).
+
+    Returns:
+        The number of shards rewritten.
+    """
+    rewritten = 0
+    for path in shard_paths(log_dir):
+        try:
+            names = pq.read_schema(path).names
+            if not any(old in names and new not in names for old, new in RENAMED_COLUMNS.items()):
+                continue
+            table, meta = _read_shard(path), _shard_meta(path)
+        except Exception:  # noqa: BLE001 - a damaged shard is measured again by explore; leave it
+            continue
+        _write_table(path, table, meta)
+        rewritten += 1
+    return rewritten
+
+
 # --------------------------------------------------------------------------- reading
+
+
+def _current_columns(table: pa.Table) -> pa.Table:
+    """``table`` with each old column of :data:`RENAMED_COLUMNS` renamed (when the current name is not there)."""
+    names = table.column_names
+    renames = {old: new for old, new in RENAMED_COLUMNS.items() if old in names and new not in names}
+    return table.rename_columns([renames.get(c, c) for c in names]) if renames else table
 
 
 def _read_shard(path: Path) -> pa.Table:
     """Read one shard and cast it to the log schema; raises on a damaged or foreign file."""
-    table = pq.read_table(path)
+    table = _current_columns(pq.read_table(path))
     for name in OPTIONAL_COLUMNS:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, type=LOG_FEATURES[name].pa_type))

@@ -9,8 +9,8 @@ action through ``action_records``) and writes the rows as one Parquet shard per 
 Strategies (per prompt):
 
 - ``dfs`` (the thesis' exploration): start from no layer pruned; try adding each layer; keep a
-  child when its score (task score when the prompt has one and timing is live, else fidelity
-  to the full model; see :func:`offline_data.prefs.row_score`)
+  child when its score (task score when the prompt has one and timing is live, else token
+  agreement with the full model; see :func:`offline_data.prefs.row_score`)
   stays at or above ``threshold`` and go deeper from it; when the score drops, backtrack and
   try the next layer. At most ``max_configs`` configurations per prompt, the unpruned one
   included.
@@ -63,7 +63,7 @@ import numpy as np
 
 from dynprune.fileio import check_writable
 from dynprune.validation import require_at_least, require_finite, require_in_range, require_one_of
-from offline_data.dataset import migrate_legacy_meta, read_meta, shard_path, write_shard
+from offline_data.dataset import migrate_legacy_meta, migrate_renamed_columns, read_meta, shard_path, write_shard
 
 __all__ = [
     "STRATEGIES",
@@ -379,14 +379,14 @@ def _prompt_seed(seed: int, prompt_id: str) -> int:
 
 
 def _score(rec: Any) -> float:
-    """The DFS score of a record: task score when the prompt has one (live timing), else fidelity.
+    """The DFS score of a record: task score when the prompt has one (live timing), else token agreement.
 
     The same rule as :func:`offline_data.prefs.row_score`, so the DFS and the preference
     pairs rank configurations alike.
     """
     from offline_data.prefs import row_score
 
-    return row_score({"task_score": rec.task_score, "fidelity": rec.token_agreement, "timing": rec.timing})
+    return row_score({"task_score": rec.task_score, "token_agreement": rec.token_agreement, "timing": rec.timing})
 
 
 def _row(rec: Any, strategy: str, order: int) -> dict[str, Any]:
@@ -405,7 +405,7 @@ def _row(rec: Any, strategy: str, order: int) -> dict[str, Any]:
         "tokens_per_s": float(rec.pruned_tokens_per_s),
         "ppl": float(rec.pruned_ppl),
         "ppl_change": float(rec.ppl_change),
-        "fidelity": float(rec.token_agreement),  # the logs' column name (token agreement)
+        "token_agreement": float(rec.token_agreement),
         "prefix_fidelity": None if rec.prefix_fidelity is None else float(rec.prefix_fidelity),
         "task_score": None if rec.task_score is None else float(rec.task_score),
         "speedup": float(rec.speedup),
@@ -674,7 +674,7 @@ def explore(
         strategy: ``"dfs"``, ``"random"`` or ``"sweep"`` (see the module docstring).
         out_dir: The log directory; re-running into it skips finished prompts.
         prompt_ids: Prompts to explore (default: every prompt of the env's source and split).
-        threshold: DFS keep threshold on the score (task score, else fidelity).
+        threshold: DFS keep threshold on the score (task score, else token agreement).
         max_configs: DFS configurations per prompt.
         n_random: Random layer sets per prompt.
         seed: Seed of observations and random sets (combined with each prompt id).
@@ -725,6 +725,7 @@ def explore(
     check_writable(out_dir)  # before any model loads: a read-only or full folder fails now, not after a prompt
     # after the settings check: only a folder of these very settings is rewritten
     migrate_legacy_meta(out_dir)
+    migrate_renamed_columns(out_dir)
     skipped = tuple(pid for pid in ids if _shard_readable(shard_path(out_dir, pid)))
     logged = set(skipped)
     pending = [pid for pid in ids if pid not in logged]

@@ -5,8 +5,8 @@ measured on the same prompt is a comparison. The rule (the thesis'): the **winne
 higher score; at equal score, the one with **more layers pruned** wins (same quality,
 cheaper). Pairs equal in both are ties and give no pair.
 
-The score of a row is its task score when the prompt has one (live timing), else its fidelity
-to the full model: the same score the DFS explores on (:func:`row_score`). Only layer-set
+The score of a row is its task score when the prompt has one (live timing), else its token
+agreement with the full model: the same score the DFS explores on (:func:`row_score`). Only layer-set
 plans take part (a table action that slices heads or FFN channels is not a layer set); a
 layer set logged twice on one prompt (a DFS row and a sweep row) counts once, with its
 first row.
@@ -50,17 +50,18 @@ SCORE_TOL = 1e-9
 
 def row_score(row: Mapping[str, Any]) -> float:
     """The score of a logged row: :func:`dynprune.rewards.quality` of its task score when it has one from a
-    live generation, else of its fidelity (the ``fidelity`` column: token agreement, which every log has).
+    live generation, else of its token agreement with the full model (the ``token_agreement`` column,
+    which every log has; :func:`~offline_data.dataset.load_logs` reads an old log's ``fidelity`` under this name).
 
     Profiled timing has no pruned generation, so there a task score is only known for plans
     that reproduce the full model's answer (it is copied from the full model) and is missing
     for the others; mixing the two scales on one prompt would rank a set by which score it
     happened to get. So a profiled row (``timing`` other than ``"live"``) is always scored by
-    fidelity; a live row of a prompt with ground truth by its task score. A row without a
+    token agreement; a live row of a prompt with ground truth by its task score. A row without a
     ``timing`` key counts as live.
     """
     live = row.get("timing", "live") == "live"
-    return quality(row.get("task_score") if live else None, row["fidelity"])
+    return quality(row.get("task_score") if live else None, row["token_agreement"])
 
 
 def compare(score_a: float, layers_a: int, score_b: float, layers_b: int) -> int:
@@ -110,7 +111,7 @@ def preference_pairs(
 
     Args:
         ds: Logged rows (``offline_data.dataset.load_logs``) or any iterable of row mappings
-            with ``prompt_id``, ``layers``, ``fidelity``, ``task_score`` (and optionally ``plan``).
+            with ``prompt_id``, ``layers``, ``token_agreement``, ``task_score`` (and optionally ``plan``).
         mode: ``"all"``: every non-tied pair of each prompt, in visit order (the first
             ``max_pairs_per_prompt`` when given). ``"random"``: ``max_pairs_per_prompt``
             distinct non-tied pairs drawn at random per prompt (default: as many as the
@@ -124,8 +125,8 @@ def preference_pairs(
         grouped by prompt in first-appearance order.
 
     Example:
-        >>> rows = [{"prompt_id": "p", "layers": [], "fidelity": 1.0, "task_score": None},
-        ...         {"prompt_id": "p", "layers": [2], "fidelity": 1.0, "task_score": None}]
+        >>> rows = [{"prompt_id": "p", "layers": [], "token_agreement": 1.0, "task_score": None},
+        ...         {"prompt_id": "p", "layers": [2], "token_agreement": 1.0, "task_score": None}]
         >>> preference_pairs(rows)[0]["winner_layers"]  # same score: more layers pruned wins
         [2]
     """

@@ -207,7 +207,7 @@ def test_two_spawned_workers_write_the_same_rows_as_one(dfs_logs, tmp_path, prom
     assert [w.done for w in summary.workers] == [(prompt_ids[0], prompt_ids[2]), (prompt_ids[1],)]
     one, two = load_logs(dfs_logs), load_logs(tmp_path)
     # each prompt is seeded by its id: the split over workers does not change its rows
-    for column in ("prompt_id", "observation", "layers", "action", "fidelity", "ppl"):
+    for column in ("prompt_id", "observation", "layers", "action", "token_agreement", "ppl"):
         assert one[column] == two[column]
 
 
@@ -233,8 +233,8 @@ def test_pruned_layers_use_their_adapter_when_the_model_has_one(tmp_path, prompt
 # ----------------------------------------------------------------------------- preference pairs
 
 
-def _row(pid, layers, fidelity, task=None, timing="profiled", plan=None):
-    return {"prompt_id": pid, "layers": layers, "fidelity": fidelity, "task_score": task, "timing": timing,
+def _row(pid, layers, agreement, task=None, timing="profiled", plan=None):
+    return {"prompt_id": pid, "layers": layers, "token_agreement": agreement, "task_score": task, "timing": timing,
             "plan": json.dumps(plan or {"skip": layers, "heads": {}, "ffn": {}})}
 
 
@@ -248,7 +248,7 @@ def test_preference_pairs_winner_rule_by_hand():
         _row("p", [1, 2], 1.0),
         _row("q", [1], 0.7),  # equal score and equal size: a tie, no pair
         _row("q", [2], 0.7),
-        # live rows of a prompt with ground truth rank by task score, not fidelity
+        # live rows of a prompt with ground truth rank by task score, not token agreement
         _row("r", [], 1.0, task=1.0, timing="live"),
         _row("r", [3], 0.9, task=0.0, timing="live"),
         _row("r", [1], 0.2, task=1.0, timing="live"),
@@ -296,7 +296,7 @@ def test_mdp_export_has_one_step_episodes_and_the_full_action_space():
     rows = []
     for i, action in enumerate([0, 4, -1, 2, -1, 4]):
         rows.append({**base, "prompt_id": f"p{i}", "observation": [float(i)] * 8, "layers": [], "action": action,
-                     "reward": 0.1 * i, "fidelity": 1.0})
+                     "reward": 0.1 * i, "token_agreement": 1.0})
     ds = datasets.Dataset.from_list(rows, features=LOG_FEATURES)
     mdp = to_mdp_dataset(ds, n_actions=N_ACTIONS)
     # action 9 never appears in the data, yet the action space has all 10 actions

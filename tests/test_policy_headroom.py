@@ -18,7 +18,7 @@ def _rows(n_prompts: int, n_actions: int = 3, seed: int = 0) -> list[dict]:
         for a in range(n_actions):
             rows.append({"prompt_id": f"p{p}", "action": a, "action_name": f"a{a}", "observation": obs,
                          "reward": float(rng.normal()), "speedup": 0.1 * a + float(rng.normal(0, 0.05)),
-                         "baseline_ppl": 2.0, "ppl": 2.0 + a, "fidelity": 1.0, "task_score": None,
+                         "baseline_ppl": 2.0, "ppl": 2.0 + a, "token_agreement": 1.0, "task_score": None,
                          "kept_fraction": 1.0 - 0.1 * a, "latency_s": 1.0})
     return rows
 

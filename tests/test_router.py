@@ -71,7 +71,7 @@ def toy_data() -> RouterData:
     }
     from offline_data.prefs import preference_pairs
 
-    rows = [{"prompt_id": p, "layers": list(layers), "fidelity": s, "task_score": None}
+    rows = [{"prompt_id": p, "layers": list(layers), "token_agreement": s, "task_score": None}
             for p, items in configs.items() for layers, s in items]
     return RouterData(4, dict(TEXTS), configs, preference_pairs(rows))
 
