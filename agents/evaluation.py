@@ -3,8 +3,8 @@
 One protocol for ``dynprune test`` (:func:`evaluate_run`), ``benchmarks/offline_rl.py`` and
 ``benchmarks/pareto.py``:
 
-1. the held-out env (sequential, usually ``timing="live"``) is reset once with ``seed + 1`` and
-   then visits its prompts in order;
+1. the held-out env (usually ``timing="live"``) is reset on each of its prompts in turn
+   (``reset(options={"prompt_id": ...})``), the first reset seeded with ``seed + 1``;
 2. on each prompt, every action of the table is measured once (``action_records``: the full
    model is retimed first, so every ratio is against a fresh baseline), and any extra plans
    (pareto's static layer-removal plans) on the same prompt and state;
@@ -76,10 +76,14 @@ def measure_held_out(
     plans: Mapping[str, Any] | None = None,
     on_prompt: Callable[[PromptMeasurement, float], None] | None = None,
 ) -> list[PromptMeasurement]:
-    """Run the protocol on every prompt of the (sequential) held-out ``env``.
+    """Run the protocol on every prompt of the held-out ``env``, in the order of ``env.unwrapped.prompts``.
+
+    Each prompt gets its own reset, ``reset(options={"prompt_id": ...})``; the first one is seeded and the
+    others go on from it, so the load scenarios and budgets are those of a ``sequential=True`` env visiting
+    its prompts in order (a reset that names its prompt draws none).
 
     Args:
-        env: A DynPrune-v0 env (wrapped or not) visiting its prompts in order (``sequential=True``).
+        env: A DynPrune-v0 env (wrapped or not); ``RunConfig.make_env("test")`` builds the held-out one.
         agents: Agents by name (``act(obs, info) -> int``); called once per prompt, in this order.
         seed: The run's seed; the first reset uses ``seed + 1`` (the train env's draws use ``seed``).
         plans: Extra ``PruningPlan``s by name, measured on each prompt after the table.
@@ -91,14 +95,13 @@ def measure_held_out(
     core = env.unwrapped
     if ORACLE in agents:
         raise ValueError(f"an agent is named {ORACLE!r}, the name of the hindsight pick; rename it")
-    by_id = {p.id: p for p in core.prompts}
-    n = len(core.prompts)
     out: list[PromptMeasurement] = []
-    t0 = time.perf_counter()
-    obs, info = env.reset(seed=seed + 1)  # the reset computes the prompt's full-model baseline
-    for i in range(n):
+    for i, prompt in enumerate(core.prompts):
+        t0 = time.perf_counter()
+        # the reset computes the prompt's full-model baseline
+        obs, info = env.reset(seed=seed + 1 if i == 0 else None, options={"prompt_id": prompt.id})
         table = tuple(core.action_records())
-        full_s = float(core.evaluator.baseline(by_id[info["prompt_id"]]).latency_s)
+        full_s = float(core.evaluator.baseline(core.current_prompt).latency_s)
         extra = {name: core.record_plan(plan) for name, plan in (plans or {}).items()}
         picks: dict[str, int] = {}
         act_s: dict[str, float] = {}
@@ -112,9 +115,6 @@ def measure_held_out(
         out.append(m)
         if on_prompt is not None:
             on_prompt(m, time.perf_counter() - t0)
-        if i + 1 < n:
-            t0 = time.perf_counter()
-            obs, info = env.reset()
     return out
 
 

@@ -59,3 +59,20 @@ def test_hull_is_the_best_mixture_of_static_points():
     assert h == [(0.0, 1.0), (0.2, 0.5), (0.3, 0.0)]
     assert hull_quality(h, 0.1) == pytest.approx(0.75)
     assert hull_quality(h, -0.1) == 1.0 and hull_quality(h, 0.31) is None
+
+
+def test_each_prompt_is_named_at_its_reset_so_an_env_that_draws_prompts_gives_the_same_walk(held_out, tiny_lm):
+    # measure_held_out resets on every prompt by id: an env that would draw its prompts at random visits the
+    # same prompts in the same order, with the same observations (load and budget draws), as the sequential one
+    _, cfg = held_out
+    cfg = dataclasses.replace(cfg, reward="latency_budget")
+    walks = []
+    for sequential in (True, False):
+        env = cfg.make_env("test", lm=tiny_lm, sequential=sequential)
+        n = env.unwrapped.action_space.n
+        ms = measure_held_out(env, {"none": StaticAgent(0, n)}, cfg.seed)
+        walks.append([(m.prompt_id, m.observation) for m in ms])
+        assert [m.prompt_id for m in ms] == [p.id for p in env.unwrapped.prompts]
+        env.close()
+    assert walks[0] == walks[1]
+    assert len({obs for _, obs in walks[0]}) == len(walks[0])  # the budgets differ from prompt to prompt
