@@ -510,7 +510,8 @@ def _make_env(env_kwargs: dict[str, Any]) -> Any:
 
     import envs  # noqa: F401 - registers DynPrune-v0
 
-    return gym.make("DynPrune-v0", **{**env_kwargs, "sequential": True})
+    # no sequential=True: run_worker names each prompt at its reset, so the env's own prompt order is never used
+    return gym.make("DynPrune-v0", **env_kwargs)
 
 
 def run_worker(
@@ -531,7 +532,7 @@ def run_worker(
 
     Args:
         prompt_ids: Prompts to explore, all from the env's prompt source and split.
-        env_kwargs: Keyword arguments of ``gym.make("DynPrune-v0", ...)`` (``sequential`` is forced on).
+        env_kwargs: Keyword arguments of ``gym.make("DynPrune-v0", ...)``.
         config: What to try per prompt.
         out_dir: The log directory (created if missing).
         worker: Index of this worker, for messages.
