@@ -8,7 +8,7 @@ Sub-commands:
     adapters    train layer adapters by distillation (``dynprune adapters train``)
     heal        train LoRA healing that runs only under pruned plans (``dynprune heal --out DIR``)
     explore     log exploration data (DFS / random / sweep); prefs, offline: offline RL on it
-    demo        load a model, run one prompt under a few plans, print latency / tokens/s / fidelity
+    demo        load a model, run one prompt under a few plans, print latency / tokens/s / token agreement
     info        print a model's geometry and identity
     calibrate   measure importance (block influence, heads, channels) and cache it;
                 --latency fits the latency model of timing="modelled" instead
