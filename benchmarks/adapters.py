@@ -61,8 +61,6 @@ class Args(harness.Args):
     ``seed`` seeds the adapters' training and the test subset.
     """
 
-    out: str = "benchmarks/results/adapters.json"
-    """JSON file to write; the MSE plot goes beside it as <stem>_mse.png"""
     bottleneck: int = 64
     """width of each adapter's bottleneck"""
     epochs: int = 4
@@ -81,14 +79,14 @@ class Args(harness.Args):
     """how many of the test prompts also get a live generation per plan (generated-text fidelity, speed-up)"""
     adapters_out: str | None = None
     """adapters file (none: <dynprune cache>/adapters/<model>-b<bottleneck>-e<epochs>-n-s-seed.safetensors)"""
+    out: str = "benchmarks/results/adapters.json"
+    """JSON file to write; the MSE plot goes beside it as <stem>_mse.png"""
+
+    SMOKE = {"epochs": 2, "n_prompts": 8, "seq_len": 32, "test_prompts": 4, "live_prompts": 2, "max_new_tokens": 8}
+    POSITIVE = ("bottleneck", "epochs", "test_prompts", "max_new_tokens")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.smoke:
-            self.epochs, self.n_prompts, self.seq_len = 2, 8, 32
-            self.test_prompts, self.live_prompts = 4, 2
-            self.max_new_tokens = min(self.max_new_tokens, 8)
-        self.require_positive("bottleneck", "epochs", "test_prompts", "max_new_tokens")
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1 (or none for L/4), got {self.k}")
         if not 0 <= self.live_prompts <= self.test_prompts:

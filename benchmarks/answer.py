@@ -78,7 +78,6 @@ EVAL_SEED = 10_000
 class Args(harness.Args):
     """Does a per-prompt controller beat static pruning? Original and healed model, three rewards, seeds."""
 
-    out: str = "benchmarks/results/answer.json"
     work: str = ""
     """folder of the tables and the per-run picks (resumable); default: <dynprune cache>/answer/<model>"""
     table: str = "smollm2-135m"
@@ -110,17 +109,17 @@ class Args(harness.Args):
     """bootstrap repetitions of the IQM / mean intervals and of the paired differences"""
     poi_reps: int = 200
     """bootstrap repetitions of the probability of improvement (a Mann-Whitney U per prompt per repetition)"""
+    out: str = "benchmarks/results/answer.json"
+
+    SMOKE = {"heldout": 4, "seeds": 2, "dqn_steps": 100, "offline_steps": 50, "offline_sweeps": 2, "router_epochs": 20,
+             "reps": 100, "poi_reps": 20}
+    POSITIVE = ("heldout", "seeds", "dqn_steps", "offline_steps", "offline_sweeps", "router_epochs", "reps", "poi_reps")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.require_positive("heldout", "seeds", "dqn_steps", "offline_steps", "offline_sweeps", "router_epochs",
-                              "reps", "poi_reps")
         bad = sorted(set(self.reward_list) - set(REWARDS))
         if bad:
             raise ValueError(f"rewards must be among {REWARDS}, got {bad}")
-        if self.smoke:
-            self.heldout, self.seeds, self.dqn_steps, self.offline_steps = min(self.heldout, 4), 2, 100, 50
-            self.offline_sweeps, self.router_epochs, self.reps, self.poi_reps = 2, 20, 100, 20
 
     @property
     def reward_list(self) -> list[str]:

@@ -63,8 +63,6 @@ class Args(harness.Args):
     ``seed`` seeds the train / validation split and the LoRA initialisation.
     """
 
-    out: str = "benchmarks/results/compress.json"
-    """JSON file to write; the Pareto chart goes beside it as <stem>.png"""
     k: int | None = None
     """layers removed by the angular / block-influence rows, healing and distillation (none: L/10)"""
     sparsity: float = 0.5
@@ -101,19 +99,19 @@ class Args(harness.Args):
     """comma-separated rows to run (source always runs)"""
     plot_only: bool = False
     """redraw the chart from the existing --out JSON without measuring anything"""
+    out: str = "benchmarks/results/compress.json"
+    """JSON file to write; the Pareto chart goes beside it as <stem>.png"""
+
+    SMOKE = {"heal_steps": 6, "distill_steps": 6, "eval_every": 3, "heal_lr": 2e-3, "distill_lr": 1e-3, "seq_len": 32,
+             "eval_prompts": 2, "max_new_tokens": 4, "max_windows": 48, "eval_windows": 8, "repeats": 2,
+             "timing_tokens": 4}
+    POSITIVE = ("heal_steps", "distill_steps", "eval_every", "repeats", "timing_tokens", "eval_prompts")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.smoke:
-            self.heal_steps, self.distill_steps, self.eval_every = 6, 6, 3
-            self.heal_lr, self.distill_lr = 2e-3, 1e-3
-            self.seq_len, self.eval_prompts, self.max_new_tokens = 32, 2, 4
-            self.max_windows, self.eval_windows = 48, 8
-            self.repeats, self.timing_tokens = 2, 4
         unknown = [m for m in self.method_list if m not in ALL]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; expected a comma-separated subset of {ALL}")
-        self.require_positive("heal_steps", "distill_steps", "eval_every", "repeats", "timing_tokens", "eval_prompts")
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1 (or none for L/10), got {self.k}")
 

@@ -4,7 +4,7 @@ Three measurements on one loaded model, all in the same run:
 
 1. **Steps/s against the naive step.** The naive step (the peer implementations'
    step of CASRAP's reference code: full generation, pruned generation, prompt perplexity and both
-   answers' perplexity, nothing cached; :func:`benchmarks.env_throughput.naive_step`)
+   answers' perplexity, nothing cached; :func:`benchmarks.utils.naive_step`)
    beside ``DynPrune-v0`` steps (``reset`` + ``step``: every episode is one prompt)
    with ``timing="live"`` (plan and full model timed side by side), ``"profiled"`` and
    ``"modelled"`` (latency model + quality memo; the latency model is loaded or fitted
@@ -108,17 +108,15 @@ class Args(harness.Args):
     """passes over the step prompts per steady modelled block (one pass is too short to time alone)"""
     out: str = "benchmarks/results/env_cost.json"
     """JSON file to write; the plot goes beside it as <stem>.png"""
+
+    SMOKE = {"prompts": 2, "repeats": 2, "explore_prompts": 2, "max_new_tokens": 4, "profile_tokens": 2,
+             "profile_repeats": 1, "profile_rounds": 2, "modelled_passes": 20}
+    POSITIVE = ("prompts", "repeats", "explore_prompts", "max_new_tokens", "profile_tokens", "profile_repeats",
+                "profile_rounds", "modelled_passes")
     SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
-        # --smoke: 2 prompts, 2 repeats, 2 explore prompts, short answers; --out or the temp folder
-        if self.smoke:
-            self.prompts, self.repeats, self.explore_prompts = 2, 2, 2
-            self.max_new_tokens, self.profile_tokens, self.profile_repeats = min(self.max_new_tokens, 4), 2, 1
-            self.profile_rounds, self.modelled_passes = 2, 20
         super().__post_init__()
-        self.require_positive("prompts", "repeats", "explore_prompts", "max_new_tokens", "profile_tokens",
-                              "profile_repeats", "profile_rounds", "modelled_passes")
         if self.telemetry not in ("live", "scenario"):
             raise ValueError(f"telemetry must be 'live' or 'scenario', got {self.telemetry!r}")
 

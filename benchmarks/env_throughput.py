@@ -48,19 +48,16 @@ TARGETS = {"live_over_naive": 2.0, "profiled_over_naive": 10.0, "profiled_median
 class Args(harness.Args):
     """Env throughput: naive vs live vs profiled steps, and the profile's timing error."""
 
-    out: str = "benchmarks/results/env_throughput.json"
     prompts: int = 6
     """distinct test prompts the steps cycle over"""
     steps: int = 24
     """steps per mode (the same (prompt, action) sequence in every mode)"""
     max_new_tokens: int = 32
     """answer length"""
+    out: str = "benchmarks/results/env_throughput.json"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.smoke:
-            self.prompts, self.steps, self.max_new_tokens = 2, 4, 4
-        self.require_positive("prompts", "steps", "max_new_tokens")
+    SMOKE = {"prompts": 2, "steps": 4, "max_new_tokens": 4}
+    POSITIVE = ("prompts", "steps", "max_new_tokens")
 
 
 def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:

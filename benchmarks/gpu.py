@@ -110,22 +110,11 @@ class Architecture:
         """The ``transformers`` config object. Rotary settings stay at their defaults: they change no shape."""
         from transformers import AutoConfig
 
-        return AutoConfig.for_model(
-            self.model_type,
-            vocab_size=self.vocab,
-            hidden_size=self.hidden,
-            intermediate_size=self.ffn,
-            num_hidden_layers=self.layers,
-            num_attention_heads=self.heads,
-            num_key_value_heads=self.kv_heads,
-            head_dim=self.head_dim,
-            max_position_embeddings=self.context,
-            tie_word_embeddings=self.tied,
-            bos_token_id=bos,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            attn_implementation="sdpa",
-        )
+        shapes = dict(vocab_size=self.vocab, hidden_size=self.hidden, intermediate_size=self.ffn,
+                      num_hidden_layers=self.layers, num_attention_heads=self.heads, num_key_value_heads=self.kv_heads,
+                      head_dim=self.head_dim, max_position_embeddings=self.context, tie_word_embeddings=self.tied)
+        return AutoConfig.for_model(self.model_type, **shapes, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+                                    attn_implementation="sdpa")
 
 
 # Shapes from each model's published config.json (the source field names it).
@@ -206,27 +195,25 @@ class Args(harness.Args):
     """architecture of the NF4 part"""
     sparse_tokens: str = "1,8,128,1024,4096"
     """token counts (rows of the activation) of the 2:4 matmul timings"""
-    out: str = "benchmarks/results/gpu_{device}.json"
-    """JSON file to write ({device} becomes the GPU's name); the PNG goes beside it"""
     from_json: str = ""
     """comma-separated result files to merge instead of measuring (later files fill the models and parts
     that earlier ones skipped); writes the merged JSON to --out and its PNG"""
+    out: str = "benchmarks/results/gpu_{device}.json"
+    """JSON file to write ({device} becomes the GPU's name); the PNG goes beside it"""
+
+    SMOKE = {"env_model": "tiny-llama-config", "compile_model": "tiny-llama-config", "nf4_model": "tiny-llama-config",
+             "prompt_tokens": 12, "new_tokens": 4, "batches": "1,2", "repeats": 2, "apply_repeats": 10,
+             "cold_repeats": 1, "calib_prompts": 4, "env_steps": 4, "env_prompts": 2, "env_new_tokens": 4,
+             "latency_points": 8, "compile_backend": "eager", "compile_plans": "full,skip,full", "sparse_tokens": "8"}
+    POSITIVE = ("prompt_tokens", "new_tokens", "repeats", "apply_repeats", "cold_repeats", "calib_prompts", "env_steps",
+                "env_prompts", "env_new_tokens", "latency_points")
     SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
-        # --smoke: tiny configs, few repeats, eager compile backend; --out or the temp folder
-        if self.smoke:
-            if self.models == "auto":
-                self.models = SMOKE_MODELS
-            self.env_model = self.compile_model = self.nf4_model = "tiny-llama-config"
-            self.prompt_tokens, self.new_tokens, self.batches = 12, 4, "1,2"
-            self.repeats, self.apply_repeats, self.cold_repeats, self.calib_prompts = 2, 10, 1, 4
-            self.env_steps, self.env_prompts, self.env_new_tokens, self.latency_points = 4, 2, 4, 8
-            self.compile_backend, self.compile_plans, self.sparse_tokens = "eager", "full,skip,full", "8"
+        if self.smoke and self.models == "auto":  # --smoke: tiny configs (other --models are kept)
+            self.models = SMOKE_MODELS
         super().__post_init__()
         self.out = self.out.replace("{device}", device_slug(resolve_device(self.device)))
-        self.require_positive("prompt_tokens", "new_tokens", "repeats", "apply_repeats", "cold_repeats",
-                              "calib_prompts", "env_steps", "env_prompts", "env_new_tokens", "latency_points")
         if self.new_tokens < 2:
             raise ValueError(f"new_tokens must be >= 2 (a prefill and at least one decode step), got {self.new_tokens}")
         if not 0.0 < self.head_fraction < 1.0:

@@ -11,6 +11,8 @@ and a ``main(argv)`` that hands them to :func:`run`::
         out: str = "benchmarks/results/speed_limit.json"
         repeats: int = 10
         \"\"\"interleaved repeats\"\"\"
+        SMOKE = {"repeats": 3}  # what --smoke runs with
+        POSITIVE = ("repeats",)  # checked by the base's __post_init__
 
     def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:
         ...  # the script's own keys: {"rows": [...], ...}
@@ -78,8 +80,15 @@ class Args:
     SMOKE_TO_TEMP: ClassVar[bool] = False
     """A script that sets it sends a ``--smoke`` run without ``--out`` to ``<tmp>/<name>_smoke.json`` instead of
     refusing it (the real results file is never overwritten either way)."""
+    SMOKE: ClassVar[Mapping[str, Any]] = {}
+    """The script's settings of a ``--smoke`` run (tiny sizes), put in place before any check."""
+    POSITIVE: ClassVar[tuple[str, ...]] = ()
+    """The script's fields that must be >= 1 (checked with the smoke settings in place)."""
 
     def __post_init__(self) -> None:
+        if self.smoke:
+            for name, value in self.SMOKE.items():
+                setattr(self, name, value)
         if not self.out:
             raise ValueError(f"{type(self).__name__}: out is empty; give --out PATH")
         default_out = default_of(type(self), "out")
@@ -91,6 +100,7 @@ class Args:
             raise ValueError(f"threads must be >= 1 (or none for torch's default), got {self.threads}")
         if self.smoke:
             self.model = SMOKE_MODEL
+        self.require_positive(*self.POSITIVE)
 
     def require_positive(self, *names: str) -> None:
         """Raise ``ValueError`` naming the first of the fields ``names`` that is below 1."""

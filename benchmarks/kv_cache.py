@@ -49,8 +49,6 @@ MIB = float(1 << 20)
 class Args(harness.Args):
     """KV-cache windows on long prompts: peak memory, KV bytes, paired speed-up and quality beside the full model."""
 
-    out: str = "benchmarks/results/kv_cache.json"
-    """JSON file to write"""
     actions: str = "kv-50%,kv-75%,kv-w256"
     """KV actions of the kv action table, comma-separated"""
     prompts: int = 4
@@ -65,13 +63,14 @@ class Args(harness.Args):
     """fresh-process peak-memory runs per action (and the full model), order rotated"""
     rewards: str = "accuracy_efficiency,casrap"
     """rewards of the scenario sweep, comma-separated"""
+    out: str = "benchmarks/results/kv_cache.json"
+    """JSON file to write"""
+
+    SMOKE = {"prompts": 2, "prompt_tokens": 120, "new_tokens": 4, "memory_repeats": 1, "actions": "kv-50%,kv-w256"}
+    POSITIVE = ("prompts", "prompt_tokens", "new_tokens", "repeats", "memory_repeats")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.smoke:
-            self.prompts, self.prompt_tokens, self.new_tokens, self.memory_repeats = 2, 120, 4, 1
-            self.actions = "kv-50%,kv-w256"
-        self.require_positive("prompts", "prompt_tokens", "new_tokens", "repeats", "memory_repeats")
         _ = self.action_list, self.reward_list  # names checked before the model loads
 
     @property

@@ -103,16 +103,14 @@ class Args(harness.Args):
     save_model: bool = True
     """also write the fitted model to the cache (what timing="modelled" then uses)"""
     out: str = "benchmarks/results/latency_model.json"
+
+    SMOKE = {"fit_points": 10, "fit_repeats": 1, "per_kind": 1, "repeats": 3, "paired_repeats": 2, "profile_points": 2,
+             "save_model": False, "prompt_max": 32, "answer_max": 6}
+    POSITIVE = ("fit_points", "fit_repeats", "repeats", "threads")
     SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
-        # --smoke: few points and repeats; writes to --out if given, else to the temp folder
-        if self.smoke:
-            self.fit_points, self.fit_repeats, self.per_kind = 10, 1, 1
-            self.repeats, self.paired_repeats, self.profile_points, self.save_model = 3, 2, 2, False
-            self.prompt_max, self.answer_max = min(self.prompt_max, 32), min(self.answer_max, 6)
         super().__post_init__()
-        self.require_positive("fit_points", "fit_repeats", "repeats", "threads")
         if self.per_kind < 0 or self.profile_points < 0:
             raise ValueError("per_kind and profile_points must be >= 0")
 

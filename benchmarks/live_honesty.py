@@ -75,15 +75,13 @@ class Args(harness.Args):
     switch_max_s: float = 1.5
     """longest time between two background switches"""
     out: str = "benchmarks/results/live_honesty.json"
+
+    SMOKE = {"prompts": 3, "max_new_tokens": 6, "reference_repeats": 2, "switch_min_s": 0.01, "switch_max_s": 0.05}
+    POSITIVE = ("prompts", "max_new_tokens", "reference_repeats", "threads")
     SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
-        # --smoke: 3 prompts, short answers, 2 reference repeats; --out or the temp folder
-        if self.smoke:
-            self.prompts, self.max_new_tokens, self.reference_repeats = 3, 6, 2
-            self.switch_min_s, self.switch_max_s = 0.01, 0.05
         super().__post_init__()
-        self.require_positive("prompts", "max_new_tokens", "reference_repeats", "threads")
         if not 0 < self.switch_min_s <= self.switch_max_s:
             raise ValueError(f"need 0 < switch_min_s <= switch_max_s, got {self.switch_min_s}, {self.switch_max_s}")
 

@@ -58,8 +58,6 @@ class Args(harness.Args):
     ``seed`` seeds the agents and the sweep.
     """
 
-    out: str = "benchmarks/results/memory.json"
-    """JSON file to write; the plot goes beside it as <stem>.png"""
     actions: str = "none,heads-15%,layers-25%,ffn-25%"
     """action-table entries measured, comma-separated names, or all (the whole default table)"""
     repeats: int = 2
@@ -82,15 +80,16 @@ class Args(harness.Args):
     """fresh-process runs per training measurement"""
     training: bool = True
     """measure the training runs (--no-training: the plans only)"""
+    out: str = "benchmarks/results/memory.json"
+    """JSON file to write; the plot goes beside it as <stem>.png"""
+
+    SMOKE = {"repeats": 1, "train_repeats": 1, "max_new_tokens": 4, "dqn_steps": 8, "dqn_prompts": 2,
+             "offline_algos": "bc", "offline_steps": 20, "sweep_prompts": 2}
+    POSITIVE = ("repeats", "max_new_tokens", "dqn_steps", "dqn_prompts", "offline_steps", "sweep_prompts",
+                "train_repeats")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.smoke:
-            self.repeats, self.train_repeats = 1, 1
-            self.max_new_tokens, self.dqn_steps, self.dqn_prompts = min(self.max_new_tokens, 4), 8, 2
-            self.offline_algos, self.offline_steps, self.sweep_prompts = "bc", 20, 2
-        self.require_positive("repeats", "max_new_tokens", "dqn_steps", "dqn_prompts", "offline_steps",
-                              "sweep_prompts", "train_repeats")
         unknown = [a for a in self.algo_list if a not in OFFLINE_ALGOS]
         if unknown:
             raise ValueError(f"offline_algos must name some of {OFFLINE_ALGOS}, got {self.offline_algos!r}")

@@ -74,7 +74,6 @@ class Args(harness.Args):
     observations, the learners, the random agent and the test resets.
     """
 
-    out: str = "benchmarks/results/offline_rl.json"
     reward: str = "casrap"
     """reward of the env (casrap, accuracy_efficiency, latency_budget, proxy)"""
     train_prompts: int = 80
@@ -111,15 +110,15 @@ class Args(harness.Args):
     -seed<seed>, emptied before each sweep); a folder given here that already holds shards needs --reuse-logs"""
     reuse_logs: bool = False
     """keep the log folder's shards: their prompts are not measured again (the sweep timing covers the others)"""
+    out: str = "benchmarks/results/offline_rl.json"
+
+    SMOKE = {"train_prompts": 4, "test_prompts": 2, "steps": 50, "max_new_tokens": 4, "profile_tokens": 2,
+             "profile_repeats": 1}
+    POSITIVE = ("train_prompts", "test_prompts", "max_new_tokens", "profile_tokens", "profile_repeats", "steps",
+                "workers", "relabel_budgets")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.smoke:
-            self.train_prompts, self.test_prompts, self.steps = 4, 2, 50
-            self.max_new_tokens = min(self.max_new_tokens, 4)
-            self.profile_tokens, self.profile_repeats = 2, 1
-        self.require_positive("train_prompts", "test_prompts", "max_new_tokens", "profile_tokens", "profile_repeats",
-                              "steps", "workers", "relabel_budgets")
         for name in ("timing", "test_timing"):
             if getattr(self, name) not in TIMINGS:
                 raise ValueError(f"{name} must be one of {TIMINGS}, got {getattr(self, name)!r}")

@@ -77,8 +77,6 @@ class Args(harness.Args):
     Timing on CUDA devices uses CUDA events; ``seed`` seeds the prompt subsets, the agents and the resets.
     """
 
-    out: str = "benchmarks/results/pareto.json"
-    """JSON file to write (the PNG and markdown table go beside it)"""
     reward: str = "casrap"
     """env reward the agents train on and the oracle maximises"""
     test_prompts: int = 20
@@ -102,14 +100,15 @@ class Args(harness.Args):
     """JSON files of other benchmarks whose "pareto_points" are drawn on the chart (missing files are skipped)"""
     reanalyse: bool = False
     """no measurement: recompute frontier, hull and verdict of the existing --out JSON, redraw PNG and table"""
+    out: str = "benchmarks/results/pareto.json"
+    """JSON file to write (the PNG and markdown table go beside it)"""
+
+    SMOKE = {"test_prompts": 2, "train_prompts": 3, "max_new_tokens": 3, "ks": "1,2", "ddqn_episodes": 10,
+             "offline_steps": 20, "algos": "cql"}
+    POSITIVE = ("test_prompts", "train_prompts", "max_new_tokens", "ddqn_episodes", "offline_steps")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.smoke:
-            self.test_prompts, self.train_prompts, self.max_new_tokens = 2, 3, 3
-            self.ks, self.ddqn_episodes, self.offline_steps = "1,2", 10, 20
-            self.algos = "cql"
-        self.require_positive("test_prompts", "train_prompts", "max_new_tokens", "ddqn_episodes", "offline_steps")
         if not self.k_list or any(k < 1 for k in self.k_list):
             raise ValueError(f"ks must be positive layer counts, got {self.ks!r}")
         unknown = [a for a in self.algo_list if a not in ALGOS]

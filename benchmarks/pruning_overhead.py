@@ -47,7 +47,6 @@ TARGETS = {
 class Args(harness.Args):
     """Pruning overhead: apply/restore cost per op and layer-skip speed-up against the ideal."""
 
-    out: str = "benchmarks/results/pruning_overhead.json"
     repeats: int = 10
     """timed generations per plan (plans interleaved; a warm-up generation per plan comes first)"""
     apply_repeats: int = 200
@@ -58,13 +57,10 @@ class Args(harness.Args):
     """prompt for the timed generations (through the chat template when the model has one)"""
     max_new_tokens: int = 32
     """tokens generated per timed run (exactly this many: end-of-sequence is ignored)"""
+    out: str = "benchmarks/results/pruning_overhead.json"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.require_positive("repeats", "apply_repeats", "cold_repeats", "max_new_tokens")
-        if self.smoke:
-            self.repeats, self.apply_repeats, self.cold_repeats = 3, 20, 3
-            self.max_new_tokens = min(self.max_new_tokens, 8)
+    SMOKE = {"repeats": 3, "apply_repeats": 20, "cold_repeats": 3, "max_new_tokens": 8}
+    POSITIVE = ("repeats", "apply_repeats", "cold_repeats", "max_new_tokens")
 
 
 # ----------------------------------------------------------------------------- (a) apply + restore

@@ -75,7 +75,6 @@ class Args(harness.Args):
     ``seed`` seeds the prompt subsets, the train / eval splits and the training.
     """
 
-    out: str = "benchmarks/results/router.json"
     dfs_prompts: int = 40
     """train prompts explored by DFS (a seeded subset of the train split; finished ones are reused)"""
     dfs_scenarios: int = 10
@@ -104,15 +103,15 @@ class Args(harness.Args):
     success_threshold: float = 0.8
     """a configuration scoring at least this is successful: FBC's targets; in the preference pairs every
     score above it counts as equal (so among successes the one pruning more layers wins)"""
+    out: str = "benchmarks/results/router.json"
+
+    SMOKE = {"dfs_prompts": 3, "dfs_scenarios": 4, "sweep_logs": None, "test_prompts": 2, "max_new_tokens": 4,
+             "static_k": "1,2", "rounds": 1, "cost_repeats": 2, "fbc_epochs": 5, "pref_epochs": 3}
+    POSITIVE = ("dfs_prompts", "dfs_scenarios", "test_prompts", "max_new_tokens", "rounds", "cost_repeats",
+                "fbc_epochs", "pref_epochs")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.smoke:
-            self.dfs_prompts, self.dfs_scenarios, self.sweep_logs = 3, 4, None
-            self.test_prompts, self.max_new_tokens, self.static_k, self.rounds = 2, 4, "1,2", 1
-            self.cost_repeats, self.fbc_epochs, self.pref_epochs = 2, 5, 3
-        self.require_positive("dfs_prompts", "dfs_scenarios", "test_prompts", "max_new_tokens", "rounds",
-                              "cost_repeats", "fbc_epochs", "pref_epochs")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not self.k_list:
@@ -438,8 +437,7 @@ def measure(args: Args, lm: PrunableLM | None) -> dict[str, Any]:  # noqa: C901 
 
 def print_table(result: dict[str, Any]) -> None:
     """Router cost, the method table and the claims."""
-    rc = result["router_cost"]
-    for name, c in rc.items():
+    for name, c in result["router_cost"].items():
         if isinstance(c, dict) and "fraction_of_layer" in c:
             f = c["fraction_of_layer"]
             print(f"router cost {name}: {1e3 * c['seconds']['median']:.2f} ms/prompt = {f['median']:.3f} of a layer "

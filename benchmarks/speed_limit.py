@@ -45,8 +45,6 @@ from dynprune.selection import layers_plan
 class Args(harness.Args):
     """Speed limit: measured layer-skip speed-up beside the naive L/(L-k) and the parameter-count bound."""
 
-    out: str = "benchmarks/results/speed_limit.json"
-    """JSON file to write; the plot goes beside it as <stem>.png"""
     ks: str = "1,L/8,L/4,3L/8,L/2"
     """layers skipped, comma-separated: integers or fractions of L written as L/8, 3L/8 ..."""
     repeats: int = 10
@@ -55,13 +53,11 @@ class Args(harness.Args):
     """prompt of the timed generations (through the chat template when the model has one)"""
     max_new_tokens: int = 32
     """tokens generated per timed run (exactly this many: end-of-sequence is ignored)"""
+    out: str = "benchmarks/results/speed_limit.json"
+    """JSON file to write; the plot goes beside it as <stem>.png"""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.smoke:
-            self.repeats = 3
-            self.max_new_tokens = min(self.max_new_tokens, 6)
-        self.require_positive("repeats", "max_new_tokens")
+    SMOKE = {"repeats": 3, "max_new_tokens": 6}
+    POSITIVE = ("repeats", "max_new_tokens")
 
 
 # ----------------------------------------------------------------------------- measurement

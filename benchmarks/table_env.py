@@ -63,14 +63,10 @@ class Args(harness.Args):
     eval_episodes: int = 20
     """seeded passes over the test split (each draws load and budget anew) for the held-out scores"""
     out: str = "benchmarks/results/table_env.json"
-    SMOKE_TO_TEMP = True
 
-    def __post_init__(self) -> None:
-        # --smoke: a tiny-llama table, short blocks, short training; --out or the temp folder
-        if self.smoke:
-            self.steps, self.blocks, self.ddqn_steps, self.eval_episodes = 2_000, 2, 300, 2
-        super().__post_init__()
-        self.require_positive("steps", "blocks", "eval_episodes")
+    SMOKE = {"steps": 2_000, "blocks": 2, "ddqn_steps": 300, "eval_episodes": 2}  # a tiny-llama table is built first
+    POSITIVE = ("steps", "blocks", "eval_episodes")
+    SMOKE_TO_TEMP = True
 
 
 def speed(table: str, reward: str, steps: int, blocks: int, per_episode: int, seed: int) -> dict[str, Any]:

@@ -45,12 +45,12 @@ class Args(harness.Args):
 
     ``--model`` must be the table's model; ``--seed`` seeds the subset, the agent and both envs' resets."""
 
-    table: str = "smollm2-135m"
-    """reward table: a file, or the name of a shipped table"""
     device: str = "cpu"
     """cpu, cuda or cuda:N"""
     threads: int = 1
     """torch CPU threads"""
+    table: str = "smollm2-135m"
+    """reward table: a file, or the name of a shipped table"""
     prompts: int = 60
     """held-out prompts (a seeded subset of the table's test split)"""
     reward: str = "casrap"
@@ -58,12 +58,11 @@ class Args(harness.Args):
     ddqn_steps: int = 30_000
     """Double DQN training steps on the table's train split"""
     out: str = "benchmarks/results/table_vs_live.json"
+
+    SMOKE = {"prompts": 4, "ddqn_steps": 300}  # a tiny-llama table is built first
     SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:
-        # --smoke: a small tiny-llama table, 4 prompts, 300 training steps
-        if self.smoke:
-            self.prompts, self.ddqn_steps = 4, 300
         super().__post_init__()
         if self.prompts < 2:
             raise ValueError(f"prompts must be >= 2, got {self.prompts}")
