@@ -29,9 +29,12 @@ DEFAULT_OUT = {"gpu": "benchmarks/results/gpu_{device}.json"}
 class Args(harness.Args):
     """A benchmark that counts."""
 
-    out: str = "benchmarks/results/count.json"
     n: int = 3
     """how many"""
+    out: str = "benchmarks/results/count.json"
+
+    SMOKE = {"n": 2}
+    POSITIVE = ("n",)
 
 
 def count(args: Args, lm: Any) -> dict[str, Any]:
@@ -50,10 +53,11 @@ def test_smoke_guard_and_common_checks() -> None:
         Args(threads=0)
     with pytest.raises(ValueError, match="out is empty"):
         Args(out="")
-    args = Args(smoke=True, out="/tmp/x.json")
+    args = Args(smoke=True, out="/tmp/x.json", n=7)
     assert args.model == "tiny-llama"  # every smoke run is on the tiny random model
+    assert args.n == 2 and Args(n=7).n == 7  # the script's SMOKE settings replace the given ones in a smoke run
     with pytest.raises(ValueError, match="n must be >= 1, got 0"):
-        Args(n=0).require_positive("n")
+        Args(n=0)  # POSITIVE fields are checked by the base
 
 
 def test_flags_and_help_come_from_the_base_and_the_script() -> None:
@@ -61,7 +65,7 @@ def test_flags_and_help_come_from_the_base_and_the_script() -> None:
     assert docs["n"] == "how many" and docs["seed"].startswith("seed of the run")
     assert docs["out"].startswith("JSON file to write")  # declared again without a docstring: the base's stays
     args = parse_args(Args, ["--n", "5", "--threads", "none", "--dtype", "float32", "--smoke", "--out", "o.json"])
-    assert (args.n, args.threads, args.dtype, args.smoke, args.model) == (5, None, "float32", True, "tiny-llama")
+    assert (args.n, args.threads, args.dtype, args.smoke, args.model) == (2, None, "float32", True, "tiny-llama")
 
 
 def test_run_stamps_writes_and_prints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
