@@ -66,6 +66,7 @@ from benchmarks.utils import machine_load, naive_step, summary
 from dynprune.models import PrunableLM
 from dynprune.runtime import ProfileConfig
 from dynprune.types import Prompt
+from dynprune.validation import require_one_of
 
 MODES = ("naive", "live", "profiled", "modelled")
 TIMINGS = ("live", "profiled", "modelled")
@@ -117,8 +118,7 @@ class Args(harness.Args):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.telemetry not in ("live", "scenario"):
-            raise ValueError(f"telemetry must be 'live' or 'scenario', got {self.telemetry!r}")
+        require_one_of(self, "telemetry", ("live", "scenario"))
 
 
 # ----------------------------------------------------------------------------- phase clock

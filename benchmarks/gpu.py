@@ -77,6 +77,7 @@ from dynprune.models import PrunableLM, byte_tokenizer, resolve_device, resolve_
 from dynprune.plan import PruningPlan
 from dynprune.selection import layers_plan
 from dynprune.types import ModelGeometry
+from dynprune.validation import require_in_range, require_positive
 
 PARTS = ("ceilings", "models", "sparsity", "env", "latency", "nf4", "graphs", "compile")
 CUDA_ONLY = ("ceilings", "sparsity", "nf4", "graphs")
@@ -216,10 +217,8 @@ class Args(harness.Args):
         self.out = self.out.replace("{device}", device_slug(resolve_device(self.device)))
         if self.new_tokens < 2:
             raise ValueError(f"new_tokens must be >= 2 (a prefill and at least one decode step), got {self.new_tokens}")
-        if not 0.0 < self.head_fraction < 1.0:
-            raise ValueError(f"head_fraction must be in (0, 1), got {self.head_fraction}")
-        if self.budget_s <= 0:
-            raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
+        require_in_range(self, 0.0, 1.0, "head_fraction", interval="()")
+        require_positive(self, "budget_s")
         names = [*self.model_names(), self.env_model, self.compile_model, self.nf4_model]
         unknown = sorted({n for n in names if n not in ARCHITECTURES})
         if unknown:

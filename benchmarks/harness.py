@@ -103,10 +103,10 @@ class Args:
         self.require_positive(*self.POSITIVE)
 
     def require_positive(self, *names: str) -> None:
-        """Raise ``ValueError`` naming the first of the fields ``names`` that is below 1."""
-        for name in names:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        """Raise ``ValueError`` naming the first of the fields ``names`` that is below 1 (``Args.n must be >= 1``)."""
+        from dynprune.validation import require_at_least
+
+        require_at_least(self, 1, *names)
 
 
 A = TypeVar("A", bound=Args)

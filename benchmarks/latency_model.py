@@ -64,6 +64,7 @@ from dynprune.models import PrunableLM
 from dynprune.plan import PruningPlan
 from dynprune.runtime import LatencyProfile, ProfileConfig
 from dynprune.types import LatencyPoint
+from dynprune.validation import require_at_least
 
 TARGETS = {"median_abs_rel_error": 0.02, "p90_abs_rel_error": 0.05}
 
@@ -111,8 +112,7 @@ class Args(harness.Args):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.per_kind < 0 or self.profile_points < 0:
-            raise ValueError("per_kind and profile_points must be >= 0")
+        require_at_least(self, 0, "per_kind", "profile_points")
 
 
 def held_out_plans(lm: PrunableLM, per_kind: int, rng: np.random.Generator) -> list[tuple[str, PruningPlan]]:

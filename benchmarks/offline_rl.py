@@ -60,6 +60,7 @@ from dynprune.models import PrunableLM, load_model
 from dynprune.records import summarise
 from dynprune.report import format_table
 from dynprune.runtime import TIMINGS, PlanEvaluator
+from dynprune.validation import require_one_of
 from envs.run_config import RunConfig, seeded_subset
 from offline_data.dataset import LEGACY_META_FILE, load_logs, read_meta, shard_path, shard_paths, to_mdp_dataset
 from offline_data.explore import ExploreSummary, explore, prompt_ids_of
@@ -119,9 +120,8 @@ class Args(harness.Args):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("timing", "test_timing"):
-            if getattr(self, name) not in TIMINGS:
-                raise ValueError(f"{name} must be one of {TIMINGS}, got {getattr(self, name)!r}")
+        require_one_of(self, "timing", TIMINGS)
+        require_one_of(self, "test_timing", TIMINGS)
         if self.relabel_budgets > 1 and self.reward != "latency_budget":
             raise ValueError(f"relabel_budgets > 1 needs reward latency_budget (the budget is what is relabelled), "
                              f"got reward {self.reward!r}")

@@ -61,6 +61,7 @@ from dynprune.models import PrunableLM, cache_dir
 from dynprune.plan import PruningPlan
 from dynprune.runtime import ProfileConfig
 from dynprune.selection import layers_plan
+from dynprune.validation import require_positive
 from offline_data.dataset import load_logs, read_meta
 from offline_data.explore import explore, prompt_ids_of
 from offline_data.prefs import compare, preference_pairs, row_score, write_pairs
@@ -112,8 +113,7 @@ class Args(harness.Args):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
+        require_positive(self, "beta")
         if not self.k_list:
             raise ValueError(f"static_k must list layer counts, got {self.static_k!r}")
 

@@ -35,6 +35,7 @@ import envs  # noqa: F401 - registers the ids
 from benchmarks import harness
 from benchmarks.utils import machine_load, smoke_table, train_table_ddqn
 from dynprune.models import PrunableLM
+from dynprune.validation import require_at_least
 
 TARGETS = {"spearman": 0.9}
 
@@ -64,8 +65,7 @@ class Args(harness.Args):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.prompts < 2:
-            raise ValueError(f"prompts must be >= 2, got {self.prompts}")
+        require_at_least(self, 2, "prompts")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
