@@ -8,9 +8,10 @@ and a ``main(argv)`` that hands them to :func:`run`::
     class Args(harness.Args):
         \"\"\"Speed limit: measured layer-skip speed-up beside the naive L/(L-k).\"\"\"
 
-        out: str = "benchmarks/results/speed_limit.json"
         repeats: int = 10
         \"\"\"interleaved repeats\"\"\"
+        out: str = "benchmarks/results/speed_limit.json"
+
         SMOKE = {"repeats": 3}  # what --smoke runs with
         POSITIVE = ("repeats",)  # checked by the base's __post_init__
 
