@@ -77,8 +77,8 @@ class Args(harness.Args):
 
     device: str = "cpu"
     """auto, cpu, cuda or cuda:N"""
-    threads: int = 1
-    """torch CPU threads"""
+    threads: int | None = 1
+    """torch CPU threads (none: torch's default); 1 on a CPU shared with other jobs"""
     fit_points: int = 48
     """calibration points (fit and its own holdout share)"""
     fit_repeats: int = 2
@@ -107,7 +107,7 @@ class Args(harness.Args):
 
     SMOKE = {"fit_points": 10, "fit_repeats": 1, "per_kind": 1, "repeats": 3, "paired_repeats": 2, "profile_points": 2,
              "save_model": False, "prompt_max": 32, "answer_max": 6}
-    POSITIVE = ("fit_points", "fit_repeats", "repeats", "threads")
+    POSITIVE = ("fit_points", "fit_repeats", "repeats")
     SMOKE_TO_TEMP = True
 
     def __post_init__(self) -> None:

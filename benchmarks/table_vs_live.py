@@ -48,8 +48,8 @@ class Args(harness.Args):
 
     device: str = "cpu"
     """cpu, cuda or cuda:N"""
-    threads: int = 1
-    """torch CPU threads"""
+    threads: int | None = 1
+    """torch CPU threads (none: torch's default); 1 on a CPU shared with other jobs"""
     table: str = "smollm2-135m"
     """reward table: a file, or the name of a shipped table"""
     prompts: int = 60
