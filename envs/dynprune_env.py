@@ -8,7 +8,6 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
@@ -18,13 +17,16 @@ from dynprune.plan import PruningPlan
 from dynprune.pruning.kv import fraction_held
 from dynprune.rewards import Outcome, RewardFn, make_reward, memory_term
 from dynprune.runtime import TIMINGS, PlanEvaluator, ProfileConfig
-from dynprune.telemetry import MISSING, TELEMETRY_FIELDS, make_monitor, snapshot_to_vector
+from dynprune.telemetry import make_monitor, snapshot_to_vector
 from dynprune.types import Prompt, StepRecord
+from envs.episodes import (
+    EmbeddingProjection,
+    PromptEpisodes,
+    check_budget_range,
+    observation_layout,
+)
 from envs.measurement import Measurement, step_info
 from envs.rendering import RENDER_HISTORY, render_line, render_steps_image
-
-PROMPT_FIELDS = ("prompt_tokens", "prompt_perplexity", "complexity")
-BUDGET_FIELD = "latency_budget"
 
 
 def step_record(info: dict[str, Any]) -> StepRecord | None:
@@ -35,34 +37,7 @@ def step_record(info: dict[str, Any]) -> StepRecord | None:
     return record_from_dict(json.loads(text)) if text else None
 
 
-def monitor_seed(seed: int) -> int:
-    """The telemetry monitor's seed for an env seed: a child stream of ``seed``, independent of ``np_random``.
-
-    Gymnasium's ``np_random`` and ``np.random.default_rng`` both seed PCG64 from
-    ``SeedSequence(seed)``: handing the monitor the env's seed gave it the very stream the env
-    draws budgets and prompts from, so after every seeded reset the scenario pick and the budget
-    came from the same first number: each scenario drew its budgets from its own fifth of the range
-    (tests/test_env.py::test_seeded_resets_draw_the_budget_independently_of_the_scenario).
-    """
-    return int(np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(1)[0])
-
-
-def _budget_range(value: Any) -> tuple[float, float]:
-    """``(low, high)`` with ``0 < low <= high <= 2``, else a ``ValueError`` naming the value."""
-    try:
-        if isinstance(value, (str, bytes)):
-            raise TypeError("a text, not two numbers")
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"budget_range must be two numbers (low, high) with 0 < low <= high <= 2, got {value!r}"
-        ) from None
-    if not 0 < lo <= hi <= 2:
-        raise ValueError(f"budget_range must satisfy 0 < low <= high <= 2, got {value!r}")
-    return lo, hi
-
-
-class DynPruneEnv(gym.Env):
+class DynPruneEnv(PromptEpisodes):
     """
     ## Description
     Each step shows the agent one prompt and the machine's state; the agent picks
@@ -246,7 +221,7 @@ class DynPruneEnv(gym.Env):
             raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
         if prompts_per_episode < 1:
             raise ValueError(f"prompts_per_episode must be >= 1, got {prompts_per_episode}")
-        lo, hi = _budget_range(budget_range)
+        lo, hi = check_budget_range(budget_range)
         weight_ok = isinstance(kv_memory_weight, (int, float)) and math.isfinite(kv_memory_weight)
         if not (weight_ok and kv_memory_weight >= 0):
             raise ValueError(f"kv_memory_weight must be a finite number >= 0 (0 turns the memory charge off), "
@@ -307,20 +282,9 @@ class DynPruneEnv(gym.Env):
                                        memo=memo_file, latency_model=latency_model)
         self._plans: dict[int, PruningPlan] = {}
 
-        self.observation_names: tuple[str, ...] = TELEMETRY_FIELDS + PROMPT_FIELDS
-        low = [MISSING] * len(TELEMETRY_FIELDS) + [0.0] * len(PROMPT_FIELDS)
-        high = [1.0] * (len(TELEMETRY_FIELDS) + len(PROMPT_FIELDS))
-        if self.reward_fn.needs_budget:
-            self.observation_names += (BUDGET_FIELD,)
-            low.append(0.0)
-            high.append(2.0)
         self._projection = self._embedding_projection(int(prompt_embedding))
-        if self._projection is not None:
-            n, bound = self._projection[0].shape[0], math.sqrt(self.lm.geometry.hidden_size)
-            self.observation_names += tuple(f"prompt_emb_{i}" for i in range(n))
-            low += [-bound] * n
-            high += [bound] * n
-        self.observation_space = spaces.Box(np.array(low, np.float32), np.array(high, np.float32), dtype=np.float32)
+        self.observation_names, self.observation_space = observation_layout(self.reward_fn.needs_budget,
+                                                                             self._projection)
         self.action_space = spaces.Discrete(len(self.table))
         self.action_names: tuple[str, ...] = tuple(e.name for e in self.table)
 
@@ -340,28 +304,18 @@ class DynPruneEnv(gym.Env):
             self._plans[action] = entry_plan(self.table[action], self.lm, use_adapters=bool(self.lm.adapters))
         return self._plans[action]
 
-    def _embedding_projection(self, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(N x H orthonormal rows, vocabulary mean embedding) for ``prompt_embedding=N``; None for 0."""
-        hidden = self.lm.geometry.hidden_size
-        if not 0 <= n <= hidden:
-            raise ValueError(f"prompt_embedding must be in [0, hidden size {hidden}], got {n}")
+    def _embedding_projection(self, n: int) -> EmbeddingProjection | None:
+        """The ``prompt_embedding=N`` projection for this model's vocabulary (None for 0)."""
         if n == 0:
             return None
-        # Fixed seed: every env on this model projects on the same directions.
-        gauss = np.random.default_rng(0).standard_normal((hidden, n))
-        q, _ = np.linalg.qr(gauss)  # H x N, orthonormal columns
         table = self.lm.model.get_input_embeddings().weight
-        vocab_mean = table.detach().float().mean(dim=0).cpu().numpy()
-        return q.T.astype(np.float64), vocab_mean.astype(np.float64)
+        return EmbeddingProjection.make(n, table.detach().float().mean(dim=0).cpu().numpy())
 
     def embedding_coordinates(self, text: str) -> list[float]:
         """The ``prompt_embedding=N`` observation coordinates of a prompt text (empty when N = 0)."""
         if self._projection is None:
             return []
-        rows, vocab_mean = self._projection
-        centred = self.lm.prompt_embedding(text).astype(np.float64) - vocab_mean
-        unit = centred / max(float(np.linalg.norm(centred)), 1e-12)
-        return (rows @ unit * math.sqrt(rows.shape[1])).tolist()
+        return self._projection.coordinates(self.lm.prompt_embedding(text)).tolist()
 
     def _next_prompt(self) -> Prompt:
         if self.sequential:
@@ -511,23 +465,7 @@ class DynPruneEnv(gym.Env):
         """
         start = self._start_prompt(options)  # a bad option fails before anything changes
         super().reset(seed=seed)
-        if seed is not None:  # a seeded reset starts a new run: same seed, same trajectory
-            self.monitor.reset(monitor_seed(seed))
-            self._cursor = 0
-            self._episode = -1
-        self.monitor.next_episode()
-        self._episode += 1
-        self._step_in_episode = 0
-        if self.reward_fn.needs_budget:
-            # Default (0.8, 1.2): centred on the full model's own latency, so the full model meets about half
-            # the budgets and the other half ask for up to 1 / 0.8 - 1 = 25 % more speed, which the table's
-            # fastest action gives (layers-25 %: +28 % mean live speed-up on SmolLM2-135M,
-            # benchmarks/results/offline_rl_live.json). The best action then depends on the observed budget.
-            # With (0.7, 1.1) and the scenarios' budget_scale, some action met the budget on only 10 of 24
-            # held-out prompts, so "always the fastest action" was near-optimal
-            # (offline_rl_budget_fixed.json: best static layers-25 %, oracle only 0.3 above it).
-            lo, hi = self.budget_range
-            self._budget_rel = float(self.np_random.uniform(lo, hi)) * float(self.monitor.budget_scale)
+        self._begin_episode(seed)
         self._prompt = self._next_prompt() if start is None else start
         return self._observe(), self._info()
 

@@ -8,28 +8,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from dynprune.complexity import PPL_SCALE, TOKENS_SCALE
 from dynprune.rewards import Outcome, RewardFn, make_reward
 from dynprune.table import RewardTable, read_table
-from dynprune.telemetry import MISSING, TELEMETRY_FIELDS, make_monitor, snapshot_to_vector
+from dynprune.telemetry import make_monitor, snapshot_to_vector
+from envs.episodes import (
+    EmbeddingProjection,
+    PromptEpisodes,
+    check_budget_range,
+    observation_layout,
+)
 
-PROMPT_FIELDS = ("prompt_tokens", "prompt_perplexity", "complexity")  # as envs.dynprune_env
-BUDGET_FIELD = "latency_budget"
 TABLES_DIR = Path(__file__).parent / "tables"
 DEFAULT_TABLE = "smollm2-135m"
-
-
-def monitor_seed(seed: int) -> int:
-    """The telemetry monitor's seed for an env seed, exactly as ``envs.dynprune_env.monitor_seed``.
-
-    Repeated here so this module needs no torch (importing ``envs.dynprune_env`` loads the model stack);
-    ``tests/test_table_env.py`` checks the two agree.
-    """
-    return int(np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(1)[0])
 
 
 def table_path(table: str | Path) -> Path:
@@ -58,7 +52,7 @@ def healing_fingerprint(folder: str | Path) -> str:
                          "make one with dynprune heal --out DIR") from None
 
 
-class DynPruneTableEnv(gym.Env):
+class DynPruneTableEnv(PromptEpisodes):
     """
     ## Description
     DynPrune-v0 with every (prompt, action) measured once beforehand (NAS-Bench-201 style):
@@ -145,9 +139,7 @@ class DynPruneTableEnv(gym.Env):
             raise ValueError(f"DynPruneTable-v0 has no render modes, got {render_mode!r}")
         if prompts_per_episode < 1:
             raise ValueError(f"prompts_per_episode must be >= 1, got {prompts_per_episode}")
-        lo, hi = budget_range
-        if not 0 < lo <= hi <= 2:
-            raise ValueError(f"budget_range must satisfy 0 < low <= high <= 2, got {budget_range}")
+        lo, hi = check_budget_range(budget_range)
         if telemetry == "scenario" and scenario is None:
             scenario = "mixed"
         data = table if isinstance(table, RewardTable) else read_table(table_path(table))
@@ -192,20 +184,12 @@ class DynPruneTableEnv(gym.Env):
         self._kept = a["kept_fraction"].tolist()
         self._task = [[None if math.isnan(x) else x for x in row] for row in a["task_score"].tolist()]
 
-        self.observation_names: tuple[str, ...] = TELEMETRY_FIELDS + PROMPT_FIELDS
-        low = [MISSING] * len(TELEMETRY_FIELDS) + [0.0] * len(PROMPT_FIELDS)
-        high = [1.0] * (len(TELEMETRY_FIELDS) + len(PROMPT_FIELDS))
-        if self.reward_fn.needs_budget:
-            self.observation_names += (BUDGET_FIELD,)
-            low.append(0.0)
-            high.append(2.0)
-        self._emb_obs = self._embedding_coordinates(int(prompt_embedding))
-        if self._emb_obs is not None:
-            n, bound = self._emb_obs.shape[1], math.sqrt(int(self.data.meta["hidden_size"]))
-            self.observation_names += tuple(f"prompt_emb_{i}" for i in range(n))
-            low += [-bound] * n
-            high += [bound] * n
-        self.observation_space = spaces.Box(np.array(low, np.float32), np.array(high, np.float32), dtype=np.float32)
+        # the prompt_embedding=N coordinates of every prompt, computed as DynPrune-v0 does
+        projection = EmbeddingProjection.make(int(prompt_embedding), self.data.meta["vocab_mean_embedding"]) \
+            if prompt_embedding else None
+        self._emb_obs = None if projection is None else \
+            np.array([projection.coordinates(e) for e in self.data.prompts["embedding"]], dtype=np.float64)
+        self.observation_names, self.observation_space = observation_layout(self.reward_fn.needs_budget, projection)
         self._low, self._high = self.observation_space.low, self.observation_space.high
 
         self._episode = -1
@@ -217,24 +201,6 @@ class DynPruneTableEnv(gym.Env):
         self._obs = np.zeros(self.observation_space.shape, np.float32)
 
     # ------------------------------------------------------------------ helpers
-    def _embedding_coordinates(self, n: int) -> np.ndarray | None:
-        """Prompts x N observation coordinates, computed as DynPrune-v0 does (seed-0 projection, scaled by √H)."""
-        hidden = int(self.data.meta["hidden_size"])
-        if not 0 <= n <= hidden:
-            raise ValueError(f"prompt_embedding must be in [0, hidden size {hidden}], got {n}")
-        if n == 0:
-            return None
-        gauss = np.random.default_rng(0).standard_normal((hidden, n))
-        q, _ = np.linalg.qr(gauss)
-        rows = q.T.astype(np.float64)
-        vocab_mean = np.asarray(self.data.meta["vocab_mean_embedding"], dtype=np.float64)
-        coords = []
-        for emb in self.data.prompts["embedding"]:
-            centred = emb.astype(np.float64) - vocab_mean
-            unit = centred / max(float(np.linalg.norm(centred)), 1e-12)
-            coords.append(rows @ unit * math.sqrt(hidden))
-        return np.array(coords, dtype=np.float64)
-
     def _next_prompt(self) -> int:
         if self.sequential:
             i = self._cursor % len(self.prompt_ids)
@@ -313,16 +279,7 @@ class DynPruneTableEnv(gym.Env):
         """
         start = self._start_index(options)  # a bad option fails before anything changes
         super().reset(seed=seed)
-        if seed is not None:
-            self.monitor.reset(monitor_seed(seed))
-            self._cursor = 0
-            self._episode = -1
-        self.monitor.next_episode()
-        self._episode += 1
-        self._step_in_episode = 0
-        if self.reward_fn.needs_budget:
-            lo, hi = self.budget_range
-            self._budget_rel = float(self.np_random.uniform(lo, hi)) * float(self.monitor.budget_scale)
+        self._begin_episode(seed)
         self._index = self._next_prompt() if start is None else start
         return self._observe(), self._info()
 
