@@ -115,13 +115,13 @@ class Args(harness.Args):
     static_steps: int = 200
     """optimisation steps of each static removal's LoRA healing (dynprune compress's default)"""
 
+    # tiny-llama (set by the harness), healings and adapters trained in seconds, 6 prompts
+    SMOKE = {"test_prompts": 6, "live_prompts": 2, "ks": "1,2", "max_new_tokens": 6, "apply_repeats": 5,
+             "static_ks": "1", "static_steps": 4}
+    POSITIVE = ("test_prompts", "max_new_tokens", "apply_repeats", "static_steps")
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.smoke:  # tiny-llama (set by the harness), a healing trained in seconds, 6 prompts
-            self.test_prompts, self.live_prompts, self.ks = 6, 2, "1,2"
-            self.max_new_tokens, self.apply_repeats = min(self.max_new_tokens, 6), 5
-            self.static_ks, self.static_steps = "1", min(self.static_steps, 4)  # and tiny adapters (side_by_side)
-        self.require_positive("test_prompts", "max_new_tokens", "apply_repeats", "static_steps")
         if self.rows not in ("all", "k"):
             raise ValueError(f"rows must be 'all' or 'k', got {self.rows!r}")
         if not 0 <= self.live_prompts <= self.test_prompts:
