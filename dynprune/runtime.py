@@ -228,6 +228,27 @@ class LatencyProfile:
         return cell
 
 
+def _estimated(
+    timing: str, speedup: float, latency_s: float, n: int, q: QualityMetrics, kept: float, t0: float
+) -> Evaluation:
+    """The evaluation of a plan whose speed is estimated (``"modelled"`` or ``"profiled"``) and whose quality
+    is the memoised teacher-forced one ``q``; ``n`` answer tokens; ``t0`` when the evaluation started."""
+    return Evaluation(
+        timing=timing,
+        speedup=speedup,
+        latency_s=latency_s,
+        tokens_per_s=n / latency_s,
+        ppl=q.ppl,
+        token_agreement=q.token_agreement,
+        exact_match=q.exact_match,
+        task_score=q.task_score,
+        text=None,
+        kept_fraction=kept,
+        seconds=time.perf_counter() - t0,
+        prefix_fidelity=q.prefix_fidelity,
+    )
+
+
 class PlanEvaluator:
     """Measures plans on prompts for one model and generation setting.
 
@@ -490,20 +511,7 @@ class PlanEvaluator:
             q = self.quality(prompt, plan, base)
             full_s = self.modelled_latency_s(NO_PRUNING, base)
             plan_s = self.modelled_latency_s(plan, base)
-            return Evaluation(
-                timing="modelled",
-                speedup=full_s / plan_s - 1.0,
-                latency_s=plan_s,
-                tokens_per_s=n / plan_s,
-                ppl=q.ppl,
-                token_agreement=q.token_agreement,
-                exact_match=q.exact_match,
-                task_score=q.task_score,
-                text=None,
-                kept_fraction=kept,
-                seconds=time.perf_counter() - t0,
-                prefix_fidelity=q.prefix_fidelity,
-            )
+            return _estimated("modelled", full_s / plan_s - 1.0, plan_s, n, q, kept, t0)
         if timing == "live":
             # the full model is timed beside the plan (forward passes interleaved): one load, two models
             run = paired_generate(self.lm, plan, base.prompt_ids, n)
@@ -527,18 +535,4 @@ class PlanEvaluator:
         cell = self.profile.cell(plan, base.prompt_ids, cpu_util)
         q = self.quality(prompt, plan, base)
         speedup = cell.speedup(n)
-        pruned_latency = base.latency_s / (1.0 + speedup)
-        return Evaluation(
-            timing="profiled",
-            speedup=speedup,
-            latency_s=pruned_latency,
-            tokens_per_s=n / pruned_latency,
-            ppl=q.ppl,
-            token_agreement=q.token_agreement,
-            exact_match=q.exact_match,
-            task_score=q.task_score,
-            text=None,
-            kept_fraction=kept,
-            seconds=time.perf_counter() - t0,
-            prefix_fidelity=q.prefix_fidelity,
-        )
+        return _estimated("profiled", speedup, base.latency_s / (1.0 + speedup), n, q, kept, t0)
