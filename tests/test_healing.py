@@ -361,8 +361,8 @@ def test_explore_logs_and_the_router_data_say_which_healing(tmp_path: Path) -> N
     ids = prompt_ids_of(env)[:1]
     healed, plain = tmp_path / "healed", tmp_path / "plain"
     explore({**env, "healing": str(tmp_path / "tiny-heal")}, "dfs", healed, prompt_ids=ids, threshold=0.0,
-            max_scenarios=4)
-    explore(env, "dfs", plain, prompt_ids=ids, threshold=0.0, max_scenarios=4)
+            max_configs=4)
+    explore(env, "dfs", plain, prompt_ids=ids, threshold=0.0, max_configs=4)
     rows = load_logs(healed).to_list()
     assert any(r["layers"] for r in rows)
     for r in rows:  # layer sets are healed by the layers group; the full model never is
