@@ -441,6 +441,12 @@ class DynPruneEnv(PromptEpisodes):
         """The prompt of the last returned observation: the one the next ``step`` measures (read-only)."""
         return self._prompt
 
+    @property
+    def prompt_ids(self) -> tuple[str, ...]:
+        """The ids of the env's prompts, in order: what ``reset(options={"prompt_id": ...})`` accepts
+        (as ``DynPruneTable-v0.prompt_ids``)."""
+        return tuple(p.id for p in self.prompts)
+
     def _start_prompt(self, options: dict[str, Any] | None) -> Prompt | None:
         """The prompt ``reset(options={"prompt_id": ...})`` asks for; None without options (a draw)."""
         if not options:
@@ -448,13 +454,13 @@ class DynPruneEnv(PromptEpisodes):
         unknown = sorted(set(options) - {"prompt_id"})
         if unknown:
             raise ValueError(f"unknown reset option(s) {unknown}; {type(self).__name__} takes "
-                             "options={'prompt_id': <id of one of env.unwrapped.prompts>}")
+                             "options={'prompt_id': <one of env.unwrapped.prompt_ids>}")
         wanted = options["prompt_id"]
         for prompt in self.prompts:
             if prompt.id == wanted:
                 return prompt
         raise ValueError(f"prompt_id {wanted!r} is not one of this env's {len(self.prompts)} prompts (split "
-                         f"{self.split!r}); list them with [p.id for p in env.unwrapped.prompts]")
+                         f"{self.split!r}); list them with env.unwrapped.prompt_ids")
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # noqa: ANN201
         """Start an episode: new load scenario, latency budget and prompt.

@@ -50,7 +50,7 @@ def test_reset_options_errors_name_the_problem(tiny_lm32):
     before = env.unwrapped.current_prompt
     n = len(env.unwrapped.prompts)
     with pytest.raises(ValueError, match=rf"prompt_id 'nope' is not one of this env's {n} prompts \(split 'train'\); "
-                                         r"list them with \[p.id for p in env.unwrapped.prompts\]"):
+                                         r"list them with env.unwrapped.prompt_ids"):
         env.reset(options={"prompt_id": "nope"})
     with pytest.raises(ValueError, match=r"unknown reset option\(s\) \['prompt', 'zz'\]; DynPruneEnv takes "
                                          r"options=\{'prompt_id'"):
@@ -162,3 +162,13 @@ def test_table_env_takes_the_same_reset_options():
         env.reset(options={"prompt_id": "nope"})
     with pytest.raises(ValueError, match=r"unknown reset option\(s\) \['seed'\]"):
         env.reset(options={"seed": 1})
+
+
+def test_prompt_ids_list_what_reset_options_accept() -> None:
+    env = gym.make("DynPrune-v0", model="tiny-llama", reward="proxy", split="test", max_new_tokens=2)
+    ids = env.unwrapped.prompt_ids
+    assert ids == tuple(p.id for p in env.unwrapped.prompts) and len(ids) > 1
+    _, info = env.reset(seed=0, options={"prompt_id": ids[-1]})
+    assert info["prompt_id"] == ids[-1] == env.unwrapped.current_prompt.id
+    with pytest.raises(ValueError, match="env.unwrapped.prompt_ids"):
+        env.reset(options={"prompt_id": "no-such-prompt"})
