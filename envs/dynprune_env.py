@@ -24,6 +24,7 @@ from envs.episodes import (
     PromptEpisodes,
     check_budget_range,
     observation_layout,
+    requested_prompt,
 )
 from envs.measurement import Measurement, step_info
 from envs.rendering import RENDER_HISTORY, render_line, render_steps_image
@@ -447,21 +448,6 @@ class DynPruneEnv(PromptEpisodes):
         (as ``DynPruneTable-v0.prompt_ids``)."""
         return tuple(p.id for p in self.prompts)
 
-    def _start_prompt(self, options: dict[str, Any] | None) -> Prompt | None:
-        """The prompt ``reset(options={"prompt_id": ...})`` asks for; None without options (a draw)."""
-        if not options:
-            return None
-        unknown = sorted(set(options) - {"prompt_id"})
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; {type(self).__name__} takes "
-                             "options={'prompt_id': <one of env.unwrapped.prompt_ids>}")
-        wanted = options["prompt_id"]
-        for prompt in self.prompts:
-            if prompt.id == wanted:
-                return prompt
-        raise ValueError(f"prompt_id {wanted!r} is not one of this env's {len(self.prompts)} prompts (split "
-                         f"{self.split!r}); list them with env.unwrapped.prompt_ids")
-
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # noqa: ANN201
         """Start an episode: new load scenario, latency budget and prompt.
 
@@ -469,10 +455,10 @@ class DynPruneEnv(PromptEpisodes):
         drawn one (no prompt is drawn: the random stream and the ``sequential`` cursor stay where they
         were); the episode's later prompts are drawn as usual.
         """
-        start = self._start_prompt(options)  # a bad option fails before anything changes
+        start = requested_prompt(options, self.prompt_ids, type(self).__name__, self.split)  # fails before any change
         super().reset(seed=seed)
         self._begin_episode(seed)
-        self._prompt = self._next_prompt() if start is None else start
+        self._prompt = self._next_prompt() if start is None else self.prompts[start]
         return self._observe(), self._info()
 
     def step(self, action: Any):  # noqa: ANN201

@@ -27,6 +27,7 @@ __all__ = [
     "check_budget_range",
     "monitor_seed",
     "observation_layout",
+    "requested_prompt",
 ]
 
 PROMPT_FIELDS = ("prompt_tokens", "prompt_perplexity", "complexity")
@@ -117,6 +118,24 @@ def observation_layout(
         low += [-bound] * n
         high += [bound] * n
     return names, spaces.Box(np.array(low, np.float32), np.array(high, np.float32), dtype=np.float32)
+
+
+def requested_prompt(
+    options: dict[str, Any] | None, prompt_ids: Sequence[str], env: str, split: str | None
+) -> int | None:
+    """The position in ``prompt_ids`` of the prompt ``reset(options={"prompt_id": ...})`` asks for; None
+    without options (the reset draws one). An unknown option key or id is a ``ValueError`` naming it."""
+    if not options:
+        return None
+    unknown = sorted(set(options) - {"prompt_id"})
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {unknown}; {env} takes "
+                         "options={'prompt_id': <one of env.unwrapped.prompt_ids>}")
+    try:
+        return list(prompt_ids).index(options["prompt_id"])
+    except ValueError:
+        raise ValueError(f"prompt_id {options['prompt_id']!r} is not one of this env's {len(prompt_ids)} prompts "
+                         f"(split {split!r}); list them with env.unwrapped.prompt_ids") from None
 
 
 class PromptEpisodes(gym.Env):

@@ -20,6 +20,7 @@ from envs.episodes import (
     PromptEpisodes,
     check_budget_range,
     observation_layout,
+    requested_prompt,
 )
 
 TABLES_DIR = Path(__file__).parent / "tables"
@@ -144,6 +145,7 @@ class DynPruneTableEnv(PromptEpisodes):
             scenario = "mixed"
         data = table if isinstance(table, RewardTable) else read_table(table_path(table))
         self.data = data.select(split)
+        self.split = split
         self.reward_fn = make_reward(reward)
         self.prompts_per_episode = prompts_per_episode
         self.sequential = sequential
@@ -258,26 +260,12 @@ class DynPruneTableEnv(PromptEpisodes):
         return np.array([self.reward_fn(o)[0] for o in self.action_outcomes()], dtype=np.float64)
 
     # ---------------------------------------------------------------- gym API
-    def _start_index(self, options: dict[str, Any] | None) -> int | None:
-        """The prompt row ``reset(options={"prompt_id": ...})`` asks for; None without options (a draw)."""
-        if not options:
-            return None
-        unknown = sorted(set(options) - {"prompt_id"})
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; DynPruneTableEnv takes "
-                             "options={'prompt_id': <one of env.unwrapped.prompt_ids>}")
-        try:
-            return self.prompt_ids.index(options["prompt_id"])
-        except ValueError:
-            raise ValueError(f"prompt_id {options['prompt_id']!r} is not one of this table's "
-                             f"{len(self.prompt_ids)} prompts; list them with env.unwrapped.prompt_ids") from None
-
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):  # noqa: ANN201
         """Start an episode: new load scenario, latency budget and prompt (the same draws as DynPrune-v0).
 
         ``options={"prompt_id": id}`` starts it on that prompt instead of a drawn one, as in DynPrune-v0.
         """
-        start = self._start_index(options)  # a bad option fails before anything changes
+        start = requested_prompt(options, self.prompt_ids, type(self).__name__, self.split)  # fails before any change
         super().reset(seed=seed)
         self._begin_episode(seed)
         self._index = self._next_prompt() if start is None else start

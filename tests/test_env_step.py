@@ -157,7 +157,7 @@ def test_table_env_takes_the_same_reset_options():
     _, info = env.reset(options={"prompt_id": target})
     assert info["prompt_id"] == target
     assert env.step(0)[4]["step_prompt_id"] == target
-    with pytest.raises(ValueError, match=r"prompt_id 'nope' is not one of this table's \d+ prompts; "
+    with pytest.raises(ValueError, match=r"prompt_id 'nope' is not one of this env's \d+ prompts \(split 'train'\); "
                                          r"list them with env.unwrapped.prompt_ids"):
         env.reset(options={"prompt_id": "nope"})
     with pytest.raises(ValueError, match=r"unknown reset option\(s\) \['seed'\]"):
