@@ -30,7 +30,7 @@ def cmd_heal(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
         val_fraction=args.val_fraction, warmup=args.warmup,
         time_budget_s=args.time_budget_s, kind_weights=args.kind_weights, extra_layer_ks=args.extra_layer_ks,
-        seed=args.seed, save_dtype=args.save_dtype,
+        seed=args.seed, save_dtype=args.save_dtype, init=args.init,
     )
     lm = load_model_from_args(args, calibrate=True)
     print(f"model: {lm}", flush=True)
@@ -79,6 +79,8 @@ def add_heal_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="precision of the stored LoRA weights (float16 halves the folder)")
+    p.add_argument("--init", default=None,
+                   help="start from this healing folder's weights (same model and healing settings): train it further")
     p.add_argument("--force", action="store_true", help="replace an existing healing folder")
     p.add_argument("--fresh", action="store_true", help="discard a stopped run's checkpoint instead of resuming")
     p.set_defaults(fn=cmd_heal)

@@ -53,6 +53,7 @@ from dynprune.healing import (
     HealingInfo,
     PlanHealing,
     is_healing_folder,
+    load_healing,
     plan_kind,
     save_healing,
 )
@@ -95,6 +96,8 @@ class HealTrainConfig:
         table: Action table (``"default"`` or entries as dicts).
         seed: Seed of the split, the samples, the LoRA initialisation and the step order.
         save_dtype: Precision of the stored LoRA weights (``"float16"`` halves the folder).
+        init: A healing folder to start from (its weights, trained for the same model with the same
+            healing settings): more steps on a finished healing. None: fresh LoRA (``B`` zero).
     """
 
     prompts: str = "dynprune"
@@ -115,6 +118,7 @@ class HealTrainConfig:
     table: str | tuple[dict[str, Any], ...] = "default"
     seed: int = 0
     save_dtype: str = "float32"
+    init: str | None = None
 
     def __post_init__(self) -> None:
         from dynprune.healing import SAVE_DTYPES
@@ -529,6 +533,25 @@ def _group_state(healing: PlanHealing, group: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in healing.state_dict().items() if k.startswith(mine)}
 
 
+def _init_from(
+    lm: PrunableLM, folder: str | None, healing_config: HealingConfig, healing: PlanHealing
+) -> dict[str, Any] | None:
+    """Copy the weights of the healing folder ``folder`` into the fresh ``healing``; return what it was
+    (folder, fingerprint, trained groups) for the run's key and report, or None without a folder."""
+    if folder is None:
+        return None
+    start = load_healing(folder, lm)  # refuses a folder made for another model
+    if start.config != healing_config:
+        raise ValueError(f"init {folder} was trained with healing settings {start.config.to_dict()}, not "
+                         f"{healing_config.to_dict()}; give the same --grouping, --rank, --alpha, --placement "
+                         "and --targets, or leave out --init")
+    with torch.no_grad():
+        mine = healing.state_dict()
+        for k, v in start.state_dict().items():  # its untrained pairs were not stored: they stay fresh
+            mine[k].copy_(v.to(mine[k].dtype))
+    return {"folder": str(folder), "fingerprint": start.fingerprint, "trained_groups": list(start.info.trained_groups)}
+
+
 def train_healing(
     lm: PrunableLM,
     out: str | os.PathLike[str],
@@ -602,11 +625,12 @@ def train_healing(
     names = list(plans)
     weights = plan_weights(plans, config.kind_weights)
     healing = PlanHealing.for_model(lm, healing_config, seed=config.seed)
+    init = _init_from(lm, config.init, healing_config, healing)
     groups = sorted({healing.group_for(p) for p in plans.values()} - {None})
     healing.merged = False
     opt = torch.optim.AdamW(healing.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     run_key = _digest({"data": data_key, "healing": healing_config.to_dict(), "train": config.to_dict(),
-                       "plans": {n: p.to_dict() for n, p in plans.items()}})
+                       "plans": {n: p.to_dict() for n, p in plans.items()}, "init": init})
     gen = torch.Generator().manual_seed(config.seed + 7)
     step, elapsed = 0, 0.0
     best: dict[str, tuple[float, int, dict[str, torch.Tensor]]] = {}
@@ -706,7 +730,9 @@ def train_healing(
         config=healing_config.to_dict(),
         table=[{"name": e.name, "kind": e.kind, "amount": e.amount, "layer_order": e.layer_order} for e in table],
         plans={n: p.to_dict() for n, p in plans.items()},
-        trained_groups=tuple(g for g in groups if report.best_step.get(g, 0) > 0),
+        # a group counts as trained when a step beat its start, or when it starts from a trained --init
+        trained_groups=tuple(g for g in groups if report.best_step.get(g, 0) > 0
+                             or (init is not None and g in init["trained_groups"])),
         training=config.to_dict(),
         report=report.to_dict(),
     )

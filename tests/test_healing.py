@@ -442,3 +442,24 @@ def test_healing_benchmark_side_by_side_measures_the_baselines_on_the_k_rows(tmp
     assert report["steps"] >= 1 and data["baseline_settings"][STATIC]["train"]["loss"] == "kd"
     with pytest.raises(ValueError, match="rows must be"):
         Args(smoke=True, out=str(out), rows="table")
+
+
+def test_init_trains_a_finished_healing_further(trained: tuple, tiny_lm32: PrunableLM, tmp_path: Path) -> None:
+    """``init``: the run starts from the folder's weights (step 0 validates as its best step did), records
+    where it started, and refuses a folder of other healing settings."""
+    out, _, report = trained
+    prompts = [p for p in _prompts(12) for p in (p, Prompt(id=p.id + "b", text=p.text, split="train"))]
+    config = HealTrainConfig(max_new_tokens=12, sampled=0, steps=10, batch_size=8, lr=1e-3, warmup=2,
+                             eval_every=10, table=ONE_PLAN_TABLE, val_fraction=0.25, init=str(out))
+    more, again = train_healing(tiny_lm32, tmp_path / "more", config, HealingConfig(grouping="kind", rank=4),
+                                prompts=prompts, progress=False)
+    start = again.validations[0]["plans"]["layers-25%"]["kl"]
+    # the saved weights are float32 like the training ones: step 0 is the init's best step, up to float noise
+    assert start == pytest.approx(report.best_val_kl["layers"], rel=1e-4)
+    assert start < 0.8 * report.validations[0]["plans"]["layers-25%"]["kl"]  # not a fresh LoRA
+    info = read_info(tmp_path / "more")
+    assert info.training["init"] == str(out) and info.trained_groups == ("layers",)
+    assert again.best_val_kl["layers"] <= start
+    with pytest.raises(ValueError, match="was trained with healing settings"):
+        train_healing(tiny_lm32, tmp_path / "other", config, HealingConfig(grouping="kind", rank=8),
+                      prompts=prompts, progress=False)
