@@ -95,7 +95,7 @@ class Args:
         default_out = default_of(type(self), "out")
         if self.smoke and self.SMOKE_TO_TEMP and self.out == default_out:
             self.out = str(Path(tempfile.gettempdir()) / f"{Path(default_out).stem}_smoke.json")
-        if self.smoke and self.out == default_of(type(self), "out"):  # never overwrite real results with a smoke run
+        if self.smoke and self.out == default_out:  # never overwrite real results with a smoke run
             raise ValueError("--smoke needs --out PATH (the real results file is not overwritten by a smoke run)")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 (or none for torch's default), got {self.threads}")
